@@ -1,0 +1,23 @@
+"""camkit: class activation maps for CNNs and Vision Transformers, batched on the model's device."""
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .explainers import CAM, METHODS, EigenCAM, GradCAM, GradCAMPlusPlus, create
+from .results import Explanation
+
+try:
+    __version__ = version("camkit")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0"
+
+__all__ = [
+    "CAM",
+    "METHODS",
+    "EigenCAM",
+    "Explanation",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "create",
+    "__version__",
+]

@@ -1,0 +1,1 @@
+"""Batched tensor kernels: channel weightings, map post-processing, clustering, filters."""

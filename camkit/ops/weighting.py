@@ -1,0 +1,52 @@
+"""Channel weightings shared by the explainers, batched over images and channels."""
+from __future__ import annotations
+
+import torch
+
+
+def mean_gradient_weights(gradients: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM's weights: each channel's gradient averaged over positions, ``(B, K)``."""
+    return gradients.mean(dim=(2, 3))
+
+
+def gradcampp_weights(
+    activations: torch.Tensor,
+    first: torch.Tensor,
+    second: torch.Tensor,
+    third: torch.Tensor,
+) -> torch.Tensor:
+    """Grad-CAM++ weights (eq. 19) from the gradient's first three powers, ``(B, K)``.
+
+    ``first``, ``second`` and ``third`` are g, g^2, g^3 for Grad-CAM++ and their
+    means over noisy copies for Smooth Grad-CAM++. alpha is 0 where its
+    denominator is exactly 0; no epsilon is added, because one changes alpha
+    wherever |g| is small (about 1e-3 and below for an epsilon of 1e-6).
+    """
+    activation_sums = activations.sum(dim=(2, 3), keepdim=True)
+    denominator = 2.0 * second + activation_sums * third
+    defined = denominator != 0
+    alpha = torch.where(defined, second / torch.where(defined, denominator, 1.0), 0.0)
+    return (alpha * first.clamp_min(0)).sum(dim=(2, 3))
+
+
+def weighted_sum(channel_weights: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
+    """sum_k w_bk A_bkij, ``(B, h, w)``."""
+    return torch.einsum("bk,bkhw->bhw", channel_weights, activations)
+
+
+def principal_projection(activations: torch.Tensor) -> torch.Tensor:
+    """Eigen-CAM's map: positions projected on the first principal direction, ``(B, h, w)``.
+
+    Each channel is centred over positions. An SVD fixes the direction only up
+    to sign, so the sign is chosen to correlate positively with the
+    channel-mean activation; otherwise the map is sometimes inverted.
+    """
+    batch, channels, height, width = activations.shape
+    positions = activations.reshape(batch, channels, height * width).transpose(1, 2)
+    centred = positions - positions.mean(dim=1, keepdim=True)
+    left, singular, _ = torch.linalg.svd(centred, full_matrices=False)
+    projection = left[:, :, 0] * singular[:, :1]
+    channel_mean = positions.mean(dim=2)
+    agreement = (projection * (channel_mean - channel_mean.mean(dim=1, keepdim=True))).sum(dim=1)
+    sign = torch.where(agreement < 0, -1.0, 1.0).to(projection.dtype)
+    return (projection * sign[:, None]).reshape(batch, height, width)

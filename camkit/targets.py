@@ -1,0 +1,117 @@
+"""Turning a user's ``target`` into one differentiable score per image.
+
+The score is what the explainer differentiates. For classifiers it is the raw
+logit of a class (as in the Grad-CAM paper); for anything else the caller
+passes a function from the model's output to ``(B,)`` scores.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Union
+
+import torch
+
+TargetSpec = Union[None, int, Sequence[int], torch.Tensor, Callable[[Any], torch.Tensor]]
+
+# Keys tried, in order, when a model returns a dict: Hugging Face classifiers
+# say "logits", torchvision segmenters say "out".
+_LOGIT_KEYS = ("logits", "out", "output", "scores")
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """The class-score tensor of a model output.
+
+    A tensor is used as is; a tuple or list gives its first tensor; a dict gives
+    its ``logits``/``out``/``output``/``scores`` entry; any object with a
+    ``logits`` attribute (Hugging Face ``ModelOutput``) gives that attribute.
+    """
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, Mapping):
+        for key in _LOGIT_KEYS:
+            value = output.get(key)
+            if isinstance(value, torch.Tensor):
+                return value
+        raise TypeError(
+            f"The model returned a dict with keys {sorted(map(str, output))} and none of "
+            f"{list(_LOGIT_KEYS)} holds a tensor. Pass target=callable(output) -> (B,) scores "
+            "that picks the score to explain."
+        )
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(output, (tuple, list)):
+        for value in output:
+            if isinstance(value, torch.Tensor):
+                return value
+    raise TypeError(
+        f"Cannot find class scores in a model output of type {type(output).__name__}. "
+        "Pass target=callable(output) -> (B,) scores that picks the score to explain."
+    )
+
+
+def scores_for(output: Any, target: TargetSpec, batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-image scores ``(B,)`` and the explained class indices ``(B,)``.
+
+    The class indices are ``None`` when ``target`` is a callable: the caller
+    chose a score that need not be a class.
+    """
+    if callable(target) and not isinstance(target, torch.Tensor):
+        scores = target(output)
+        if not isinstance(scores, torch.Tensor):
+            raise TypeError(
+                f"The target callable returned {type(scores).__name__}; it must return a "
+                f"tensor of {batch_size} scores, one per image."
+            )
+        scores = scores.reshape(-1) if scores.dim() == 2 and scores.shape[-1] == 1 else scores
+        if scores.shape != (batch_size,):
+            raise ValueError(
+                f"The target callable returned scores of shape {tuple(scores.shape)}; it must "
+                f"return shape ({batch_size},), one score per image."
+            )
+        return scores, None
+
+    logits = logits_of(output)
+    if logits.dim() != 2 or logits.shape[0] != batch_size:
+        raise ValueError(
+            f"The model output has shape {tuple(logits.shape)}, not (batch={batch_size}, classes). "
+            "For segmenters, detectors or other outputs pass target=callable(output) -> (B,) scores."
+        )
+    classes = class_indices(logits, target)
+    return logits.gather(1, classes[:, None]).squeeze(1), classes
+
+
+def class_indices(logits: torch.Tensor, target: TargetSpec) -> torch.Tensor:
+    """``(B,)`` int64 class indices on the logits' device, validated."""
+    batch_size, num_classes = logits.shape
+    if target is None:
+        return logits.argmax(dim=1)
+    if isinstance(target, bool):
+        raise TypeError("target must be None, an int, one int per image, or a callable; got a bool.")
+    if isinstance(target, int):
+        classes = torch.full((batch_size,), target, dtype=torch.long, device=logits.device)
+    else:
+        try:
+            classes = torch.as_tensor(target, device=logits.device)
+        except (TypeError, ValueError) as error:
+            raise TypeError(
+                f"target must be None, an int, one int per image, or a callable; got {type(target).__name__}."
+            ) from error
+        if classes.dtype.is_floating_point or classes.dtype == torch.bool or classes.dtype.is_complex:
+            raise TypeError(f"target class indices must be integers, got dtype {classes.dtype}.")
+        classes = classes.to(torch.long).reshape(-1) if classes.dim() == 0 else classes.to(torch.long)
+        if classes.dim() == 1 and classes.numel() == 1 and batch_size != 1:
+            classes = classes.expand(batch_size)
+        if classes.shape != (batch_size,):
+            raise ValueError(
+                f"target has {classes.numel()} class indices for a batch of {batch_size} images; "
+                "give one int for all images or exactly one per image."
+            )
+    out_of_range = (classes < 0) | (classes >= num_classes)
+    if bool(out_of_range.any()):
+        bad = classes[out_of_range].tolist()
+        raise ValueError(
+            f"target class {bad[0] if len(bad) == 1 else bad} is out of range: the model has "
+            f"{num_classes} classes, so valid indices are 0..{num_classes - 1}."
+        )
+    return classes
