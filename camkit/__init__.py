@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .explainers import CAM, METHODS, EigenCAM, GradCAM, GradCAMPlusPlus, create
+from .explainers import CAM, METHODS, EigenCAM, GradCAM, GradCAMPlusPlus, SmoothGradCAMPlusPlus, create
 from .results import Explanation
 
 try:
@@ -18,6 +18,7 @@ __all__ = [
     "Explanation",
     "GradCAM",
     "GradCAMPlusPlus",
+    "SmoothGradCAMPlusPlus",
     "create",
     "__version__",
 ]

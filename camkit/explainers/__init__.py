@@ -9,10 +9,11 @@ from .base import CAM, ChannelWeightedCAM
 from .eigencam import EigenCAM
 from .gradcam import GradCAM
 from .gradcampp import GradCAMPlusPlus
+from .smoothgradcampp import SmoothGradCAMPlusPlus
 
 METHODS: dict[str, type[CAM]] = {
     cls.name: cls
-    for cls in (GradCAM, GradCAMPlusPlus, EigenCAM)
+    for cls in (GradCAM, GradCAMPlusPlus, SmoothGradCAMPlusPlus, EigenCAM)
 }
 
 
@@ -25,4 +26,4 @@ def create(method: str, model: nn.Module, target_layer: Any = None, **options: A
     return cls(model, target_layer, **options)
 
 
-__all__ = ["CAM", "ChannelWeightedCAM", "GradCAM", "GradCAMPlusPlus", "EigenCAM", "METHODS", "create"]
+__all__ = ["CAM", "ChannelWeightedCAM", "GradCAM", "GradCAMPlusPlus", "SmoothGradCAMPlusPlus", "EigenCAM", "METHODS", "create"]

@@ -81,6 +81,14 @@ class CAM:
             patch_size=patch_size_of(self.model),
         )
 
+    def capture_without_gradients(self, x: torch.Tensor, target: TargetSpec) -> Capture:
+        """Activations and scores from one forward pass, no backward."""
+        layer = self._layer_for(x)
+        return capture(
+            self.model, layer, self.target_layer_name or "", x, target,
+            with_gradients=False, reshape=self.reshape, patch_size=patch_size_of(self.model),
+        )
+
     def layer_maps(self, captured: Capture) -> torch.Tensor:
         """The map at the layer's resolution before ReLU, ``(B, h, w)``."""
         raise NotImplementedError
