@@ -21,9 +21,14 @@ logger = logging.getLogger("camkit")
 LayerSpec = Union[None, str, nn.Module]
 Reshape = Callable[[torch.Tensor], torch.Tensor]
 
-# Adaptive pooling only resamples the last feature map for the classifier head:
-# explaining it gives the previous layer's map on a coarser or arbitrary grid.
-_HEAD_POOLING = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+# Modules that only re-lay, re-scale or pool the last feature map for the head:
+# their map is the previous layer's one, renamed (or resampled, for adaptive
+# pooling), so the automatic choice skips them and names the stage itself.
+_NOT_A_STAGE = (
+    nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Identity, nn.Flatten, nn.Unflatten,
+    nn.LayerNorm, nn.BatchNorm2d, nn.GroupNorm,
+)
+_NOT_A_STAGE_NAMES = ("Permute", "LayerNorm2d", "FrozenBatchNorm2d")
 
 
 @dataclass(frozen=True)
@@ -132,8 +137,7 @@ def auto_layer(model: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module]:
     modules = dict(model.named_modules())
     spatial = [
         i for i, info in enumerate(infos)
-        if info.layout in ("nchw", "nhwc") and _grid_area(info) > 1
-        and not isinstance(modules[info.name], _HEAD_POOLING)
+        if info.layout in ("nchw", "nhwc") and _grid_area(info) > 1 and _is_stage(modules[info.name])
     ]
     token_norms = [
         i for i, info in enumerate(infos)
@@ -153,6 +157,10 @@ def auto_layer(model: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module]:
         )
     logger.info("camkit chose target layer %r (%s).", name, reason)
     return name, modules[name]
+
+
+def _is_stage(module: nn.Module) -> bool:
+    return not isinstance(module, _NOT_A_STAGE) and type(module).__name__ not in _NOT_A_STAGE_NAMES
 
 
 def _grid_area(info: LayerInfo) -> int:
@@ -211,16 +219,24 @@ def token_grid(num_tokens: int, input_hw: tuple[int, int], patch_size: tuple[int
         grid_h, grid_w = input_hw[0] // patch_size[0], input_hw[1] // patch_size[1]
         if 0 < grid_h * grid_w <= num_tokens:
             return grid_h, grid_w
-    # Special tokens (class, distillation, registers) come first and are few.
-    aspect = input_hw[1] / input_hw[0]
-    for prefix in range(0, min(num_tokens, 17)):
+    # Special tokens (class, distillation, registers) come first and are few;
+    # the patch grid has the input's aspect ratio up to the rounding of strides.
+    log_aspect = math.log(input_hw[1] / input_hw[0])
+    best: tuple[float, int, int] | None = None
+    for prefix in range(0, min(num_tokens - 1, 17)):
         patches = num_tokens - prefix
-        grid_h = max(1, round(math.sqrt(patches / aspect)))
-        for candidate in (grid_h, grid_h - 1, grid_h + 1):
-            if candidate > 0 and patches % candidate == 0:
-                grid_w = patches // candidate
-                if abs(grid_w / candidate - aspect) <= 0.25 * aspect:
-                    return candidate, grid_w
+        for grid_h in range(1, patches + 1):
+            if patches % grid_h:
+                continue
+            grid_w = patches // grid_h
+            if grid_h * grid_w < 2:
+                continue
+            mismatch = abs(math.log(grid_w / grid_h) - log_aspect)
+            score = mismatch + 0.01 * prefix
+            if mismatch <= 0.1 and (best is None or score < best[0]):
+                best = (score, grid_h, grid_w)
+    if best is not None:
+        return best[1], best[2]
     raise ValueError(
         f"Cannot lay {num_tokens} tokens on a grid for a {input_hw[0]}x{input_hw[1]} input. "
         "Pass reshape= a function that turns the layer's (B, N, D) output into (B, D, h, w)."
