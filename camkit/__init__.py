@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .explainers import CAM, METHODS, EigenCAM, GradCAM, GradCAMPlusPlus, SmoothGradCAMPlusPlus, create
+from . import cluster
+from .explainers import CAM, CFCAM, METHODS, EigenCAM, GradCAM, GradCAMPlusPlus, SmoothGradCAMPlusPlus, create
 from .results import Explanation
 
 try:
@@ -13,12 +14,14 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 __all__ = [
     "CAM",
+    "CFCAM",
     "METHODS",
     "EigenCAM",
     "Explanation",
     "GradCAM",
     "GradCAMPlusPlus",
     "SmoothGradCAMPlusPlus",
+    "cluster",
     "create",
     "__version__",
 ]

@@ -17,3 +17,13 @@ def no_hooks_left(model: torch.nn.Module) -> bool:
         not module._forward_hooks and not module._forward_pre_hooks and not module._backward_hooks
         for module in model.modules()
     )
+
+
+@pytest.fixture(scope="session")
+def shapes_model():
+    """A CNN trained in a few seconds on the toy shapes task, with its held-out accuracy."""
+    from .shapes import train_shapes_net
+
+    model, accuracy = train_shapes_net()
+    assert accuracy > 0.9, f"toy CNN trained to only {accuracy:.2f}"
+    return model

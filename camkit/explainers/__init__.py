@@ -6,6 +6,7 @@ from typing import Any
 from torch import nn
 
 from .base import CAM, ChannelWeightedCAM
+from .cfcam import CFCAM
 from .eigencam import EigenCAM
 from .gradcam import GradCAM
 from .gradcampp import GradCAMPlusPlus
@@ -13,7 +14,7 @@ from .smoothgradcampp import SmoothGradCAMPlusPlus
 
 METHODS: dict[str, type[CAM]] = {
     cls.name: cls
-    for cls in (GradCAM, GradCAMPlusPlus, SmoothGradCAMPlusPlus, EigenCAM)
+    for cls in (GradCAM, GradCAMPlusPlus, SmoothGradCAMPlusPlus, EigenCAM, CFCAM)
 }
 
 
@@ -26,4 +27,4 @@ def create(method: str, model: nn.Module, target_layer: Any = None, **options: A
     return cls(model, target_layer, **options)
 
 
-__all__ = ["CAM", "ChannelWeightedCAM", "GradCAM", "GradCAMPlusPlus", "SmoothGradCAMPlusPlus", "EigenCAM", "METHODS", "create"]
+__all__ = ["CAM", "ChannelWeightedCAM", "GradCAM", "GradCAMPlusPlus", "SmoothGradCAMPlusPlus", "EigenCAM", "CFCAM", "METHODS", "create"]

@@ -41,5 +41,9 @@ def filter_maps(maps: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
         return maps
     if kernels.dim() == 2:
         kernels = kernels.expand(count, *kernels.shape)
-    filtered = F.conv2d(maps.unsqueeze(0), kernels.unsqueeze(1), padding="same", groups=count)
-    return filtered.squeeze(0)
+    kernel_h, kernel_w = kernels.shape[-2:]
+    # torch's "same": total padding k - 1, the odd one after; done by hand
+    # because conv2d warns and copies for even kernels.
+    top, left = (kernel_h - 1) // 2, (kernel_w - 1) // 2
+    padded = F.pad(maps.unsqueeze(0), (left, kernel_w - 1 - left, top, kernel_h - 1 - top))
+    return F.conv2d(padded, kernels.unsqueeze(1), groups=count).squeeze(0)

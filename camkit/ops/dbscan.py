@@ -1,0 +1,142 @@
+"""DBSCAN for a batch of point sets, in torch, on the points' device.
+
+scikit-learn's DBSCAN semantics: the eps-neighbourhood of a point counts the
+point itself and every point at distance <= eps; a point is core when its
+neighbourhood holds at least ``min_samples`` points; core points within eps
+of each other share a cluster (connected components of the core graph); a
+non-core point within eps of a core point joins the cluster of its nearest
+core neighbour; the rest is noise (-1). Clusters are numbered in the order of
+their lowest-index core point, as scikit-learn numbers them.
+
+Connected components come from min-label propagation with pointer jumping,
+each round one masked reduction over the (B, N, N) neighbour matrix.
+"""
+from __future__ import annotations
+
+import torch
+
+# Per chunk of batch items, B_chunk * N * N float64 distances: 2**26 is 512 MB.
+DEFAULT_CHUNK_ELEMENTS = 2**26
+
+
+def pairwise_distances(points: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances ``(B, N, N)`` (or ``(N, N)``) in float64, zero diagonal.
+
+    float64 because the fast Gram-matrix formula leaves near-duplicate float32
+    points ~1e-3 of their norm apart, enough to flip ``<= eps`` decisions; in
+    float64 they stay within ~1e-8 of their norm.
+    """
+    squeeze = points.dim() == 2
+    batched = points.unsqueeze(0) if squeeze else points
+    wide = batched.double()
+    distances = torch.cdist(wide, wide)
+    distances.diagonal(dim1=1, dim2=2).zero_()
+    return distances.squeeze(0) if squeeze else distances
+
+
+def dbscan(
+    points: torch.Tensor,
+    eps: float | torch.Tensor,
+    min_samples: int | torch.Tensor,
+    *,
+    distances: torch.Tensor | None = None,
+    valid: torch.Tensor | None = None,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+) -> torch.Tensor:
+    """Cluster labels ``(B, N)`` int64 (``(N,)`` for ``(N, D)`` points), -1 for noise.
+
+    Args:
+        points: ``(B, N, D)`` or ``(N, D)`` floating-point points.
+        eps: neighbourhood radius, a float or one per batch item ``(B,)``.
+        min_samples: neighbourhood size (the point included) that makes a core
+            point, an int or one per batch item ``(B,)``.
+        distances: precomputed ``(B, N, N)`` distances (e.g. reused to choose
+            eps, so that eps and the neighbourhoods see the same numbers).
+        valid: ``(B, N)`` bool, the points that take part; the others are
+            nobody's neighbour and get -1 (lets items of different sizes share
+            one padded batch).
+        chunk_elements: bound on B_chunk * N * N per step, to bound memory.
+    """
+    points, squeeze = _checked_points(points)
+    batch, count = points.shape[:2]
+    device = points.device
+    eps_per_item = _per_item(eps, batch, "eps", device, torch.float64)
+    if bool((eps_per_item <= 0).any()) or not bool(torch.isfinite(eps_per_item).all()):
+        raise ValueError(f"eps must be positive and finite, got {eps!r}.")
+    samples_per_item = _per_item(min_samples, batch, "min_samples", device, torch.long)
+    if bool((samples_per_item < 1).any()):
+        raise ValueError(f"min_samples must be >= 1, got {min_samples!r}.")
+    if valid is None:
+        valid = torch.ones(batch, count, dtype=torch.bool, device=device)
+    elif valid.shape != (batch, count) or valid.dtype != torch.bool:
+        raise ValueError(f"valid must be a bool tensor of shape {(batch, count)}, got {tuple(valid.shape)} {valid.dtype}.")
+    if distances is not None and distances.shape != (batch, count, count):
+        raise ValueError(f"distances must have shape {(batch, count, count)}, got {tuple(distances.shape)}.")
+
+    labels = torch.full((batch, count), -1, dtype=torch.long, device=device)
+    if count == 0 or batch == 0:
+        return labels.squeeze(0) if squeeze else labels
+    step = max(1, chunk_elements // max(1, count * count))
+    for start in range(0, batch, step):
+        chunk = slice(start, min(start + step, batch))
+        chunk_distances = distances[chunk] if distances is not None else pairwise_distances(points[chunk])
+        labels[chunk] = _cluster(chunk_distances, eps_per_item[chunk], samples_per_item[chunk], valid[chunk])
+    return labels.squeeze(0) if squeeze else labels
+
+
+def _cluster(distances: torch.Tensor, eps: torch.Tensor, min_samples: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    batch, count, _ = distances.shape
+    device = distances.device
+    pair_valid = valid[:, :, None] & valid[:, None, :]
+    within = distances <= eps.to(distances.dtype)[:, None, None]
+    # The Gram formula is not bitwise symmetric; the neighbour relation must be.
+    neighbours = within & within.transpose(1, 2) & pair_valid
+    core = valid & (neighbours.sum(dim=2, dtype=torch.int32) >= min_samples[:, None])
+    core_graph = neighbours & core[:, :, None] & core[:, None, :]
+
+    # int32 labels: the masked reductions below move a quarter of int64's bytes.
+    index = torch.arange(count, device=device, dtype=torch.int32).expand(batch, count)
+    sentinel = count  # larger than any index: "no core label"
+    component = torch.where(core, index, sentinel)
+    while True:
+        reached = torch.where(core_graph, component[:, None, :], sentinel).amin(dim=2)
+        updated = torch.minimum(component, reached)
+        # Pointer jumping: follow each label to its own label, halving path lengths.
+        padded = torch.cat((updated, torch.full((batch, 1), sentinel, device=device, dtype=torch.int32)), dim=1)
+        updated = padded.gather(1, updated.long())
+        if torch.equal(updated, component):
+            break
+        component = updated
+
+    # Border points join one of their core neighbours' clusters (scikit-learn
+    # takes whichever expansion reaches them first; here, the lowest root).
+    core_neighbour = neighbours & core[:, None, :] & ~core[:, :, None]
+    border_component = torch.where(core_neighbour, component[:, None, :], sentinel).amin(dim=2)
+    component = torch.where(core, component, border_component)
+
+    # Number clusters by their lowest-index core point (the component's root).
+    is_root = core & (component == index)
+    cluster_of_root = torch.cumsum(is_root.long(), dim=1) - 1
+    labelled = component < sentinel
+    return torch.where(labelled, cluster_of_root.gather(1, component.clamp_max(count - 1).long()), -1)
+
+
+def _checked_points(points: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    if not isinstance(points, torch.Tensor):
+        raise TypeError(f"points must be a torch.Tensor (B, N, D) or (N, D), got {type(points).__name__}.")
+    if points.dim() not in (2, 3):
+        raise ValueError(f"points must have shape (B, N, D) or (N, D), got {tuple(points.shape)}.")
+    if not points.is_floating_point():
+        raise TypeError(f"points must be floating point, got {points.dtype}.")
+    if not bool(torch.isfinite(points).all()):
+        raise ValueError("points contain NaN or infinite values; DBSCAN needs finite coordinates.")
+    return (points.unsqueeze(0), True) if points.dim() == 2 else (points, False)
+
+
+def _per_item(value: float | int | torch.Tensor, batch: int, name: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    tensor = torch.as_tensor(value, device=device).to(dtype)
+    if tensor.dim() == 0:
+        return tensor.expand(batch)
+    if tensor.shape != (batch,):
+        raise ValueError(f"{name} must be a number or one value per batch item ({batch}), got shape {tuple(tensor.shape)}.")
+    return tensor
