@@ -126,31 +126,33 @@ def _pair_quantile(distances: torch.Tensor, valid: torch.Tensor, q: float) -> to
     """The q-quantile (linear interpolation) of each item's off-diagonal distances among valid points, ``(B,)``.
 
     The off-diagonal list holds every pair twice, so its sorted order is the
-    upper triangle's with each value repeated; two order statistics of the
-    upper triangle give the interpolated quantile without sorting anything.
-    Items with fewer than two valid points get 0.
+    upper triangle's with each value repeated: the quantile interpolates
+    between two adjacent order statistics of the upper triangle. One selection
+    finds the lower one and a masked minimum the next, with no sort of the
+    N^2 values. Items with fewer than two valid points get 0.
     """
     batch, count, _ = distances.shape
-    pair_mask = valid[:, :, None] & valid[:, None, :] & torch.ones(count, count, dtype=torch.bool, device=distances.device).triu(1)
-    upper = torch.where(pair_mask, distances, math.inf).reshape(batch, -1)
+    rows, cols = torch.triu_indices(count, count, offset=1, device=distances.device)
+    upper = distances[:, rows, cols]
+    if not bool(valid.all()):
+        upper = torch.where(valid[:, rows] & valid[:, cols], upper, math.inf)
     valid_count = valid.sum(dim=1)
     pairs_twice = valid_count * (valid_count - 1)  # length of the off-diagonal list
     position = q * (pairs_twice - 1).clamp_min(0).double()
     low = position.floor().long()
     fraction = (position - low).to(distances.dtype)
-    result = torch.zeros(batch, dtype=distances.dtype, device=distances.device)
-    for rank_low, rank_high in torch.unique(torch.stack((low // 2, (low + 1) // 2), dim=1), dim=0).tolist():
-        rows = ((low // 2) == rank_low) & (((low + 1) // 2) == rank_high) & (pairs_twice > 0)
-        if not bool(rows.any()):
-            continue
-        ranks = torch.tensor(sorted({rank_low, rank_high}), device=distances.device)
-        values = _order_statistics(upper[rows], ranks)
-        below = values[:, 0]
-        above = values[:, -1]
-        result[rows] = below + fraction[rows] * (above - below)
-    return result
-
-
-def _order_statistics(values: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
-    """The values of 0-based ``ranks`` (ascending) in each row, ``(rows, len(ranks))``."""
-    return torch.stack([values.kthvalue(int(rank) + 1, dim=1).values for rank in ranks.tolist()], dim=1)
+    below = torch.zeros(batch, dtype=distances.dtype, device=distances.device)
+    above = torch.zeros_like(below)
+    has_pairs = pairs_twice > 0
+    for rank in torch.unique(low[has_pairs] // 2).tolist():
+        # Python loop over distinct ranks: one per distinct point count, usually one.
+        selected = has_pairs & (low // 2 == rank)
+        values = upper[selected]
+        lower = values.kthvalue(rank + 1, dim=1).values
+        at_or_below = (values <= lower[:, None]).sum(dim=1)
+        following = torch.where(values > lower[:, None], values, math.inf).amin(dim=1)
+        below[selected] = lower
+        above[selected] = torch.where(at_or_below > rank + 1, lower, following)
+    # low even: both neighbours in the duplicated list are copies of the lower statistic
+    above = torch.where(low % 2 == 0, below, above)
+    return below + fraction * (above - below)

@@ -20,16 +20,18 @@ DEFAULT_CHUNK_ELEMENTS = 2**26
 
 
 def pairwise_distances(points: torch.Tensor) -> torch.Tensor:
-    """Euclidean distances ``(B, N, N)`` (or ``(N, N)``) in float64, zero diagonal.
+    """Euclidean distances ``(B, N, N)`` (or ``(N, N)``), zero diagonal, in the points' precision.
 
-    float64 because the fast Gram-matrix formula leaves near-duplicate float32
-    points ~1e-3 of their norm apart, enough to flip ``<= eps`` decisions; in
-    float64 they stay within ~1e-8 of their norm.
+    Computed in float64 because the fast Gram-matrix formula leaves
+    near-duplicate float32 points ~1e-3 of their norm apart, enough to flip
+    ``<= eps`` decisions; in float64 they stay within ~1e-8 of their norm.
+    The result is rounded back to float32 for float32 points, which halves
+    the memory every later pass over the N x N matrix reads.
     """
     squeeze = points.dim() == 2
     batched = points.unsqueeze(0) if squeeze else points
     wide = batched.double()
-    distances = torch.cdist(wide, wide)
+    distances = torch.cdist(wide, wide).to(torch.promote_types(points.dtype, torch.float32))
     distances.diagonal(dim1=1, dim2=2).zero_()
     return distances.squeeze(0) if squeeze else distances
 
@@ -87,10 +89,11 @@ def dbscan(
 def _cluster(distances: torch.Tensor, eps: torch.Tensor, min_samples: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     batch, count, _ = distances.shape
     device = distances.device
-    pair_valid = valid[:, :, None] & valid[:, None, :]
     within = distances <= eps.to(distances.dtype)[:, None, None]
     # The Gram formula is not bitwise symmetric; the neighbour relation must be.
-    neighbours = within & within.transpose(1, 2) & pair_valid
+    neighbours = within & within.transpose(1, 2)
+    if not bool(valid.all()):
+        neighbours &= valid[:, :, None] & valid[:, None, :]
     core = valid & (neighbours.sum(dim=2, dtype=torch.int32) >= min_samples[:, None])
     core_graph = neighbours & core[:, :, None] & core[:, None, :]
 
