@@ -133,7 +133,7 @@ def _pair_quantile(distances: torch.Tensor, valid: torch.Tensor, q: float) -> to
     """
     batch, count, _ = distances.shape
     rows, cols = torch.triu_indices(count, count, offset=1, device=distances.device)
-    upper = distances[:, rows, cols]
+    upper = distances.reshape(batch, count * count).index_select(1, rows * count + cols)
     if not bool(valid.all()):
         upper = torch.where(valid[:, rows] & valid[:, cols], upper, math.inf)
     valid_count = valid.sum(dim=1)

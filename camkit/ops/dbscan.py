@@ -95,33 +95,45 @@ def _cluster(distances: torch.Tensor, eps: torch.Tensor, min_samples: torch.Tens
     if not bool(valid.all()):
         neighbours &= valid[:, :, None] & valid[:, None, :]
     core = valid & (neighbours.sum(dim=2, dtype=torch.int32) >= min_samples[:, None])
-    core_graph = neighbours & core[:, :, None] & core[:, None, :]
+    # Rows: every point; columns: its core neighbours only.
+    core_neighbours = neighbours & core[:, None, :]
 
-    # int32 labels: the masked reductions below move a quarter of int64's bytes.
-    index = torch.arange(count, device=device, dtype=torch.int32).expand(batch, count)
+    # Narrow labels: each masked reduction below moves B*N*N of them.
+    label_dtype = torch.int16 if count < 2**15 - 1 else torch.int32
     sentinel = count  # larger than any index: "no core label"
-    component = torch.where(core, index, sentinel)
+    index = torch.arange(count, device=device, dtype=label_dtype).expand(batch, count)
+    # First round for free: a core point's lowest-index core neighbour is its
+    # first True column (argmax returns the first maximum).
+    first = core_neighbours.view(torch.uint8).argmax(dim=2).to(label_dtype)
+    component = torch.where(core, first, sentinel).to(label_dtype)
     while True:
-        reached = torch.where(core_graph, component[:, None, :], sentinel).amin(dim=2)
-        updated = torch.minimum(component, reached)
-        # Pointer jumping: follow each label to its own label, halving path lengths.
-        padded = torch.cat((updated, torch.full((batch, 1), sentinel, device=device, dtype=torch.int32)), dim=1)
-        updated = padded.gather(1, updated.long())
+        component = _jump(component, sentinel)
+        # Min-label propagation: core rows check that they agree with every core
+        # neighbour; the same reduction gives border rows their cluster.
+        reached = torch.where(core_neighbours, component[:, None, :], sentinel).amin(dim=2)
+        updated = torch.where(core, torch.minimum(component, reached), component)
         if torch.equal(updated, component):
             break
         component = updated
-
     # Border points join one of their core neighbours' clusters (scikit-learn
     # takes whichever expansion reaches them first; here, the lowest root).
-    core_neighbour = neighbours & core[:, None, :] & ~core[:, :, None]
-    border_component = torch.where(core_neighbour, component[:, None, :], sentinel).amin(dim=2)
-    component = torch.where(core, component, border_component)
+    component = torch.where(core, component, reached)
 
     # Number clusters by their lowest-index core point (the component's root).
     is_root = core & (component == index)
     cluster_of_root = torch.cumsum(is_root.long(), dim=1) - 1
     labelled = component < sentinel
-    return torch.where(labelled, cluster_of_root.gather(1, component.clamp_max(count - 1).long()), -1)
+    return torch.where(labelled, cluster_of_root.gather(1, component.long().clamp_max(count - 1)), -1)
+
+
+def _jump(component: torch.Tensor, sentinel: int) -> torch.Tensor:
+    """Pointer jumping to a fixed point: every label replaced by its own label."""
+    padding = torch.full((component.shape[0], 1), sentinel, device=component.device, dtype=component.dtype)
+    while True:
+        jumped = torch.cat((component, padding), dim=1).gather(1, component.long())
+        if torch.equal(jumped, component):
+            return component
+        component = jumped
 
 
 def _checked_points(points: torch.Tensor) -> tuple[torch.Tensor, bool]:
