@@ -6,6 +6,7 @@ from importlib.metadata import PackageNotFoundError, version
 from . import cluster
 from .explainers import CAM, CFCAM, METHODS, EigenCAM, GradCAM, GradCAMPlusPlus, SmoothGradCAMPlusPlus, create
 from .results import Explanation
+from .viz import compare
 
 try:
     __version__ = version("camkit")
@@ -22,6 +23,7 @@ __all__ = [
     "GradCAMPlusPlus",
     "SmoothGradCAMPlusPlus",
     "cluster",
+    "compare",
     "create",
     "__version__",
 ]
