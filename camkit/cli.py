@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     layers.add_argument("model", help="torchvision model name, e.g. resnet50, vit_b_16, swin_t")
     layers.add_argument("--input-size", type=int, default=224, help="side of the square dry-run input (224)")
     layers.set_defaults(run=_layers)
+
+    from . import evaluate, overlay
+
+    overlay.register(commands)
+    evaluate.register(commands)
     return parser
 
 

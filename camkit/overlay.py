@@ -1,0 +1,301 @@
+"""``camkit overlay``: heatmaps over folders of images.
+
+Decoding and resizing run in DataLoader workers, the explainers on batches on
+the device, and blending, PNG encoding and writing in a writer thread pool, so
+the three overlap. Every output is written atomically; a rerun skips images
+whose outputs exist (``--overwrite`` redoes them) and so finishes an
+interrupted job. A file that cannot be read is reported and skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from threading import BoundedSemaphore
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .explainers import METHODS, create
+from .imageio import Source, discover, encode_npy, encode_png, read_rgb, write_atomically
+from .models import LoadedModel, load_model
+from .viz import overlay, to_uint8_hwc
+
+MANIFEST_FIELDS = ("input", "output", "method", "predicted_class", "predicted_name", "score",
+                   "explained_class", "status", "error")
+NORMALISATIONS = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), "none": ((0.0,) * 3, (1.0,) * 3)}
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser(
+        "overlay",
+        help="write heatmap overlays for image files, folders or globs",
+        description="Explain every image with one or more methods and write overlays at each image's own size. "
+        "The output tree mirrors the input tree; OUT/manifest.csv lists every image, method and outcome.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (searched recursively) or globs")
+    parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUT", help="output folder")
+    parser.add_argument("--method", default="gradcam", help=f"one of {', '.join(METHODS)}; several comma-separated; or 'all'")
+    parser.add_argument("--model", default=None, help="torchvision name, a torch.export .pt2 file, or package.module:factory "
+                        "(default: the bundled demo CNN)")
+    parser.add_argument("--weights", default=None, help="local state-dict/checkpoint file, or a torchvision weight set "
+                        "name such as DEFAULT (downloads)")
+    parser.add_argument("--layer", default=None, help="dotted target layer name (default: automatic)")
+    parser.add_argument("--target", default="top1", help="'top1' (each image's predicted class) or a class index")
+    parser.add_argument("--input-size", type=int, default=None, help="side the images are resized to (default: the model's)")
+    parser.add_argument("--normalize", default=None, help="'imagenet', 'none', or 'm1,m2,m3:s1,s2,s3' (default: the model's)")
+    parser.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity in [0, 1]")
+    parser.add_argument("--colormap", default="jet", help="any matplotlib colormap name")
+    parser.add_argument("--save-maps", choices=("npy", "png16"), default=None, help="also write raw maps at image size")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ...")
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="decoding processes (0: in-process)")
+    parser.add_argument("--overwrite", action="store_true", help="redo images whose outputs already exist")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(run=run)
+
+
+@dataclass
+class Item:
+    index: int
+    pixels: torch.Tensor | None  # (3, S, S) float, normalised
+    original: torch.Tensor | None  # (3, H, W) uint8
+    error: str | None
+
+
+class Images(torch.utils.data.Dataset):
+    """Decodes and resizes in the workers; a bad file becomes an error record, never an exception."""
+
+    def __init__(self, sources: list[Source], size: tuple[int, int], mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self.sources, self.size = sources, size
+        self.mean = torch.tensor(mean).reshape(3, 1, 1)
+        self.std = torch.tensor(std).reshape(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, index: int) -> Item:
+        try:
+            original = read_rgb(self.sources[index].path)
+        except Exception as error:  # noqa: BLE001 - any decoding failure is reported, not raised
+            return Item(index, None, None, f"cannot read image: {_one_line(error)}")
+        resized = F.interpolate(original[None].float() / 255, size=self.size, mode="bilinear",
+                                antialias=True, align_corners=False)[0]
+        return Item(index, (resized - self.mean) / self.std, original, None)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .cli import UserError
+
+    methods = list(METHODS) if args.method == "all" else [name.strip() for name in args.method.split(",") if name.strip()]
+    unknown = [name for name in methods if name not in METHODS]
+    if unknown or not methods:
+        raise UserError(f"unknown method {', '.join(unknown) or repr(args.method)}; choose from {', '.join(METHODS)} or 'all'")
+    if not 0.0 <= args.alpha <= 1.0:
+        raise UserError(f"--alpha must lie in [0, 1], got {args.alpha}")
+    if args.batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    device = _device(args.device)
+    loaded = load_model(args.model, args.weights, device)
+    size = (args.input_size, args.input_size) if args.input_size else loaded.input_size
+    mean, std = _normalisation(args.normalize, loaded)
+    target: int | None = None if args.target == "top1" else _class_index(args.target, loaded)
+    explainers = {name: create(name, loaded.model, args.layer) for name in methods}
+
+    out: Path = args.output
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomically(out / ".camkit-write-test", b"")
+        (out / ".camkit-write-test").unlink()
+    except OSError as error:
+        raise UserError(f"cannot write to output folder {out}: {error.strerror or error}") from None
+
+    sources = discover(args.inputs)
+    if not sources:
+        raise UserError(f"no images found in {', '.join(args.inputs)} (looked for {', '.join(('png', 'jpg', 'bmp', 'tif', 'webp'))})")
+    rows: list[dict[str, Any]] = []
+    todo = []
+    for index, source in enumerate(sources):
+        outputs = [_output_path(out, source, method) for method in methods]
+        if not args.overwrite and all(path.exists() for path in outputs):
+            rows.extend(_row(source, path, method, status="skipped (exists)") for path, method in zip(outputs, methods))
+        else:
+            todo.append(index)
+
+    failures = _explain_all(sources, todo, explainers, loaded, size, mean, std, target, args, rows)
+    rows.sort(key=lambda row: (row["input"], row["method"]))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=MANIFEST_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomically(out / "manifest.csv", buffer.getvalue().encode("utf-8"))
+    written = sum(row["status"] == "ok" for row in rows)
+    if not args.quiet:
+        print(f"camkit: {written} overlays written, {len(rows) - written - failures * len(methods)} skipped, "
+              f"{failures} images failed; manifest: {out / 'manifest.csv'}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _explain_all(sources, todo, explainers, loaded: LoadedModel, size, mean, std, target, args, rows) -> int:
+    dataset = torch.utils.data.Subset(Images(sources, size, mean, std), todo)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.batch_size, num_workers=args.workers, collate_fn=list,
+        worker_init_fn=_single_thread, persistent_workers=False,
+    )
+    progress = _progress(len(todo), args.quiet)
+    failures = 0
+    device = next(iter(loaded.model.parameters()), torch.empty(0)).device
+    slots = BoundedSemaphore(4 * max(1, args.batch_size))  # bounds images waiting to be written
+    pending: list[tuple[Future, dict[str, Any]]] = []
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="camkit-writer") as writer:
+        for batch in loader:
+            good = [item for item in batch if item.error is None]
+            for item in batch:
+                if item.error is not None:
+                    failures += 1
+                    source = sources[item.index]
+                    print(f"camkit: {source.path}: {item.error}", file=sys.stderr)
+                    rows.extend(_row(source, "", method, status="error", error=item.error) for method in explainers)
+            if good:
+                x = torch.stack([item.pixels for item in good]).to(device)
+                for method, explainer in explainers.items():
+                    result = explainer.explain(x, target)
+                    maps = result.maps.cpu()
+                    for row_index, item in enumerate(good):
+                        source = sources[item.index]
+                        path = _output_path(args.output, source, method)
+                        row = _row(source, path, method, status="ok", result=result, row_index=row_index, loaded=loaded)
+                        slots.acquire()
+                        future = writer.submit(_write, item.original, maps[row_index], path, args)
+                        future.add_done_callback(lambda _f: slots.release())
+                        pending.append((future, row))
+            progress.update(len(batch))
+            pending = _collect(pending, rows, wait=False)
+        _collect(pending, rows, wait=True)
+    progress.close()
+    failed_writes = {row["input"] for row in rows if row["status"] == "error" and row["error"].startswith("cannot write")}
+    return failures + len(failed_writes)
+
+
+def _write(original: torch.Tensor, layer_map: torch.Tensor, path: Path, args: argparse.Namespace) -> None:
+    height, width = original.shape[1:]
+    full = F.interpolate(layer_map[None, None], size=(height, width), mode="bilinear", align_corners=False)[0]
+    blended = overlay(original[None].float() / 255, full, alpha=args.alpha, colormap=args.colormap)
+    write_atomically(path, encode_png(to_uint8_hwc(blended)[0].numpy()))
+    if args.save_maps == "npy":
+        write_atomically(path.with_name(path.stem + "_map.npy"), encode_npy(full[0].numpy()))
+    elif args.save_maps == "png16":
+        write_atomically(path.with_name(path.stem + "_map.png"),
+                         encode_png((full[0] * 65535).round().clamp(0, 65535).numpy().astype("uint16")))
+
+
+def _collect(pending, rows, wait: bool):
+    remaining = []
+    for future, row in pending:
+        if not wait and not future.done():
+            remaining.append((future, row))
+            continue
+        error = future.exception()
+        if error is not None:
+            row.update(status="error", error=f"cannot write output: {_one_line(error)}")
+            print(f"camkit: {row['output']}: {row['error']}", file=sys.stderr)
+        rows.append(row)
+    return remaining
+
+
+def _row(source: Source, path: Path | str, method: str, *, status: str, error: str = "", result=None,
+         row_index: int = 0, loaded: LoadedModel | None = None) -> dict[str, Any]:
+    row = {"input": str(source.path), "output": str(path), "method": method, "predicted_class": "",
+           "predicted_name": "", "score": "", "explained_class": "", "status": status, "error": error}
+    if result is not None:
+        if result.predictions is not None:
+            predicted = int(result.predictions[row_index])
+            row["predicted_class"] = predicted
+            names = loaded.class_names if loaded is not None else None
+            row["predicted_name"] = names[predicted] if names and predicted < len(names) else ""
+            row["score"] = f"{float(result.probabilities[row_index]):.6f}"
+        if result.targets is not None:
+            row["explained_class"] = int(result.targets[row_index])
+    return row
+
+
+def _output_path(out: Path, source: Source, method: str) -> Path:
+    safe = method.replace("+", "p")
+    return out / source.relative.parent / f"{source.relative.name}_{safe}.png"
+
+
+def _device(name: str) -> torch.device:
+    from .cli import UserError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return device
+
+
+def _normalisation(spec: str | None, loaded: LoadedModel) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    from .cli import UserError
+
+    if spec is None:
+        return loaded.mean, loaded.std
+    if spec in NORMALISATIONS:
+        return NORMALISATIONS[spec]
+    try:
+        mean_text, std_text = spec.split(":")
+        mean = tuple(float(value) for value in mean_text.split(","))
+        std = tuple(float(value) for value in std_text.split(","))
+    except ValueError:
+        raise UserError(f"--normalize {spec!r}: use imagenet, none, or m1,m2,m3:s1,s2,s3") from None
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise UserError(f"--normalize {spec!r}: give three means and three positive stds")
+    return mean, std
+
+
+def _class_index(text: str, loaded: LoadedModel) -> int:
+    from .cli import UserError
+
+    try:
+        return int(text)
+    except ValueError:
+        names = loaded.class_names or []
+        if text in names:
+            return names.index(text)
+        raise UserError(f"--target {text!r}: use top1, a class index, or a class name of this model") from None
+
+
+def _progress(total: int, quiet: bool):
+    if quiet or not sys.stderr.isatty():
+        return _NoProgress()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", desc="camkit overlay", file=sys.stderr)
+
+
+class _NoProgress:
+    def update(self, _count: int) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def _single_thread(_worker: int) -> None:
+    # Decoding workers share the machine with the model: one thread each.
+    torch.set_num_threads(1)
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
