@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import cluster
+from . import cluster, metrics
 from .explainers import CAM, CFCAM, METHODS, EigenCAM, GradCAM, GradCAMPlusPlus, SmoothGradCAMPlusPlus, create
 from .results import Explanation
 from .viz import compare
@@ -25,5 +25,6 @@ __all__ = [
     "cluster",
     "compare",
     "create",
+    "metrics",
     "__version__",
 ]

@@ -70,9 +70,7 @@ class Explanation:
 
     def _repr_png_(self) -> bytes:
         """Jupyter shows the result as its figure."""
-        buffer = io.BytesIO()
-        self.figure().savefig(buffer, format="png", dpi=80)
-        return buffer.getvalue()
+        return self.figure()._repr_png_()
 
     def show(self) -> None:
         """Display inline in IPython/Jupyter, else in a matplotlib window."""

@@ -88,6 +88,23 @@ def to_uint8_hwc(images: torch.Tensor) -> torch.Tensor:
     return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
 
 
+@lru_cache(maxsize=1)
+def _figure_class() -> type:
+    from matplotlib.figure import Figure
+
+    class DisplayedFigure(Figure):
+        """A figure that Jupyter shows as PNG even when pyplot was never imported."""
+
+        def _repr_png_(self) -> bytes:
+            import io
+
+            buffer = io.BytesIO()
+            self.savefig(buffer, format="png", dpi=80)
+            return buffer.getvalue()
+
+    return DisplayedFigure
+
+
 def overlay_grid(
     images: torch.Tensor,
     columns: Sequence[tuple[str, torch.Tensor]],
@@ -102,11 +119,9 @@ def overlay_grid(
 
     ``captions[row][column]`` (``column`` 0 is the image) go under each panel.
     """
-    from matplotlib.figure import Figure
-
     rows = images.shape[0]
     width = len(columns) + 1
-    figure = Figure(figsize=(panel_size * width + (0.6 if colorbar else 0), panel_size * rows + 0.3), layout="constrained")
+    figure = _figure_class()(figsize=(panel_size * width + (0.6 if colorbar else 0), panel_size * rows + 0.3), layout="constrained")
     axes = figure.subplots(rows, width, squeeze=False)
     shown = to_uint8_hwc(images.detach().float().expand(-1, 3, -1, -1)).cpu().numpy()
     for row in range(rows):
