@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import metrics
+from . import distributed, metrics
 from .explainers import METHODS, create
 from .imageio import discover, read_rgb, write_atomically
 from .models import load_model
@@ -48,6 +48,15 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Under torchrun each rank scores its share of the images; sums are reduced across ranks."""
+    ranks = distributed.start()
+    try:
+        return _run(args, ranks)
+    finally:
+        distributed.stop(ranks)
+
+
+def _run(args: argparse.Namespace, ranks: distributed.Ranks) -> int:
     from .cli import UserError
     from .overlay import _device
 
@@ -55,12 +64,15 @@ def run(args: argparse.Namespace) -> int:
     unknown = [name for name in names if name not in METHODS]
     if unknown:
         raise UserError(f"unknown method {', '.join(unknown)}; choose from {', '.join(METHODS)} or 'all'")
-    device = _device(args.device)
+    device = _device(distributed.device_for(ranks, args.device))
     loaded = load_model(args.model, args.weights, device)
     x, masks = _data(args, loaded)
-    x = x.to(device)
-    masks = masks.to(device) if masks is not None else None
-    table = [_score(name, create(name, loaded.model, args.layer), loaded.model, x, masks, args) for name in names]
+    share = distributed.shard(list(range(x.shape[0])), ranks)
+    x = x[share].to(device)
+    masks = masks[share].to(device) if masks is not None else None
+    table = [_score(name, create(name, loaded.model, args.layer), loaded.model, x, masks, args, ranks) for name in names]
+    if not ranks.is_main:
+        return 0
     print(_markdown(table))
     if args.csv is not None:
         buffer = io.StringIO()
@@ -97,7 +109,7 @@ def _data(args: argparse.Namespace, loaded) -> tuple[torch.Tensor, torch.Tensor 
     return (torch.stack(pixels) - mean) / std, None
 
 
-def _score(name: str, explainer, model, x: torch.Tensor, masks, args) -> dict[str, Any]:
+def _score(name: str, explainer, model, x: torch.Tensor, masks, args, ranks: distributed.Ranks) -> dict[str, Any]:
     sums: dict[str, float] = {column: 0.0 for column in COLUMNS[1:]}
     seconds = 0.0
     for start in range(0, x.shape[0], args.batch_size):
@@ -122,7 +134,9 @@ def _score(name: str, explainer, model, x: torch.Tensor, masks, args) -> dict[st
             values["energy_pointing_game"] = metrics.energy_pointing_game(maps, batch_masks)
         for key, value in values.items():
             sums[key] += float(value.sum())
-    count = x.shape[0]
+    count = distributed.total(x.shape[0], ranks)
+    sums = {key: distributed.total(value, ranks) for key, value in sums.items()}
+    seconds = distributed.total(seconds, ranks)
     row: dict[str, Any] = {"method": name}
     for column in COLUMNS[1:-1]:
         row[column] = "" if masks is None and "pointing" in column else f"{sums[column] / count:.3f}"

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from . import distributed
 from .explainers import METHODS, create
 from .imageio import Source, discover, encode_npy, encode_png, read_rgb, write_atomically
 from .models import LoadedModel, load_model
@@ -92,6 +93,15 @@ class Images(torch.utils.data.Dataset):
 
 
 def run(args: argparse.Namespace) -> int:
+    """Explain every image; under torchrun each rank takes its share and rank 0 merges the manifest."""
+    ranks = distributed.start()
+    try:
+        return _run(args, ranks)
+    finally:
+        distributed.stop(ranks)
+
+
+def _run(args: argparse.Namespace, ranks: distributed.Ranks) -> int:
     from .cli import UserError
 
     methods = list(METHODS) if args.method == "all" else [name.strip() for name in args.method.split(",") if name.strip()]
@@ -102,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--alpha must lie in [0, 1], got {args.alpha}")
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
-    device = _device(args.device)
+    device = _device(distributed.device_for(ranks, args.device))
     loaded = load_model(args.model, args.weights, device)
     size = (args.input_size, args.input_size) if args.input_size else loaded.input_size
     mean, std = _normalisation(args.normalize, loaded)
@@ -112,8 +122,9 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.output
     try:
         out.mkdir(parents=True, exist_ok=True)
-        write_atomically(out / ".camkit-write-test", b"")
-        (out / ".camkit-write-test").unlink()
+        probe = out / f".camkit-write-test-{ranks.rank}"
+        write_atomically(probe, b"")
+        probe.unlink()
     except OSError as error:
         raise UserError(f"cannot write to output folder {out}: {error.strerror or error}") from None
 
@@ -122,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"no images found in {', '.join(args.inputs)} (looked for {', '.join(('png', 'jpg', 'bmp', 'tif', 'webp'))})")
     rows: list[dict[str, Any]] = []
     todo = []
-    for index, source in enumerate(sources):
+    for index in distributed.shard(list(range(len(sources))), ranks):
+        source = sources[index]
         outputs = [_output_path(out, source, method) for method in methods]
         if not args.overwrite and all(path.exists() for path in outputs):
             rows.extend(_row(source, path, method, status="skipped (exists)") for path, method in zip(outputs, methods))
@@ -130,17 +142,35 @@ def run(args: argparse.Namespace) -> int:
             todo.append(index)
 
     failures = _explain_all(sources, todo, explainers, loaded, size, mean, std, target, args, rows)
-    rows.sort(key=lambda row: (row["input"], row["method"]))
+    if ranks.world == 1:
+        _write_manifest(out / "manifest.csv", rows)
+    else:
+        # Each rank writes its own part; rank 0 merges them once all are done.
+        part = out / f".manifest-part-{ranks.rank:05d}-of-{ranks.world:05d}.csv"
+        _write_manifest(part, rows)
+        distributed.barrier(ranks)
+        if ranks.is_main:
+            parts = sorted(out.glob(f".manifest-part-*-of-{ranks.world:05d}.csv"))
+            merged = [row for path in parts for row in csv.DictReader(open(path, newline="", encoding="utf-8"))]
+            _write_manifest(out / "manifest.csv", merged)
+            for path in parts:
+                path.unlink()
+    written = int(distributed.total(sum(row["status"] == "ok" for row in rows), ranks))
+    skipped = int(distributed.total(sum(row["status"].startswith("skipped") for row in rows), ranks))
+    failures = int(distributed.total(failures, ranks))
+    if not args.quiet and ranks.is_main:
+        print(f"camkit: {written} overlays written, {skipped} skipped as already done, {failures} images failed; "
+              f"manifest: {out / 'manifest.csv'}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
+    rows = sorted(rows, key=lambda row: (row["input"], row["method"]))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=MANIFEST_FIELDS)
     writer.writeheader()
     writer.writerows(rows)
-    write_atomically(out / "manifest.csv", buffer.getvalue().encode("utf-8"))
-    written = sum(row["status"] == "ok" for row in rows)
-    if not args.quiet:
-        print(f"camkit: {written} overlays written, {len(rows) - written - failures * len(methods)} skipped, "
-              f"{failures} images failed; manifest: {out / 'manifest.csv'}", file=sys.stderr)
-    return 1 if failures else 0
+    write_atomically(path, buffer.getvalue().encode("utf-8"))
 
 
 def _explain_all(sources, todo, explainers, loaded: LoadedModel, size, mean, std, target, args, rows) -> int:

@@ -9,3 +9,22 @@ def tiny() -> nn.Module:
     )
     model.input_size = 32
     return model
+
+
+def tiny_crashing_on_rank_one() -> nn.Module:
+    """``tiny()`` whose process dies abruptly on rank 1 after CRASH_AFTER forward passes (a killed rank)."""
+    import os
+    import time
+
+    model = tiny()
+    crash_after = int(os.environ.get("CRASH_AFTER", "0"))
+    calls = {"count": 0}
+
+    def count(_module, _inputs):
+        calls["count"] += 1
+        if crash_after and os.environ.get("RANK") == "1" and calls["count"] > crash_after:
+            time.sleep(1.0)  # mid-run: earlier outputs are on disk by now
+            os._exit(9)
+
+    model.register_forward_pre_hook(count)
+    return model
