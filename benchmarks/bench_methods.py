@@ -103,9 +103,16 @@ def authors_cfcam(model: torch.nn.Module, layer: torch.nn.Module, x: torch.Tenso
 def pytorch_grad_cam_method(cls_name: str, model, layer, x) -> Callable[[], object]:
     import pytorch_grad_cam
 
-    cam = getattr(pytorch_grad_cam, cls_name)(model=model, target_layers=[layer])
-    # targets=None explains each image's top class, as camkit's default does.
-    return lambda: cam(input_tensor=x, targets=None)
+    def run() -> object:
+        # Built per call and released: its hooks would otherwise copy activations
+        # and gradients during every other method's forward pass too.
+        cam = getattr(pytorch_grad_cam, cls_name)(model=model, target_layers=[layer])
+        try:
+            return cam(input_tensor=x, targets=None)  # None: each image's top class, like camkit
+        finally:
+            cam.activations_and_grads.release()
+
+    return run
 
 
 def torchcam_method(cls_name: str, model, layer_name: str, x, **options) -> Callable[[], object]:

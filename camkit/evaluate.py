@@ -23,7 +23,7 @@ from .imageio import discover, read_rgb, write_atomically
 from .models import load_model
 
 COLUMNS = ("method", "pointing_game", "energy_pointing_game", "deletion", "insertion", "average_drop",
-           "increase_in_confidence", "class_sensitivity", "seconds_per_image")
+           "increase_in_confidence", "class_sensitivity", "model_randomisation", "seconds_per_image")
 
 
 def register(commands: Any) -> None:
@@ -31,7 +31,8 @@ def register(commands: Any) -> None:
         "evaluate",
         help="score methods with faithfulness, localisation and sanity metrics",
         description="Print a method x metric table (and write it as CSV). Lower is better for deletion, average "
-        "drop and class sensitivity (1 = the map ignores the class); higher for the rest.",
+        "drop, class sensitivity (1 = the map ignores the class) and model randomisation (1 = the map ignores "
+        "the weights); higher for the rest.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("inputs", nargs="*", metavar="INPUT", help="images/folders/globs (default: the demo set with boxes)")
@@ -127,6 +128,8 @@ def _score(name: str, explainer, model, x: torch.Tensor, masks, args, ranks: dis
             "average_drop": metrics.average_drop(model, batch, maps, top_two[:, 0]),
             "increase_in_confidence": metrics.increase_in_confidence(model, batch, maps, top_two[:, 0]),
             "class_sensitivity": metrics.pearson(maps, explainer(batch, top_two[:, 1])),
+            "model_randomisation": metrics.model_randomisation(
+                lambda model_copy: create(name, model_copy, args.layer), model, batch, top_two[:, 0]),
         }
         if masks is not None:
             batch_masks = masks[start : start + args.batch_size]
