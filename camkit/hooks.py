@@ -104,7 +104,7 @@ def capture(
             if with_gradients or target is not None:
                 scores, classes = scores_for(output, target, x.shape[0])
             else:
-                scores, classes = _scores_if_classifier(output, x.shape[0])
+                scores, classes = _scores_if_classifier(output, x.shape[0], x.device)
             gradient = None
             if with_gradients:
                 if not scores.requires_grad:
@@ -150,9 +150,9 @@ def _detached(output: Any) -> Any:
     return output
 
 
-def _scores_if_classifier(output: Any, batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _scores_if_classifier(output: Any, batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
     # A gradient-free method needs no score; report the top class when there is one.
     try:
         return scores_for(output, None, batch_size)
     except (TypeError, ValueError):
-        return torch.full((batch_size,), float("nan")), None
+        return torch.full((batch_size,), float("nan"), device=device), None

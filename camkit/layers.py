@@ -164,8 +164,8 @@ def _is_stage(module: nn.Module) -> bool:
 
 
 def _grid_area(info: LayerInfo) -> int:
-    assert info.shape is not None  # every 4-D layout has a shape
-    return info.shape[1] * info.shape[2] if info.layout == "nhwc" else info.shape[2] * info.shape[3]
+    shape = info.shape or (0, 0, 0, 0)
+    return shape[1] * shape[2] if info.layout == "nhwc" else shape[2] * shape[3]
 
 
 def _vit_layer(norm_names: list[str]) -> str:
