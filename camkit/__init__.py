@@ -6,6 +6,7 @@ from importlib.metadata import PackageNotFoundError, version
 from . import cluster, metrics
 from .explainers import CAM, CFCAM, METHODS, EigenCAM, GradCAM, GradCAMPlusPlus, SmoothGradCAMPlusPlus, create
 from .results import Explanation
+from .targets import DetectionTarget, MultiLabelTarget, SegmentationTarget
 from .viz import compare
 
 try:
@@ -18,7 +19,10 @@ __all__ = [
     "CFCAM",
     "METHODS",
     "EigenCAM",
+    "DetectionTarget",
     "Explanation",
+    "MultiLabelTarget",
+    "SegmentationTarget",
     "GradCAM",
     "GradCAMPlusPlus",
     "SmoothGradCAMPlusPlus",

@@ -16,7 +16,7 @@ That does three things at once:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,81 +53,95 @@ def model_left_as_found(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def capture(
+def capture_layers(
     model: nn.Module,
-    layer: nn.Module,
-    layer_name: str,
+    layers: Sequence[tuple[str, nn.Module]],
     x: torch.Tensor,
     target: TargetSpec,
     *,
     with_gradients: bool = True,
     reshape: Reshape | None = None,
     patch_size: tuple[int, int] | None = None,
-) -> Capture:
-    """Run ``model(x)`` once, capturing ``layer``'s output and d(score)/d(output)."""
+) -> list[Capture]:
+    """One forward (and one backward) capturing every layer in ``layers``, in their order.
+
+    The first layer to run becomes a detached leaf and turns autograd on; the
+    ones after it stay in the graph (a leaf there would cut the earlier
+    layers off from the score), and each hands the rest of the model a copy.
+    """
     stash: dict[str, torch.Tensor] = {}
 
-    def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
-        tensor = output[0] if isinstance(output, (tuple, list)) else output
-        if not isinstance(tensor, torch.Tensor):
-            raise TypeError(
-                f"The target layer {layer_name!r} returned {type(tensor).__name__}, not a tensor. "
-                "Choose a layer whose output is a tensor."
-            )
-        leaf = tensor.detach()
-        if with_gradients:
-            leaf.requires_grad_(True)
-            torch.set_grad_enabled(True)
-        stash["activation"] = leaf
-        # The rest of the model gets a copy, so in-place ops there leave `leaf` intact.
-        passed_on = leaf.clone()
-        if isinstance(output, tuple):
-            return (passed_on, *output[1:])
-        if isinstance(output, list):
-            return [passed_on, *output[1:]]
-        return passed_on
+    def hook_for(layer_name: str) -> Callable[..., Any]:
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+            tensor = output[0] if isinstance(output, (tuple, list)) else output
+            if not isinstance(tensor, torch.Tensor):
+                raise TypeError(
+                    f"The target layer {layer_name!r} returned {type(tensor).__name__}, not a tensor. "
+                    "Choose a layer whose output is a tensor."
+                )
+            if with_gradients and torch.is_grad_enabled() and tensor.requires_grad:
+                captured = tensor  # already downstream of an earlier captured layer
+            else:
+                captured = tensor.detach()
+                if with_gradients:
+                    captured.requires_grad_(True)
+                    torch.set_grad_enabled(True)
+            stash[layer_name] = captured
+            # The rest of the model gets a copy, so in-place ops there leave the capture intact.
+            passed_on = captured.clone()
+            if isinstance(output, tuple):
+                return (passed_on, *output[1:])
+            if isinstance(output, list):
+                return [passed_on, *output[1:]]
+            return passed_on
 
-    handle = layer.register_forward_hook(hook)
+        return hook
+
+    handles = [layer.register_forward_hook(hook_for(name)) for name, layer in layers]
     try:
         with model_left_as_found(model), _outside_inference_mode():
             if x.is_inference():
                 x = x.clone()
             torch.set_grad_enabled(False)
             output = model(x)
-            if "activation" not in stash:
+            missing = [name for name, _ in layers if name not in stash]
+            if missing:
                 raise ValueError(
-                    f"The target layer {layer_name!r} did not run during the forward pass. "
+                    f"The target layer {missing[0]!r} did not run during the forward pass. "
                     "Choose a layer that the model uses for this input."
                 )
-            activation = stash["activation"]
+            captured = [stash[name] for name, _ in layers]
             torch.set_grad_enabled(with_gradients)
             if with_gradients or target is not None:
                 scores, classes = scores_for(output, target, x.shape[0])
             else:
                 scores, classes = _scores_if_classifier(output, x.shape[0], x.device)
-            gradient = None
+            gradients: list[torch.Tensor | None] = [None] * len(layers)
             if with_gradients:
                 if not scores.requires_grad:
                     raise ValueError(
-                        f"The explained score does not depend on the target layer {layer_name!r}; "
+                        f"The explained score does not depend on the target layer {layers[0][0]!r}; "
                         "choose a layer on the path from the input to that score."
                     )
-                (gradient,) = torch.autograd.grad(scores.sum(), activation, allow_unused=True)
-                if gradient is None:
-                    gradient = torch.zeros_like(activation)
+                found = torch.autograd.grad(scores.sum(), captured, allow_unused=True)
+                gradients = [g if g is not None else torch.zeros_like(a) for g, a in zip(found, captured)]
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
 
     input_hw = tuple(x.shape[2:])
     grid = reshape if reshape is not None else (lambda t: to_grid(t, input_hw, patch_size))
-    activations = grid(activation.detach()).float()
-    if not bool(torch.isfinite(activations).all()):
-        raise ValueError(
-            f"The target layer {layer_name!r} produced NaN or infinite activations for this input. "
-            "Check the model's weights and that the input is normalised the way the model expects."
-        )
-    gradients = grid(gradient).float() if gradient is not None else None
-    return Capture(activations, gradients, _detached(output), scores.detach(), classes)
+    results = []
+    for (layer_name, _), activation, gradient in zip(layers, captured, gradients):
+        activations = grid(activation.detach()).float()
+        if not bool(torch.isfinite(activations).all()):
+            raise ValueError(
+                f"The target layer {layer_name!r} produced NaN or infinite activations for this input. "
+                "Check the model's weights and that the input is normalised the way the model expects."
+            )
+        results.append(Capture(activations, grid(gradient).float() if gradient is not None else None,
+                               _detached(output), scores.detach(), classes))
+    return results
 
 
 @contextlib.contextmanager

@@ -25,8 +25,8 @@ Reshape = Callable[[torch.Tensor], torch.Tensor]
 # their map is the previous layer's one, renamed (or resampled, for adaptive
 # pooling), so the automatic choice skips them and names the stage itself.
 _NOT_A_STAGE = (
-    nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Identity, nn.Flatten, nn.Unflatten,
-    nn.LayerNorm, nn.BatchNorm2d, nn.GroupNorm,
+    nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool3d, nn.Identity,
+    nn.Flatten, nn.Unflatten, nn.LayerNorm, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm,
 )
 _NOT_A_STAGE_NAMES = ("Permute", "LayerNorm2d", "FrozenBatchNorm2d")
 
@@ -88,6 +88,8 @@ def output_layout(output: Any, input_hw: tuple[int, ...]) -> str | None:
         return "nchw"
     if output.dim() == 3 and output.shape[1] > 1:
         return "tokens"
+    if output.dim() == 5:
+        return "ncdhw"
     return None
 
 
@@ -137,7 +139,7 @@ def auto_layer(model: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module]:
     modules = dict(model.named_modules())
     spatial = [
         i for i, info in enumerate(infos)
-        if info.layout in ("nchw", "nhwc") and _grid_area(info) > 1 and _is_stage(modules[info.name])
+        if info.layout in ("nchw", "nhwc", "ncdhw") and _grid_area(info) > 1 and _is_stage(modules[info.name])
     ]
     token_norms = [
         i for i, info in enumerate(infos)
@@ -165,7 +167,9 @@ def _is_stage(module: nn.Module) -> bool:
 
 def _grid_area(info: LayerInfo) -> int:
     shape = info.shape or (0, 0, 0, 0)
-    return shape[1] * shape[2] if info.layout == "nhwc" else shape[2] * shape[3]
+    if info.layout == "nhwc":
+        return shape[1] * shape[2]
+    return math.prod(shape[2:])
 
 
 def _vit_layer(norm_names: list[str]) -> str:
@@ -197,7 +201,7 @@ def to_grid(
 ) -> torch.Tensor:
     """A layer output as ``(B, K, h, w)``: NCHW kept, NHWC permuted, tokens laid on their grid."""
     layout = output_layout(activation, input_hw)
-    if layout == "nchw":
+    if layout in ("nchw", "ncdhw"):
         return activation
     if layout == "nhwc":
         return activation.permute(0, 3, 1, 2)

@@ -115,3 +115,75 @@ def class_indices(logits: torch.Tensor, target: TargetSpec) -> torch.Tensor:
             f"{num_classes} classes, so valid indices are 0..{num_classes - 1}."
         )
     return classes
+
+
+class SegmentationTarget:
+    """A segmenter's evidence for one class: the sum of its logits over a mask, per image.
+
+    ``mask`` is ``(H, W)`` or ``(B, H, W)`` (``(D, H, W)`` for volumes) at the output's resolution; without
+    one, the pixels the model itself assigns to ``category`` are used. Accepts
+    torchvision's ``{"out": logits}`` dicts and plain ``(B, C, H, W)`` logits.
+    """
+
+    def __init__(self, category: int, mask: torch.Tensor | None = None) -> None:
+        self.category, self.mask = int(category), mask
+
+    def __call__(self, output: Any) -> torch.Tensor:
+        logits = logits_of(output)
+        if logits.dim() not in (4, 5):
+            raise ValueError(
+                f"SegmentationTarget needs (B, classes, H, W) or (B, classes, D, H, W) logits, got {tuple(logits.shape)}."
+            )
+        if not 0 <= self.category < logits.shape[1]:
+            raise ValueError(f"category {self.category} is out of range for a segmenter with {logits.shape[1]} classes.")
+        if self.mask is None:
+            mask = (logits.argmax(dim=1) == self.category).to(logits.dtype)
+        else:
+            mask = self.mask.to(device=logits.device, dtype=logits.dtype).expand(logits.shape[0], *logits.shape[2:])
+        return (logits[:, self.category] * mask).flatten(1).sum(dim=1)
+
+
+class MultiLabelTarget:
+    """One label's sigmoid probability among many independent labels (e.g. chest X-ray findings)."""
+
+    def __init__(self, label: int | Sequence[int] | torch.Tensor) -> None:
+        self.label = label
+
+    def __call__(self, output: Any) -> torch.Tensor:
+        logits = logits_of(output)
+        labels = class_indices(logits, self.label)
+        return torch.sigmoid(logits.gather(1, labels[:, None]).squeeze(1))
+
+
+class DetectionTarget:
+    """A detector's score for the detection that best matches a given box and label, per image.
+
+    For torchvision detectors, whose output is a list of dicts with
+    ``boxes``, ``labels`` and ``scores``: among detections of ``labels[b]``,
+    the one with the highest IoU to ``boxes[b]`` (at least ``min_iou``) gives
+    its score; an image with no such detection scores 0 (its map is then empty).
+    """
+
+    def __init__(self, boxes: torch.Tensor, labels: Sequence[int] | torch.Tensor, min_iou: float = 0.5) -> None:
+        self.boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+        self.labels = torch.as_tensor(labels).reshape(-1)
+        self.min_iou = float(min_iou)
+
+    def __call__(self, output: Any) -> torch.Tensor:
+        from torchvision.ops import box_iou
+
+        if not isinstance(output, (list, tuple)) or not all(isinstance(item, Mapping) for item in output):
+            raise TypeError("DetectionTarget expects a detector's list of dicts with boxes, labels and scores.")
+        if len(output) != len(self.boxes):
+            raise ValueError(f"DetectionTarget has {len(self.boxes)} boxes for a batch of {len(output)} images.")
+        scores = []
+        for detections, box, label in zip(output, self.boxes, self.labels.tolist()):
+            # A Python loop over images: each image has its own number of detections.
+            same_label = detections["labels"] == label
+            overlap = box_iou(box[None].to(detections["boxes"].device), detections["boxes"])[0]
+            overlap = torch.where(same_label & (overlap >= self.min_iou), overlap, -1.0)
+            if detections["scores"].numel() == 0 or float(overlap.max()) < 0:
+                scores.append(detections["scores"].sum() * 0.0)
+            else:
+                scores.append(detections["scores"][overlap.argmax()])
+        return torch.stack(scores)

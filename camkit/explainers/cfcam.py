@@ -52,8 +52,9 @@ class CFCAM(ChannelWeightedCAM):
         eps_quantile: float = 0.25,
         min_samples_fraction: float = 0.05,
         reshape: Reshape | None = None,
+        fuse: str = "mean",
     ) -> None:
-        super().__init__(model, target_layer, reshape=reshape)
+        super().__init__(model, target_layer, reshape=reshape, fuse=fuse)
         if filter not in ("authors", "gaussian"):
             raise ValueError(f"filter must be 'authors' or 'gaussian', got {filter!r}.")
         if weighting not in ("softmax", "linear"):
@@ -71,8 +72,10 @@ class CFCAM(ChannelWeightedCAM):
 
     def channel_weights(self, captured: Capture) -> torch.Tensor:
         activations, gradients = captured.activations, captured.gradients
-        batch, channels, height, width = activations.shape
-        features = activations.reshape(batch, channels, height * width)
+        batch, channels = activations.shape[:2]
+        grid = activations.shape[2:]
+        positions = activations[0, 0].numel()
+        features = activations.reshape(batch, channels, positions)
         norms = features.norm(dim=2)
         important = norms >= torch.quantile(norms, self.importance_quantile, dim=1, keepdim=True)
 
@@ -82,14 +85,14 @@ class CFCAM(ChannelWeightedCAM):
         width_rest = int(rest_count.max())
         rest_index = order[:, :width_rest]
         valid = torch.arange(width_rest, device=activations.device) < rest_count[:, None]
-        points = features.gather(1, rest_index[:, :, None].expand(-1, -1, height * width))
+        points = features.gather(1, rest_index[:, :, None].expand(-1, -1, positions))
 
         distances = pairwise_distances(points)
         eps = _pair_quantile(distances, valid, self.eps_quantile).clamp_min(1e-5)
         min_samples = torch.clamp(torch.floor(rest_count * self.min_samples_fraction), min=2).long()
         labels = dbscan(points, eps, min_samples, distances=distances, valid=valid)
 
-        cluster_weights = self._cluster_weights(labels, gradients, rest_index, height, width)
+        cluster_weights = self._cluster_weights(labels, gradients, rest_index, grid)
         weights = mean_gradient_weights(gradients)
         clustered = labels >= 0
         # Padding slots point at important channels: write their own values back.
@@ -100,7 +103,7 @@ class CFCAM(ChannelWeightedCAM):
         return torch.where(kept, weights, 0.0)
 
     def _cluster_weights(
-        self, labels: torch.Tensor, gradients: torch.Tensor, rest_index: torch.Tensor, height: int, width: int
+        self, labels: torch.Tensor, gradients: torch.Tensor, rest_index: torch.Tensor, grid: tuple[int, ...]
     ) -> torch.Tensor:
         """Each clustered channel's weight: the mean of its cluster's filtered mean gradient, ``(B, N)``."""
         batch = labels.shape[0]
@@ -108,17 +111,18 @@ class CFCAM(ChannelWeightedCAM):
         if clusters == 0:
             return torch.zeros_like(labels, dtype=gradients.dtype)
         membership = torch.nn.functional.one_hot(labels.clamp_min(-1) + 1, clusters + 1)[..., 1:].to(gradients.dtype)
-        point_gradients = gradients.reshape(batch, gradients.shape[1], -1).gather(
-            1, rest_index[:, :, None].expand(-1, -1, height * width)
+        positions = gradients[0, 0].numel()
+        point_gradients = gradients.reshape(batch, gradients.shape[1], positions).gather(
+            1, rest_index[:, :, None].expand(-1, -1, positions)
         )
         sizes = membership.sum(dim=1)  # (B, C)
         mean_gradients = torch.einsum("bnc,bnp->bcp", membership, point_gradients) / sizes.clamp_min(1)[..., None]
-        mean_gradients = mean_gradients.reshape(batch * clusters, height, width)
+        mean_gradients = mean_gradients.reshape(batch * clusters, *grid)
         if self.filter == "authors":
             kernels = authors_kernels(mean_gradients)
         else:
-            kernels = gaussian_kernel(height, width, self.sigma, device=gradients.device, dtype=gradients.dtype)
-        per_cluster = filter_maps(mean_gradients, kernels).mean(dim=(1, 2)).reshape(batch, clusters)
+            kernels = gaussian_kernel(tuple(grid), self.sigma, device=gradients.device, dtype=gradients.dtype)
+        per_cluster = filter_maps(mean_gradients, kernels).reshape(batch, clusters, -1).mean(dim=2)
         return per_cluster.gather(1, labels.clamp_min(0))
 
 

@@ -6,7 +6,7 @@ from torch import nn
 
 from dataclasses import dataclass
 
-from ..hooks import Capture, Reshape, capture
+from ..hooks import Capture, Reshape, capture_layers
 from ..layers import LayerSpec, patch_size_of
 from ..ops.weighting import gradcampp_weights
 from ..targets import TargetSpec
@@ -42,15 +42,16 @@ class SmoothGradCAMPlusPlus(ChannelWeightedCAM):
     def __init__(
         self,
         model: nn.Module,
-        target_layer: LayerSpec = None,
+        target_layer: LayerSpec | list = None,
         *,
         n_samples: int = 8,
         noise_level: float = 0.15,
         batch_size: int = 32,
         seed: int = 0,
         reshape: Reshape | None = None,
+        fuse: str = "mean",
     ) -> None:
-        super().__init__(model, target_layer, reshape=reshape)
+        super().__init__(model, target_layer, reshape=reshape, fuse=fuse)
         if not isinstance(n_samples, int) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive int, got {n_samples!r}.")
         if not noise_level >= 0:
@@ -59,27 +60,30 @@ class SmoothGradCAMPlusPlus(ChannelWeightedCAM):
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
         self.n_samples, self.noise_level, self.batch_size, self.seed = n_samples, float(noise_level), batch_size, seed
 
-    def capture(self, x: torch.Tensor, target: TargetSpec) -> Capture:
-        clean = super().capture_without_gradients(x, target)
+    def capture_all(self, x: torch.Tensor, target: TargetSpec) -> list[Capture]:
+        cleans = self._capture(x, target, with_gradients=False)
+        clean = cleans[0]
         if clean.classes is None and not callable(target):
             raise ValueError(
                 "The model's output has no class scores to explain; pass target=callable(output) -> (B,) scores."
             )
         noisy_target = target if callable(target) and not isinstance(target, torch.Tensor) else clean.classes
-        first, second, third = self._gradient_moments(x, noisy_target).unbind(0)
-        return SmoothCapture(clean.activations, first, clean.output, clean.scores, clean.classes, second, third)
+        return [
+            SmoothCapture(layer.activations, moments[0], layer.output, layer.scores, layer.classes, moments[1], moments[2])
+            for layer, moments in zip(cleans, self._gradient_moments(x, noisy_target))
+        ]
 
     def channel_weights(self, captured: SmoothCapture) -> torch.Tensor:
         return gradcampp_weights(
             captured.activations, captured.gradients, captured.mean_squared_gradients, captured.mean_cubed_gradients
         )
 
-    def _gradient_moments(self, x: torch.Tensor, target: TargetSpec) -> torch.Tensor:
-        """Means over the noisy copies of g, g^2 and g^3, stacked as ``(3, B, K, h, w)``."""
+    def _gradient_moments(self, x: torch.Tensor, target: TargetSpec) -> list[torch.Tensor]:
+        """Per layer, the means over the noisy copies of g, g^2 and g^3, stacked as ``(3, B, K, h, w)``."""
         batch = x.shape[0]
         sigma = self.noise_level * (x.flatten(1).amax(1) - x.flatten(1).amin(1))
         generator = torch.Generator(device=x.device)
-        total = None
+        totals: list[torch.Tensor] | None = None
         rows = batch * self.n_samples  # copy-major: row r is copy r // B of image r % B
         for start in range(0, rows, self.batch_size):
             row = torch.arange(start, min(start + self.batch_size, rows), device=x.device)
@@ -87,16 +91,18 @@ class SmoothGradCAMPlusPlus(ChannelWeightedCAM):
             noise = self._noise(x, generator, copy_index, image_index)
             noisy = x[image_index] + noise * sigma[image_index].reshape(-1, *([1] * (x.dim() - 1)))
             chunk_target = target if callable(target) else target[image_index]
-            gradients = capture(
-                self.model, self.target_layer, self.target_layer_name or "", noisy, chunk_target,
+            layers = capture_layers(
+                self.model, self.layers, noisy, chunk_target,
                 with_gradients=True, reshape=self.reshape, patch_size=patch_size_of(self.model),
-            ).gradients
-            squared = gradients * gradients
-            powers = torch.stack((gradients, squared, squared * gradients))
-            if total is None:
-                total = torch.zeros((3, batch, *gradients.shape[1:]), dtype=torch.float64, device=x.device)
-            total.index_add_(1, image_index, powers.double())
-        return (total / self.n_samples).float()
+            )
+            if totals is None:
+                totals = [torch.zeros((3, batch, *layer.gradients.shape[1:]), dtype=torch.float64, device=x.device)
+                          for layer in layers]
+            for total, layer in zip(totals, layers):
+                gradients = layer.gradients
+                squared = gradients * gradients
+                total.index_add_(1, image_index, torch.stack((gradients, squared, squared * gradients)).double())
+        return [(total / self.n_samples).float() for total in totals or []]
 
     def _noise(
         self, x: torch.Tensor, generator: torch.Generator, copy_index: torch.Tensor, image_index: torch.Tensor

@@ -6,32 +6,39 @@ import torch.nn.functional as F
 
 
 def authors_kernels(maps: torch.Tensor, sigma_spatial: float = 5.0, sigma_range: float = 0.1) -> torch.Tensor:
-    """The CF-CAM authors' data-dependent kernels, one per map, ``(N, h, w)``.
+    """The CF-CAM authors' data-dependent kernels, one per map, ``(N, h, w)`` (or ``(N, d, h, w)``).
 
     A map-sized kernel: a spatial Gaussian centred at (h/2, w/2) times a
     range term exp(-(m_ij - mean(m))^2 / (2 sigma_range^2)) of the map itself,
     normalised to sum 1 (+1e-6). The half-pixel offset of the centre for odd
     sizes is theirs, kept so that results reproduce their code.
     """
-    _, height, width = maps.shape
-    rows = torch.arange(height, device=maps.device, dtype=maps.dtype) - height / 2
-    cols = torch.arange(width, device=maps.device, dtype=maps.dtype) - width / 2
-    spatial = torch.exp(-(rows[:, None] ** 2 + cols[None, :] ** 2) / (2 * sigma_spatial**2))
-    deviation = maps - maps.mean(dim=(1, 2), keepdim=True)
+    spatial = torch.exp(-_squared_offsets(maps.shape[1:], maps, centred=False) / (2 * sigma_spatial**2))
+    dims = tuple(range(1, maps.dim()))
+    deviation = maps - maps.mean(dim=dims, keepdim=True)
     kernels = spatial * torch.exp(-(deviation**2) / (2 * sigma_range**2))
-    return kernels / (kernels.sum(dim=(1, 2), keepdim=True) + 1e-6)
+    return kernels / (kernels.sum(dim=dims, keepdim=True) + 1e-6)
 
 
-def gaussian_kernel(height: int, width: int, sigma: float, *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """A centred, normalised Gaussian kernel the size of the map, ``(h, w)``."""
-    rows = torch.arange(height, device=device, dtype=dtype) - (height - 1) / 2
-    cols = torch.arange(width, device=device, dtype=dtype) - (width - 1) / 2
-    kernel = torch.exp(-(rows[:, None] ** 2 + cols[None, :] ** 2) / (2 * sigma**2))
+def _squared_offsets(shape: tuple[int, ...], like: torch.Tensor, centred: bool) -> torch.Tensor:
+    """Squared distance of every cell to the centre: (n - 1) / 2 if ``centred`` else n / 2 (the authors')."""
+    total = torch.zeros((), device=like.device, dtype=like.dtype)
+    for axis, size in enumerate(shape):
+        offsets = torch.arange(size, device=like.device, dtype=like.dtype) - ((size - 1) / 2 if centred else size / 2)
+        view = [1] * len(shape)
+        view[axis] = size
+        total = total + offsets.reshape(view) ** 2
+    return total
+
+
+def gaussian_kernel(shape: tuple[int, ...], sigma: float, *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A centred, normalised Gaussian kernel the size of the map, ``(h, w)`` or ``(d, h, w)``."""
+    kernel = torch.exp(-_squared_offsets(shape, torch.empty(0, device=device, dtype=dtype), centred=True) / (2 * sigma**2))
     return kernel / kernel.sum()
 
 
 def filter_maps(maps: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
-    """Each map ``(N, h, w)`` cross-correlated with its kernel (or one shared ``(h, w)`` kernel).
+    """Each map ``(N, h, w)`` or ``(N, d, h, w)`` cross-correlated with its kernel (or one shared kernel).
 
     Zero padding, output the size of the input (``padding="same"``, as in
     ``torch.nn.functional.conv2d``), all maps in one grouped convolution.
@@ -39,11 +46,14 @@ def filter_maps(maps: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     count = maps.shape[0]
     if count == 0:
         return maps
-    if kernels.dim() == 2:
+    if kernels.dim() == maps.dim() - 1:
         kernels = kernels.expand(count, *kernels.shape)
-    kernel_h, kernel_w = kernels.shape[-2:]
     # torch's "same": total padding k - 1, the odd one after; done by hand
     # because conv2d warns and copies for even kernels.
-    top, left = (kernel_h - 1) // 2, (kernel_w - 1) // 2
-    padded = F.pad(maps.unsqueeze(0), (left, kernel_w - 1 - left, top, kernel_h - 1 - top))
-    return F.conv2d(padded, kernels.unsqueeze(1), groups=count).squeeze(0)
+    padding: list[int] = []
+    for size in reversed(kernels.shape[1:]):
+        before = (size - 1) // 2
+        padding += [before, size - 1 - before]
+    padded = F.pad(maps.unsqueeze(0), padding)
+    convolve = F.conv2d if maps.dim() == 3 else F.conv3d
+    return convolve(padded, kernels.unsqueeze(1), groups=count).squeeze(0)
