@@ -12,6 +12,19 @@ import numpy as np
 import torch
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+VOLUME_SUFFIXES = (".npy", ".nii", ".nii.gz")
+
+
+def is_volume(path: Path) -> bool:
+    return path.name.lower().endswith(VOLUME_SUFFIXES)
+
+
+def _stem(relative: Path) -> Path:
+    name = relative.name
+    for suffix in (".nii.gz", *IMAGE_SUFFIXES, ".npy", ".nii"):
+        if name.lower().endswith(suffix):
+            return relative.with_name(name[: -len(suffix)])
+    return relative.with_suffix("")
 
 
 @dataclass(frozen=True)
@@ -34,7 +47,7 @@ def discover(inputs: list[str]) -> list[Source]:
         path = Path(entry)
         if path.is_dir():
             for file in sorted(path.rglob("*")):
-                if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES:
+                if file.is_file() and (file.suffix.lower() in IMAGE_SUFFIXES or is_volume(file)):
                     found.append((file, file.relative_to(path)))
         elif path.is_file():
             found.append((path, Path(path.name)))
@@ -48,9 +61,9 @@ def discover(inputs: list[str]) -> list[Source]:
     unique = {file.resolve(): (file, relative) for file, relative in found}
     stems: dict[Path, int] = {}
     for _, relative in unique.values():
-        stems[relative.with_suffix("")] = stems.get(relative.with_suffix(""), 0) + 1
+        stems[_stem(relative)] = stems.get(_stem(relative), 0) + 1
     sources = [
-        Source(file, relative.with_suffix("") if stems[relative.with_suffix("")] == 1
+        Source(file, _stem(relative) if stems[_stem(relative)] == 1
                else relative.with_name(relative.name.replace(".", "_")))
         for file, relative in unique.values()
     ]
@@ -83,6 +96,31 @@ def read_rgb(path: Path) -> torch.Tensor:
     if rgb.size == 0:
         raise ValueError("image has no pixels")
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
+
+
+def read_volume(path: Path) -> torch.Tensor:
+    """A 3-D volume as float32 ``(C, D, H, W)``: ``.npy`` arrays (D, H, W) or (C, D, H, W), or NIfTI.
+
+    NIfTI needs nibabel (``pip install 'camkit[nifti]'``); its voxel axes are kept in file order.
+    """
+    if path.name.lower().endswith(".npy"):
+        array = np.load(path, allow_pickle=False)
+    else:
+        try:
+            import nibabel
+        except ImportError:
+            raise ValueError("reading NIfTI volumes needs nibabel: pip install 'camkit[nifti]'") from None
+        array = np.asarray(nibabel.load(str(path)).get_fdata(), dtype=np.float32)
+    if array.ndim == 3:
+        array = array[None]
+    if array.ndim != 4 or min(array.shape) < 1:
+        raise ValueError(f"a volume must have shape (D, H, W) or (C, D, H, W), got {array.shape}")
+    if not np.issubdtype(array.dtype, np.number):
+        raise ValueError(f"a volume must hold numbers, got dtype {array.dtype}")
+    volume = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    if not bool(torch.isfinite(volume).all()):
+        raise ValueError("the volume contains NaN or infinite values")
+    return volume
 
 
 def write_atomically(path: Path, data: bytes) -> None:

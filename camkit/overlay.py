@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from . import distributed
 from .explainers import METHODS, create
-from .imageio import Source, discover, encode_npy, encode_png, read_rgb, write_atomically
+from .imageio import Source, discover, encode_npy, encode_png, is_volume, read_rgb, read_volume, write_atomically
 from .models import LoadedModel, load_model
 from .viz import overlay, to_uint8_hwc
 
@@ -41,7 +41,8 @@ def register(commands: Any) -> None:
         "The output tree mirrors the input tree; OUT/manifest.csv lists every image, method and outcome.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (searched recursively) or globs")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (searched recursively) or globs; "
+                        "3-D volumes (.npy, .nii/.nii.gz with nibabel) become montages of their middle slices")
     parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUT", help="output folder")
     parser.add_argument("--method", default="gradcam", help=f"one of {', '.join(METHODS)}; several comma-separated; or 'all'")
     parser.add_argument("--model", default=None, help="torchvision name, a torch.export .pt2 file, or package.module:factory "
@@ -49,7 +50,8 @@ def register(commands: Any) -> None:
     parser.add_argument("--weights", default=None, help="local state-dict/checkpoint file, or a torchvision weight set "
                         "name such as DEFAULT (downloads)")
     parser.add_argument("--layer", default=None, help="dotted target layer name (default: automatic)")
-    parser.add_argument("--target", default="top1", help="'top1' (each image's predicted class) or a class index")
+    parser.add_argument("--target", default="top1", help="'top1' (each image's predicted class; for a segmenter the "
+                        "non-background class covering most pixels) or a class index or name")
     parser.add_argument("--input-size", type=int, default=None, help="side the images are resized to (default: the model's)")
     parser.add_argument("--normalize", default=None, help="'imagenet', 'none', or 'm1,m2,m3:s1,s2,s3' (default: the model's)")
     parser.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity in [0, 1]")
@@ -141,7 +143,10 @@ def _run(args: argparse.Namespace, ranks: distributed.Ranks) -> int:
         else:
             todo.append(index)
 
-    failures = _explain_all(sources, todo, explainers, loaded, size, mean, std, target, args, rows)
+    volumes = [index for index in todo if is_volume(sources[index].path)]
+    images = [index for index in todo if not is_volume(sources[index].path)]
+    failures = _explain_all(sources, images, explainers, loaded, size, mean, std, target, args, rows)
+    failures += _explain_volumes(sources, volumes, explainers, loaded, target, args, rows)
     if ranks.world == 1:
         _write_manifest(out / "manifest.csv", rows)
     else:
@@ -180,6 +185,7 @@ def _explain_all(sources, todo, explainers, loaded: LoadedModel, size, mean, std
         worker_init_fn=_single_thread, persistent_workers=False,
     )
     progress = _progress(len(todo), args.quiet)
+    choose_target = _TargetChooser(loaded.model, target)
     failures = 0
     device = next(iter(loaded.model.parameters()), torch.empty(0)).device
     slots = BoundedSemaphore(4 * max(1, args.batch_size))  # bounds images waiting to be written
@@ -195,13 +201,15 @@ def _explain_all(sources, todo, explainers, loaded: LoadedModel, size, mean, std
                     rows.extend(_row(source, "", method, status="error", error=item.error) for method in explainers)
             if good:
                 x = torch.stack([item.pixels for item in good]).to(device)
+                batch_target = choose_target(x)
                 for method, explainer in explainers.items():
-                    result = explainer.explain(x, target)
+                    result = explainer.explain(x, batch_target)
                     maps = result.maps.cpu()
                     for row_index, item in enumerate(good):
                         source = sources[item.index]
                         path = _output_path(args.output, source, method)
-                        row = _row(source, path, method, status="ok", result=result, row_index=row_index, loaded=loaded)
+                        row = _row(source, path, method, status="ok", result=result, row_index=row_index, loaded=loaded,
+                                   explained=_explained(batch_target, row_index))
                         slots.acquire()
                         future = writer.submit(_write, item.original, maps[row_index], path, args)
                         future.add_done_callback(lambda _f: slots.release())
@@ -241,7 +249,7 @@ def _collect(pending, rows, wait: bool):
 
 
 def _row(source: Source, path: Path | str, method: str, *, status: str, error: str = "", result=None,
-         row_index: int = 0, loaded: LoadedModel | None = None) -> dict[str, Any]:
+         row_index: int = 0, loaded: LoadedModel | None = None, explained: int | None = None) -> dict[str, Any]:
     row = {"input": str(source.path), "output": str(path), "method": method, "predicted_class": "",
            "predicted_name": "", "score": "", "explained_class": "", "status": status, "error": error}
     if result is not None:
@@ -253,7 +261,118 @@ def _row(source: Source, path: Path | str, method: str, *, status: str, error: s
             row["score"] = f"{float(result.probabilities[row_index]):.6f}"
         if result.targets is not None:
             row["explained_class"] = int(result.targets[row_index])
+        elif explained is not None:
+            row["explained_class"] = explained
     return row
+
+
+class _TargetChooser:
+    """The CLI's ``--target`` per batch: a class for classifiers, a SegmentationTarget for segmenters.
+
+    Whether the model is a segmenter is learnt from one forward pass on the
+    first batch. A segmenter's "top1" is, per image, the non-background class
+    (class 0 is background) that the model assigns the most pixels to.
+    """
+
+    def __init__(self, model: torch.nn.Module, target: int | None) -> None:
+        self.model, self.target = model, target
+        self.dense: bool | None = None
+
+    def __call__(self, x: torch.Tensor) -> Any:
+        from .targets import SegmentationTarget, logits_of
+
+        if self.dense is False:
+            return self.target
+        if self.dense and self.target is not None:
+            return SegmentationTarget(self.target)
+        with torch.no_grad(), _evaluation(self.model):
+            logits = logits_of(self.model(x))
+        self.dense = logits.dim() >= 4
+        if not self.dense:
+            return self.target
+        if self.target is not None:
+            return SegmentationTarget(self.target)
+        areas = torch.nn.functional.one_hot(logits.argmax(1), logits.shape[1]).flatten(1, -2).sum(1)
+        if logits.shape[1] > 1:
+            areas[:, 0] = -1
+        return SegmentationTarget(areas.argmax(1))
+
+
+class _evaluation:
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model, self.training = model, model.training
+
+    def __enter__(self) -> None:
+        self.model.eval()
+
+    def __exit__(self, *_exc: Any) -> None:
+        self.model.train(self.training)
+
+
+def _explained(batch_target: Any, row_index: int) -> int | None:
+    from .targets import SegmentationTarget
+
+    if isinstance(batch_target, SegmentationTarget):
+        category = batch_target.category
+        return int(category[row_index]) if isinstance(category, torch.Tensor) and category.dim() else int(category)
+    return None
+
+
+def _explain_volumes(sources, indices, explainers, loaded: LoadedModel, target, args, rows) -> int:
+    """3-D volumes one at a time: each explained at the model's input size, drawn as a montage of its middle slices."""
+    failures = 0
+    device = next(iter(loaded.model.parameters()), torch.empty(0)).device
+    channels = _input_channels(loaded.model)
+    choose_target = _TargetChooser(loaded.model, target)
+    for index in indices:
+        source = sources[index]
+        try:
+            volume = read_volume(source.path)
+        except Exception as error:  # noqa: BLE001 - a bad file is reported, the run goes on
+            failures += 1
+            message = f"cannot read volume: {_one_line(error)}"
+            print(f"camkit: {source.path}: {message}", file=sys.stderr)
+            rows.extend(_row(source, "", method, status="error", error=message) for method in explainers)
+            continue
+        # Each volume standardised by its own statistics, as is usual for scans.
+        standardised = (volume - volume.mean()) / volume.std().clamp_min(1e-6)
+        if channels and standardised.shape[0] == 1 and channels > 1:
+            standardised = standardised.expand(channels, -1, -1, -1)
+        size = loaded.input_size if len(loaded.input_size) == 3 else tuple(volume.shape[1:])
+        x = F.interpolate(standardised[None], size=size, mode="trilinear", align_corners=False).to(device)
+        batch_target = choose_target(x)
+        for method, explainer in explainers.items():
+            result = explainer.explain(x, batch_target)
+            full = F.interpolate(result.maps[:, None].cpu(), size=tuple(volume.shape[1:]), mode="trilinear",
+                                 align_corners=False)[0, 0]
+            path = _output_path(args.output, source, method)
+            shown = (volume[0] - volume[0].min()) / (volume[0].max() - volume[0].min()).clamp_min(1e-12)
+            write_atomically(path, encode_png(to_uint8_hwc(_montage(shown, full, args.alpha, args.colormap))[0].numpy()))
+            if args.save_maps == "npy":
+                write_atomically(path.with_name(path.stem + "_map.npy"), encode_npy(full.numpy()))
+            rows.append(_row(source, path, method, status="ok", result=result, loaded=loaded,
+                             explained=_explained(batch_target, 0)))
+    return failures
+
+
+def _montage(volume: torch.Tensor, heat: torch.Tensor, alpha: float, colormap: str) -> torch.Tensor:
+    """The middle axial, coronal and sagittal slices side by side, each overlaid, ``(1, 3, H', W')``."""
+    depth, height, width = volume.shape
+    slices = [(volume[depth // 2], heat[depth // 2]), (volume[:, height // 2], heat[:, height // 2]),
+              (volume[:, :, width // 2], heat[:, :, width // 2])]
+    tallest = max(image.shape[0] for image, _ in slices)
+    panels = []
+    for image, slice_map in slices:
+        panel = overlay(image[None, None], slice_map[None], alpha=alpha, colormap=colormap)
+        panels.append(F.pad(panel, (0, 2, 0, tallest - panel.shape[2])))  # 2-pixel gutter, top-aligned
+    return torch.cat(panels, dim=3)
+
+
+def _input_channels(model: torch.nn.Module) -> int | None:
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Conv3d, torch.nn.Conv2d)):
+            return module.in_channels
+    return None
 
 
 def _output_path(out: Path, source: Source, method: str) -> Path:

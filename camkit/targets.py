@@ -120,13 +120,14 @@ def class_indices(logits: torch.Tensor, target: TargetSpec) -> torch.Tensor:
 class SegmentationTarget:
     """A segmenter's evidence for one class: the sum of its logits over a mask, per image.
 
+    ``category`` is one class for all images or one per image.
     ``mask`` is ``(H, W)`` or ``(B, H, W)`` (``(D, H, W)`` for volumes) at the output's resolution; without
     one, the pixels the model itself assigns to ``category`` are used. Accepts
     torchvision's ``{"out": logits}`` dicts and plain ``(B, C, H, W)`` logits.
     """
 
-    def __init__(self, category: int, mask: torch.Tensor | None = None) -> None:
-        self.category, self.mask = int(category), mask
+    def __init__(self, category: int | Sequence[int] | torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        self.category, self.mask = category, mask
 
     def __call__(self, output: Any) -> torch.Tensor:
         logits = logits_of(output)
@@ -134,13 +135,15 @@ class SegmentationTarget:
             raise ValueError(
                 f"SegmentationTarget needs (B, classes, H, W) or (B, classes, D, H, W) logits, got {tuple(logits.shape)}."
             )
-        if not 0 <= self.category < logits.shape[1]:
-            raise ValueError(f"category {self.category} is out of range for a segmenter with {logits.shape[1]} classes.")
+        batch, classes = logits.shape[:2]
+        categories = class_indices(logits.new_zeros(batch, classes), self.category)  # validated, one per image
+        shape = (batch, 1, *logits.shape[2:])
+        class_logits = logits.gather(1, categories.reshape(-1, *([1] * (logits.dim() - 1))).expand(shape)).squeeze(1)
         if self.mask is None:
-            mask = (logits.argmax(dim=1) == self.category).to(logits.dtype)
+            mask = (logits.argmax(dim=1) == categories.reshape(-1, *([1] * (logits.dim() - 2)))).to(logits.dtype)
         else:
-            mask = self.mask.to(device=logits.device, dtype=logits.dtype).expand(logits.shape[0], *logits.shape[2:])
-        return (logits[:, self.category] * mask).flatten(1).sum(dim=1)
+            mask = self.mask.to(device=logits.device, dtype=logits.dtype).expand(batch, *logits.shape[2:])
+        return (class_logits * mask).flatten(1).sum(dim=1)
 
 
 class MultiLabelTarget:

@@ -28,3 +28,30 @@ def tiny_crashing_on_rank_one() -> nn.Module:
 
     model.register_forward_pre_hook(count)
     return model
+
+
+def tiny3d() -> nn.Module:
+    """A 3-D classifier for volumes (B, 1, D, H, W)."""
+    model = nn.Sequential(
+        nn.Conv3d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool3d(2), nn.Conv3d(8, 8, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(8, 3),
+    )
+    model.input_size = (8, 16, 16)
+    return model
+
+
+class _Segmenter(nn.Module):
+    """A tiny 2-D segmenter with torchvision's output convention: {"out": (B, classes, H, W)}."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+        self.classifier = nn.Conv2d(8, 3, 1)
+        self.input_size = 32
+
+    def forward(self, x):
+        return {"out": self.classifier(self.body(x))}
+
+
+def tiny_segmenter() -> nn.Module:
+    return _Segmenter()

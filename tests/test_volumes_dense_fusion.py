@@ -169,3 +169,48 @@ def test_multi_layer_fusion_equals_the_per_layer_maps_averaged() -> None:
     torch.testing.assert_close(maxed, expected, atol=1e-6, rtol=0)
     for cls in camkit.METHODS.values():  # every explainer fuses, in one pass
         assert torch.isfinite(cls(model, layers)(x)).all()
+
+
+def test_overlay_cli_volumes_and_segmenters(tmp_path) -> None:
+    import csv
+    import sys
+    from pathlib import Path
+
+    import nibabel
+    from PIL import Image
+
+    from camkit.cli import main
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    np.save(folder / "scan.npy", rng.normal(size=(10, 20, 24)).astype(np.float32))
+    nibabel.save(nibabel.Nifti1Image(rng.normal(size=(12, 14, 9)).astype(np.float32), np.eye(4)), folder / "brain.nii.gz")
+    np.save(folder / "flat.npy", np.zeros((4, 4)))  # not a volume
+    (folder / "broken.nii.gz").write_bytes(b"not gzip")
+    sys.path.insert(0, str(Path(__file__).parent))
+    try:
+        out = tmp_path / "out"
+        status = main(["overlay", str(folder), "-o", str(out), "--model", "factory_model:tiny3d", "--method",
+                       "gradcam,cfcam", "--save-maps", "npy", "--workers", "0", "--quiet"])
+        assert status == 1  # two bad files
+        # montage: axial (H x W), coronal (D x W), sagittal (D x H), 2-pixel gutters
+        assert Image.open(out / "scan_gradcam.png").size == (24 + 2 + 24 + 2 + 20 + 2, 20)
+        assert np.load(out / "scan_cfcam_map.npy").shape == (10, 20, 24)
+        assert Image.open(out / "brain_gradcam.png").size == (9 + 2 + 9 + 2 + 14 + 2, 14)
+        rows = list(csv.DictReader(open(out / "manifest.csv")))
+        assert {Path(r["input"]).name: r["status"] for r in rows} == {
+            "scan.npy": "ok", "brain.nii.gz": "ok", "flat.npy": "error", "broken.nii.gz": "error"}
+
+        images = tmp_path / "images"
+        images.mkdir()
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(images / "street.png")
+        for target in ("1", "top1"):
+            seg_out = tmp_path / f"seg-{target}"
+            assert main(["overlay", str(images), "-o", str(seg_out), "--model", "factory_model:tiny_segmenter",
+                         "--target", target, "--workers", "0", "--quiet"]) == 0
+            assert Image.open(seg_out / "street_gradcam.png").size == (50, 40)
+            row = next(csv.DictReader(open(seg_out / "manifest.csv")))
+            assert row["status"] == "ok" and row["explained_class"] in ({"1"} if target == "1" else {"1", "2"})
+    finally:
+        sys.path.remove(str(Path(__file__).parent))
