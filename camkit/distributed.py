@@ -7,8 +7,9 @@ use the gloo backend whatever device the model runs on.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -38,6 +39,15 @@ def start() -> Ranks:
     if not dist.is_initialized():
         dist.init_process_group(backend="gloo")
     return ranks
+
+
+def run_on_ranks(command: Callable[[Any, Ranks], int], args: Any) -> int:
+    """Run a CLI command as this process's rank (a single process outside torchrun), then leave the job."""
+    ranks = start()
+    try:
+        return command(args, ranks)
+    finally:
+        stop(ranks)
 
 
 def device_for(ranks: Ranks, requested: str) -> str:

@@ -50,11 +50,7 @@ def register(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Under torchrun each rank scores its share of the images; sums are reduced across ranks."""
-    ranks = distributed.start()
-    try:
-        return _run(args, ranks)
-    finally:
-        distributed.stop(ranks)
+    return distributed.run_on_ranks(_run, args)
 
 
 def _run(args: argparse.Namespace, ranks: distributed.Ranks) -> int:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from . import distributed
 from .explainers import METHODS, create
+from .hooks import model_left_as_found
 from .imageio import Source, discover, encode_npy, encode_png, is_volume, read_rgb, read_volume, write_atomically
 from .models import LoadedModel, load_model
 from .viz import overlay, to_uint8_hwc
@@ -96,11 +97,7 @@ class Images(torch.utils.data.Dataset):
 
 def run(args: argparse.Namespace) -> int:
     """Explain every image; under torchrun each rank takes its share and rank 0 merges the manifest."""
-    ranks = distributed.start()
-    try:
-        return _run(args, ranks)
-    finally:
-        distributed.stop(ranks)
+    return distributed.run_on_ranks(_run, args)
 
 
 def _run(args: argparse.Namespace, ranks: distributed.Ranks) -> int:
@@ -285,7 +282,7 @@ class _TargetChooser:
             return self.target
         if self.dense and self.target is not None:
             return SegmentationTarget(self.target)
-        with torch.no_grad(), _evaluation(self.model):
+        with model_left_as_found(self.model), torch.no_grad():
             logits = logits_of(self.model(x))
         self.dense = logits.dim() >= 4
         if not self.dense:
@@ -296,17 +293,6 @@ class _TargetChooser:
         if logits.shape[1] > 1:
             areas[:, 0] = -1
         return SegmentationTarget(areas.argmax(1))
-
-
-class _evaluation:
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.model, self.training = model, model.training
-
-    def __enter__(self) -> None:
-        self.model.eval()
-
-    def __exit__(self, *_exc: Any) -> None:
-        self.model.train(self.training)
 
 
 def _explained(batch_target: Any, row_index: int) -> int | None:

@@ -11,6 +11,8 @@ from sklearn.cluster import DBSCAN
 import camkit
 from camkit.hooks import Capture
 
+from .conftest import reference_capture
+
 CFCAM = camkit.METHODS["cfcam"]
 
 
@@ -107,17 +109,7 @@ def test_weights_equal_per_image_reference(seed, weighting) -> None:
 def test_map_equals_reference_on_a_cnn() -> None:
     model = torchvision.models.resnet18(num_classes=10).eval()
     x = torch.randn(2, 3, 128, 160)
-    store = {}
-
-    def hook(_m, _i, out):
-        store["a"] = out
-        out.register_hook(lambda g: store.__setitem__("g", g))
-
-    handle = model.layer4.register_forward_hook(hook)
-    model(x).gather(1, torch.tensor([[3], [8]])).sum().backward()
-    handle.remove()
-    model.zero_grad(set_to_none=True)
-    activations, gradients = store["a"].detach().numpy(), store["g"].numpy()
+    activations, gradients = (t.float().numpy() for t in reference_capture(model, model.layer4, x, [3, 8]))
     expected = []
     for b in range(2):
         weights = reference_weights(activations[b], gradients[b])

@@ -14,7 +14,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 import camkit
 from camkit.layers import find_layer
 
-from .conftest import no_hooks_left
+from .conftest import no_hooks_left, reference_capture
 
 
 def _peer_gradcam(model: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor, classes: list[int]) -> np.ndarray:
@@ -49,22 +49,6 @@ def test_gradcam_equals_pytorch_grad_cam(factory, layer, size) -> None:
     np.testing.assert_allclose(ours.numpy(), theirs, atol=1e-4)
 
 
-def _reference_capture(model, layer, x, classes):
-    """Activations and gradients from plain hooks on a model without in-place ops."""
-    store = {}
-
-    def hook(_m, _i, out):
-        store["a"] = out
-        out.register_hook(lambda g: store.__setitem__("g", g))
-
-    handle = layer.register_forward_hook(hook)
-    logits = model(x)
-    logits.gather(1, torch.tensor(classes)[:, None]).sum().backward()
-    handle.remove()
-    model.zero_grad(set_to_none=True)
-    return store["a"].detach().double(), store["g"].double()
-
-
 def _finish64(cam: torch.Tensor, size) -> np.ndarray:
     cam = F.interpolate(cam.clamp_min(0)[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
     flat = cam.flatten(1)
@@ -76,7 +60,7 @@ def test_gradcampp_equals_float64_eq19() -> None:
     model = torchvision.models.resnet18(num_classes=10).eval()
     x = torch.randn(4, 3, 64, 96)
     classes = [0, 3, 3, 9]
-    activations, gradients = _reference_capture(model, model.layer4, x, classes)
+    activations, gradients = reference_capture(model, model.layer4, x, classes)
     numerator = gradients**2
     denominator = 2 * gradients**2 + activations.sum((2, 3), keepdim=True) * gradients**3
     alpha = torch.where(denominator != 0, numerator / denominator, torch.zeros_like(denominator))

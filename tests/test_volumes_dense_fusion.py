@@ -11,7 +11,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, Semanti
 
 import camkit
 
-from .conftest import no_hooks_left
+from .conftest import no_hooks_left, reference_capture
 
 
 def _peer(model, layers, x, targets):
@@ -27,17 +27,7 @@ def test_r3d_maps_have_the_volume_size_and_match_the_peer() -> None:
     x = torch.randn(2, 3, 16, 112, 112)
     result = camkit.GradCAM(model).explain(x, [1, 3])
     assert result.layer == "layer4" and result.maps.shape == (2, 16, 112, 112)
-    store = {}
-
-    def hook(_module, _inputs, out) -> None:
-        store["a"] = out
-        out.register_hook(lambda g: store.__setitem__("g", g))
-
-    handle = model.layer4.register_forward_hook(hook)
-    model(x).gather(1, torch.tensor([[1], [3]])).sum().backward()
-    handle.remove()
-    model.zero_grad(set_to_none=True)
-    a, g = store["a"].detach().double(), store["g"].double()
+    a, g = reference_capture(model, model.layer4, x, [1, 3])
     low = ((g.mean((2, 3, 4))[:, :, None, None, None]) * a).sum(1).clamp_min(0)
     torch.testing.assert_close(result.layer_maps.double(), low, rtol=1e-5, atol=1e-9)
     full = F.interpolate(low[:, None], size=(16, 112, 112), mode="trilinear", align_corners=False)[:, 0]
