@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Literal
 
 import torch
@@ -136,8 +137,8 @@ def _pair_quantile(distances: torch.Tensor, valid: torch.Tensor, q: float) -> to
     N^2 values. Items with fewer than two valid points get 0.
     """
     batch, count, _ = distances.shape
-    rows, cols = torch.triu_indices(count, count, offset=1, device=distances.device)
-    upper = distances.reshape(batch, count * count).index_select(1, rows * count + cols)
+    rows, cols, flat = _upper_triangle(count, distances.device)
+    upper = distances.reshape(batch, count * count).index_select(1, flat)
     if not bool(valid.all()):
         upper = torch.where(valid[:, rows] & valid[:, cols], upper, math.inf)
     valid_count = valid.sum(dim=1)
@@ -153,10 +154,17 @@ def _pair_quantile(distances: torch.Tensor, valid: torch.Tensor, q: float) -> to
         selected = has_pairs & (low // 2 == rank)
         values = upper[selected]
         lower = values.kthvalue(rank + 1, dim=1).values
-        at_or_below = (values <= lower[:, None]).sum(dim=1)
+        at_or_below = (values <= lower[:, None]).sum(dim=1, dtype=torch.int32)
         following = torch.where(values > lower[:, None], values, math.inf).amin(dim=1)
         below[selected] = lower
         above[selected] = torch.where(at_or_below > rank + 1, lower, following)
     # low even: both neighbours in the duplicated list are copies of the lower statistic
     above = torch.where(low % 2 == 0, below, above)
     return below + fraction * (above - below)
+
+
+@lru_cache(maxsize=8)
+def _upper_triangle(count: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row, column and flat indices of the strict upper triangle (cached: the channel count rarely changes)."""
+    rows, cols = torch.triu_indices(count, count, offset=1, device=device)
+    return rows, cols, rows * count + cols
