@@ -185,7 +185,8 @@ def _vit_layer(norm_names: list[str]) -> str:
 
 def patch_size_of(model: nn.Module) -> tuple[int, int] | None:
     """The patch size a ViT-like model declares, if any."""
-    for owner in (model, getattr(model, "patch_embed", None)):
+    # torchvision ViT, timm (patch_embed) and Hugging Face (config) spell it differently.
+    for owner in (model, getattr(model, "patch_embed", None), getattr(model, "config", None)):
         size = getattr(owner, "patch_size", None)
         if isinstance(size, int):
             return size, size
