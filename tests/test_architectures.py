@@ -128,3 +128,24 @@ def test_timm_vit_with_register_tokens_non_square() -> None:
         return tokens[:, 5:, :].reshape(tokens.shape[0], 14, 10, -1).permute(0, 3, 1, 2)
 
     np.testing.assert_allclose(maps.numpy(), _peer(model, layer, x, [1, 2], reshape), atol=1e-4)
+
+
+def test_hugging_face_style_vit() -> None:
+    """A model that returns an object with .logits and declares its patch size in .config."""
+    from types import SimpleNamespace
+
+    vit = _model("vit_b_16")
+
+    class HuggingFaceStyle(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.vit = vit
+            self.config = SimpleNamespace(patch_size=16)
+
+        def forward(self, pixel_values: torch.Tensor):
+            return SimpleNamespace(logits=self.vit(pixel_values))
+
+    x = torch.randn(1, 3, 224, 224)
+    cam = camkit.GradCAM(HuggingFaceStyle())
+    torch.testing.assert_close(cam(x, 2), camkit.GradCAM(vit)(x, 2))
+    assert cam.target_layer_name == "vit.encoder.layers.encoder_layer_11.ln_1"
