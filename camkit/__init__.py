@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import cluster, metrics
+from . import cluster, interactive, metrics, viz
 from .explainers import CAM, CFCAM, METHODS, EigenCAM, GradCAM, GradCAMPlusPlus, SmoothGradCAMPlusPlus, create
 from .results import Explanation
 from .targets import DetectionTarget, MultiLabelTarget, SegmentationTarget
@@ -29,6 +29,8 @@ __all__ = [
     "cluster",
     "compare",
     "create",
+    "interactive",
     "metrics",
+    "viz",
     "__version__",
 ]
