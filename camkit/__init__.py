@@ -3,11 +3,15 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import cluster, interactive, metrics, viz
-from .explainers import CAM, CFCAM, METHODS, EigenCAM, GradCAM, GradCAMPlusPlus, SmoothGradCAMPlusPlus, create
+from . import cluster, metrics, modes, viz
+from .errors import CamkitError, CamkitTypeError, MissingDependency
+from .explainers import (
+    CFCAM, METHODS, ChannelWeightedExplainer, EigenCAM, Explainer, GradCAM, GradCAMPlusPlus, SmoothGradCAMPlusPlus,
+    create, register,
+)
 from .results import Explanation
 from .targets import DetectionTarget, MultiLabelTarget, SegmentationTarget
-from .viz import compare
+from .viz import compare, interactive
 
 try:
     __version__ = version("camkit")
@@ -15,22 +19,28 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0"
 
 __all__ = [
-    "CAM",
     "CFCAM",
     "METHODS",
-    "EigenCAM",
+    "CamkitError",
+    "CamkitTypeError",
+    "ChannelWeightedExplainer",
     "DetectionTarget",
+    "EigenCAM",
+    "Explainer",
     "Explanation",
-    "MultiLabelTarget",
-    "SegmentationTarget",
     "GradCAM",
     "GradCAMPlusPlus",
+    "MissingDependency",
+    "MultiLabelTarget",
+    "SegmentationTarget",
     "SmoothGradCAMPlusPlus",
     "cluster",
     "compare",
     "create",
     "interactive",
     "metrics",
+    "modes",
+    "register",
     "viz",
     "__version__",
 ]

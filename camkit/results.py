@@ -1,19 +1,32 @@
-"""The rich result of an explanation: maps plus what the model said."""
+"""The rich result of an explanation: maps plus what the model said. Data only; :mod:`camkit.viz` draws it.
+
+An :class:`Explanation` shows itself in Jupyter (``_repr_png_``), with
+``.figure()``, ``.show()`` and ``.save(path)``. The drawing code lives in
+``camkit.viz``, which installs itself as the renderer when it is imported
+(``import camkit`` does so); this module never imports it, so the core does
+not depend on the drawing side or on matplotlib.
+"""
 from __future__ import annotations
 
-import io
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+from .errors import CamkitError
+from .ops.images import unnormalize
+
+_renderer: dict[str, Callable[..., Any]] = {}
 
 
-@dataclass
+def set_renderer(*, figure: Callable[..., Any], show: Callable[..., None], save: Callable[..., Path]) -> None:
+    """Install the functions that draw an :class:`Explanation` (``camkit.viz`` calls this on import)."""
+    _renderer.update(figure=figure, show=show, save=save)
+
+
+@dataclass(repr=False)
 class Explanation:
     """Everything one ``explainer.explain(x)`` call produced, all on ``x``'s device.
 
@@ -34,12 +47,20 @@ class Explanation:
     probabilities: torch.Tensor | None  # (B,)
     method: str
     layer: str
+    uses_gradients: bool = True
 
     class_names: Sequence[str] | None = None
     display: torch.Tensor | None = None  # (B, 3, H, W) in [0, 1], what to draw under the maps
 
     def __len__(self) -> int:
         return self.maps.shape[0]
+
+    def __repr__(self) -> str:
+        size = "x".join(map(str, self.maps.shape[1:]))
+        grid = "x".join(map(str, self.layer_maps.shape[1:]))
+        targets = "callable" if self.targets is None else _short(self.targets.tolist())
+        return (f"Explanation(method={self.method!r}, layer={self.layer!r}, images={len(self)}, maps={size}, "
+                f"layer_maps={grid}, targets={targets}, device={self.maps.device})")
 
     def with_display(
         self,
@@ -50,55 +71,41 @@ class Explanation:
         class_names: Sequence[str] | None = None,
     ) -> "Explanation":
         """The same result drawn over ``images`` (or the input un-normalised with mean/std), with class names."""
-        from dataclasses import replace
-
-        from .viz import unnormalize
-
         if images is None and mean is not None and std is not None:
             images = unnormalize(self.images, mean, std)
         return replace(self, display=images if images is not None else self.display,
                        class_names=class_names if class_names is not None else self.class_names)
 
-    def figure(self, alpha: float = 0.5, colormap: str = "jet", colorbar: bool = False) -> "Figure":
-        """A matplotlib figure: each image beside its overlay, captioned with classes and probability."""
-        from .viz import display_images, overlay_grid
+    def class_name(self, index: int) -> str:
+        """A class index as its name when ``class_names`` has one."""
+        names = self.class_names
+        return names[index] if names is not None and 0 <= index < len(names) else str(index)
 
-        images = self.display if self.display is not None else display_images(self.images)
-        captions = [[self._caption(row, predicted=True), self._caption(row, predicted=False)] for row in range(len(self))]
-        return overlay_grid(images, [(f"{self.method} @ {self.layer}", self.maps)], captions,
-                            alpha=alpha, colormap=colormap, colorbar=colorbar)
+    def figure(self, **options: Any) -> Any:
+        """A matplotlib figure: each image beside its overlay, captioned (see ``camkit.viz.explanation_figure``)."""
+        return self._render("figure")(self, **options)
 
     def _repr_png_(self) -> bytes:
         """Jupyter shows the result as its figure."""
         return self.figure()._repr_png_()
 
-    def show(self) -> None:
+    def show(self, **options: Any) -> None:
         """Display inline in IPython/Jupyter, else in a matplotlib window."""
-        try:
-            from IPython.display import Image, display
+        self._render("show")(self, **options)
 
-            display(Image(self._repr_png_()))
-        except ImportError:
-            import matplotlib.pyplot as plt
-
-            plt.figure()
-            plt.imshow(plt.imread(io.BytesIO(self._repr_png_())))
-            plt.axis("off")
-            plt.show()
-
-    def save(self, path: str | Path, **options: object) -> Path:
+    def save(self, path: str | Path, **options: Any) -> Path:
         """Save the figure as PNG (or any format matplotlib infers from the suffix)."""
-        path = Path(path)
-        self.figure(**options).savefig(path, dpi=100)
-        return path
+        return self._render("save")(self, Path(path), **options)
 
-    def _name(self, index: int) -> str:
-        names = self.class_names
-        return names[index] if names is not None and 0 <= index < len(names) else str(index)
+    @staticmethod
+    def _render(what: str) -> Callable[..., Any]:
+        if what not in _renderer:
+            raise CamkitError("Drawing an Explanation needs camkit.viz; import camkit (or camkit.viz) first.")
+        return _renderer[what]
 
-    def _caption(self, row: int, predicted: bool) -> str:
-        if predicted:
-            if self.predictions is None or self.probabilities is None:
-                return ""
-            return f"predicted {self._name(int(self.predictions[row]))} ({float(self.probabilities[row]):.0%})"
-        return f"explains {self._name(int(self.targets[row]))}" if self.targets is not None else "explains target"
+
+def _short(values: list[int]) -> str:
+    return str(values) if len(values) <= 8 else f"[{', '.join(map(str, values[:8]))}, ...]"
+
+
+__all__ = ["Explanation", "set_renderer"]

@@ -11,6 +11,8 @@ from typing import Any, Union
 
 import torch
 
+from .errors import CamkitError, CamkitTypeError
+
 TargetSpec = Union[None, int, Sequence[int], torch.Tensor, Callable[[Any], torch.Tensor]]
 
 # Keys tried, in order, when a model returns a dict: Hugging Face classifiers
@@ -32,7 +34,7 @@ def logits_of(output: Any) -> torch.Tensor:
             value = output.get(key)
             if isinstance(value, torch.Tensor):
                 return value
-        raise TypeError(
+        raise CamkitTypeError(
             f"The model returned a dict with keys {sorted(map(str, output))} and none of "
             f"{list(_LOGIT_KEYS)} holds a tensor. Pass target=callable(output) -> (B,) scores "
             "that picks the score to explain."
@@ -44,7 +46,7 @@ def logits_of(output: Any) -> torch.Tensor:
         for value in output:
             if isinstance(value, torch.Tensor):
                 return value
-    raise TypeError(
+    raise CamkitTypeError(
         f"Cannot find class scores in a model output of type {type(output).__name__}. "
         "Pass target=callable(output) -> (B,) scores that picks the score to explain."
     )
@@ -59,13 +61,13 @@ def scores_for(output: Any, target: TargetSpec, batch_size: int) -> tuple[torch.
     if callable(target) and not isinstance(target, torch.Tensor):
         scores = target(output)
         if not isinstance(scores, torch.Tensor):
-            raise TypeError(
+            raise CamkitTypeError(
                 f"The target callable returned {type(scores).__name__}; it must return a "
                 f"tensor of {batch_size} scores, one per image."
             )
         scores = scores.reshape(-1) if scores.dim() == 2 and scores.shape[-1] == 1 else scores
         if scores.shape != (batch_size,):
-            raise ValueError(
+            raise CamkitError(
                 f"The target callable returned scores of shape {tuple(scores.shape)}; it must "
                 f"return shape ({batch_size},), one score per image."
             )
@@ -73,7 +75,7 @@ def scores_for(output: Any, target: TargetSpec, batch_size: int) -> tuple[torch.
 
     logits = logits_of(output)
     if logits.dim() != 2 or logits.shape[0] != batch_size:
-        raise ValueError(
+        raise CamkitError(
             f"The model output has shape {tuple(logits.shape)}, not (batch={batch_size}, classes). "
             "For segmenters, detectors or other outputs pass target=callable(output) -> (B,) scores."
         )
@@ -86,35 +88,57 @@ def class_indices(logits: torch.Tensor, target: TargetSpec) -> torch.Tensor:
     batch_size, num_classes = logits.shape
     if target is None:
         return logits.argmax(dim=1)
-    if isinstance(target, bool):
-        raise TypeError("target must be None, an int, one int per image, or a callable; got a bool.")
+    if _holds_bool(target):
+        raise CamkitTypeError(
+            "target holds a bool; bools are not class indices. Pass None, an int, or one int per image."
+        )
     if isinstance(target, int):
         classes = torch.full((batch_size,), target, dtype=torch.long, device=logits.device)
     else:
         try:
             classes = torch.as_tensor(target, device=logits.device)
         except (TypeError, ValueError) as error:
-            raise TypeError(
+            raise CamkitTypeError(
                 f"target must be None, an int, one int per image, or a callable; got {type(target).__name__}."
             ) from error
         if classes.dtype.is_floating_point or classes.dtype == torch.bool or classes.dtype.is_complex:
-            raise TypeError(f"target class indices must be integers, got dtype {classes.dtype}.")
+            raise CamkitTypeError(f"target class indices must be integers, got dtype {classes.dtype}.")
         classes = classes.to(torch.long).reshape(-1) if classes.dim() == 0 else classes.to(torch.long)
         if classes.dim() == 1 and classes.numel() == 1 and batch_size != 1:
             classes = classes.expand(batch_size)
         if classes.shape != (batch_size,):
-            raise ValueError(
+            raise CamkitError(
                 f"target has {classes.numel()} class indices for a batch of {batch_size} images; "
                 "give one int for all images or exactly one per image."
             )
     out_of_range = (classes < 0) | (classes >= num_classes)
     if bool(out_of_range.any()):
         bad = classes[out_of_range].tolist()
-        raise ValueError(
+        raise CamkitError(
             f"target class {bad[0] if len(bad) == 1 else bad} is out of range: the model has "
             f"{num_classes} classes, so valid indices are 0..{num_classes - 1}."
         )
     return classes
+
+
+def _holds_bool(target: Any) -> bool:
+    # torch.as_tensor([False, 0]) is an int64 tensor [0, 0]: check the items themselves.
+    if isinstance(target, torch.Tensor):
+        return target.dtype == torch.bool
+    if isinstance(target, (list, tuple)):
+        return any(_holds_bool(item) or type(item).__name__ == "bool_" for item in target)
+    return isinstance(target, bool) or getattr(getattr(target, "dtype", None), "kind", "") == "b"
+
+
+def check_finite_scores(scores: torch.Tensor) -> None:
+    """Refuse NaN or infinite explained scores: their gradients are meaningless, the map would be empty or NaN."""
+    finite = torch.isfinite(scores.detach())
+    if not bool(finite.all()):
+        bad = torch.nonzero(~finite).flatten().tolist()
+        raise CamkitError(
+            f"The explained score is NaN or infinite for image(s) {bad[:8]} of the batch. Check the model's "
+            "weights and that the input is normalised the way the model expects."
+        )
 
 
 class SegmentationTarget:
@@ -132,7 +156,7 @@ class SegmentationTarget:
     def __call__(self, output: Any) -> torch.Tensor:
         logits = logits_of(output)
         if logits.dim() not in (4, 5):
-            raise ValueError(
+            raise CamkitError(
                 f"SegmentationTarget needs (B, classes, H, W) or (B, classes, D, H, W) logits, got {tuple(logits.shape)}."
             )
         batch, classes = logits.shape[:2]
@@ -176,9 +200,9 @@ class DetectionTarget:
         from torchvision.ops import box_iou
 
         if not isinstance(output, (list, tuple)) or not all(isinstance(item, Mapping) for item in output):
-            raise TypeError("DetectionTarget expects a detector's list of dicts with boxes, labels and scores.")
+            raise CamkitTypeError("DetectionTarget expects a detector's list of dicts with boxes, labels and scores.")
         if len(output) != len(self.boxes):
-            raise ValueError(f"DetectionTarget has {len(self.boxes)} boxes for a batch of {len(output)} images.")
+            raise CamkitError(f"DetectionTarget has {len(self.boxes)} boxes for a batch of {len(output)} images.")
         scores = []
         for detections, box, label in zip(output, self.boxes, self.labels.tolist()):
             # A Python loop over images: each image has its own number of detections.

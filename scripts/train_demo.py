@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from camkit.demo import DEMO_SIZE, DemoNet, demo_preprocess, make_demo_dataset
+from camkit.app.demo import DEMO_SIZE, DemoNet, demo_preprocess, make_demo_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 EPOCHS, TRAIN, TEST, SAMPLE_SIZE = 8, 12000, 2000, 256

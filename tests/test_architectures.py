@@ -10,7 +10,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 import camkit
 
-from .conftest import no_hooks_left
+from .helpers import no_hooks_left
 
 FAMILIES = {
     # model: (automatic layer, input size)
@@ -104,7 +104,7 @@ def test_wrong_size_input_to_fixed_size_vit_is_the_models_own_error() -> None:
 
 
 def test_token_grid_without_patch_size() -> None:
-    from camkit.layers import token_grid
+    from camkit.layouts import token_grid
 
     assert token_grid(197, (224, 224), None) == (14, 14)
     assert token_grid(1 + 4 + 14 * 10, (224, 160), None) == (14, 10)  # class + 4 registers

@@ -11,7 +11,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, Semanti
 
 import camkit
 
-from .conftest import no_hooks_left, reference_capture
+from .helpers import no_hooks_left, reference_capture, user_code_on_path
 
 
 def _peer(model, layers, x, targets):
@@ -163,7 +163,6 @@ def test_multi_layer_fusion_equals_the_per_layer_maps_averaged() -> None:
 
 def test_overlay_cli_volumes_and_segmenters(tmp_path) -> None:
     import csv
-    import sys
     from pathlib import Path
 
     import nibabel
@@ -178,8 +177,7 @@ def test_overlay_cli_volumes_and_segmenters(tmp_path) -> None:
     nibabel.save(nibabel.Nifti1Image(rng.normal(size=(12, 14, 9)).astype(np.float32), np.eye(4)), folder / "brain.nii.gz")
     np.save(folder / "flat.npy", np.zeros((4, 4)))  # not a volume
     (folder / "broken.nii.gz").write_bytes(b"not gzip")
-    sys.path.insert(0, str(Path(__file__).parent))
-    try:
+    with user_code_on_path():
         out = tmp_path / "out"
         status = main(["overlay", str(folder), "-o", str(out), "--model", "factory_model:tiny3d", "--method",
                        "gradcam,cfcam", "--save-maps", "npy", "--workers", "0", "--quiet"])
@@ -202,5 +200,4 @@ def test_overlay_cli_volumes_and_segmenters(tmp_path) -> None:
             assert Image.open(seg_out / "street_gradcam.png").size == (50, 40)
             row = next(csv.DictReader(open(seg_out / "manifest.csv")))
             assert row["status"] == "ok" and row["explained_class"] in ({"1"} if target == "1" else {"1", "2"})
-    finally:
-        sys.path.remove(str(Path(__file__).parent))
+

@@ -1,30 +1,17 @@
-"""The explainers, and the one table from CLI names to classes."""
+"""The explainers. Importing this package registers every built-in method in ``METHODS``."""
 from __future__ import annotations
 
-from typing import Any
+from .base import ChannelWeightedExplainer, Explainer
+from .registry import METHODS, create, register
 
-from torch import nn
+# Each import registers its method; the order is the order of camkit.METHODS.
+from .gradcam import GradCAM  # noqa: E402  (isort: skip)
+from .gradcampp import GradCAMPlusPlus  # noqa: E402
+from .smoothgradcampp import SmoothGradCAMPlusPlus  # noqa: E402
+from .eigencam import EigenCAM  # noqa: E402
+from .cfcam import CFCAM  # noqa: E402
 
-from .base import CAM, ChannelWeightedCAM
-from .cfcam import CFCAM
-from .eigencam import EigenCAM
-from .gradcam import GradCAM
-from .gradcampp import GradCAMPlusPlus
-from .smoothgradcampp import SmoothGradCAMPlusPlus
-
-METHODS: dict[str, type[CAM]] = {
-    cls.name: cls
-    for cls in (GradCAM, GradCAMPlusPlus, SmoothGradCAMPlusPlus, EigenCAM, CFCAM)
-}
-
-
-def create(method: str, model: nn.Module, target_layer: Any = None, **options: Any) -> CAM:
-    """An explainer by its CLI name (``camkit.METHODS``)."""
-    try:
-        cls = METHODS[method.lower()]
-    except KeyError:
-        raise ValueError(f"Unknown method {method!r}; choose one of {', '.join(METHODS)}.") from None
-    return cls(model, target_layer, **options)
-
-
-__all__ = ["CAM", "ChannelWeightedCAM", "GradCAM", "GradCAMPlusPlus", "SmoothGradCAMPlusPlus", "EigenCAM", "CFCAM", "METHODS", "create"]
+__all__ = [
+    "CFCAM", "ChannelWeightedExplainer", "EigenCAM", "Explainer", "GradCAM", "GradCAMPlusPlus", "METHODS",
+    "SmoothGradCAMPlusPlus", "create", "register",
+]

@@ -1,23 +1,26 @@
-"""CF-CAM, cluster filter class activation mapping (He, Pan & Yao, 2025, arXiv:2504.00060)."""
+"""CF-CAM: Grad-CAM weights for strong channels, DBSCAN-clustered and filtered gradients for the rest."""
 from __future__ import annotations
 
 import math
-from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from ..cluster import dbscan, pairwise_distances
-from ..hooks import Capture, Reshape
-from ..layers import LayerSpec
+from ..capture import Capture
+from ..errors import CamkitError
+from ..layers import LayersSpec
+from ..ops.dbscan import dbscan, pairwise_distances
 from ..ops.filters import authors_kernels, filter_maps, gaussian_kernel
+from ..ops.quantiles import pair_quantile
 from ..ops.weighting import mean_gradient_weights
-from .base import ChannelWeightedCAM
+from .base import ChannelWeightedExplainer
+from .registry import register
 
 
-class CFCAM(ChannelWeightedCAM):
-    """Grad-CAM weights for strong channels, DBSCAN-clustered and filtered gradients for the rest.
+@register("cfcam", paper="He, Pan & Yao, CF-CAM: Cluster Filter Class Activation Mapping, 2025 (arXiv:2504.00060)")
+class CFCAM(ChannelWeightedExplainer):
+    """DBSCAN channel clusters with filtered gradients; Grad-CAM weights for the strongest channels.
 
     Per image: channels whose L2 norm reaches the ``importance_quantile``
     (75 %) keep w_k = mean g_k. The others are clustered by DBSCAN on their
@@ -30,21 +33,16 @@ class CFCAM(ChannelWeightedCAM):
     weights go through a softmax (``weighting="softmax"``, the authors' choice)
     or are used as they are (``"linear"``).
 
-    Measured fact: gradients at a CNN's last layer are small (~1e-2 and less),
-    so their softmax is almost uniform and the map barely depends on the
-    target class. On the toy CNN the tests train (tests/shapes.py, 64 images),
-    maps for the true class and another class correlate 0.99999994 on average
-    (never below 0.9999997); with ``weighting="linear"`` the same correlation
-    is -0.04 on average, as for Grad-CAM (-0.10): linear keeps the class.
+    Gradients at a CNN's last layer are small, so their softmax is nearly
+    uniform and the softmax-weighted map barely depends on the target class
+    (README.md gives the measurement); ``weighting="linear"`` keeps the class.
     Everything, DBSCAN included, runs batched on the activations' device.
     """
-
-    name = "cfcam"
 
     def __init__(
         self,
         model: nn.Module,
-        target_layer: LayerSpec = None,
+        target_layer: LayersSpec = None,
         *,
         filter: Literal["authors", "gaussian"] = "authors",
         sigma: float = 5.0,
@@ -52,21 +50,20 @@ class CFCAM(ChannelWeightedCAM):
         importance_quantile: float = 0.75,
         eps_quantile: float = 0.25,
         min_samples_fraction: float = 0.05,
-        reshape: Reshape | None = None,
-        fuse: str = "mean",
+        **options: Any,
     ) -> None:
-        super().__init__(model, target_layer, reshape=reshape, fuse=fuse)
+        super().__init__(model, target_layer, **options)
         if filter not in ("authors", "gaussian"):
-            raise ValueError(f"filter must be 'authors' or 'gaussian', got {filter!r}.")
+            raise CamkitError(f"filter must be 'authors' or 'gaussian', got {filter!r}.")
         if weighting not in ("softmax", "linear"):
-            raise ValueError(f"weighting must be 'softmax' or 'linear', got {weighting!r}.")
+            raise CamkitError(f"weighting must be 'softmax' or 'linear', got {weighting!r}.")
         for option, value in (("importance_quantile", importance_quantile), ("eps_quantile", eps_quantile)):
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{option} must lie in [0, 1], got {value!r}.")
+                raise CamkitError(f"{option} must lie in [0, 1], got {value!r}.")
         if not 0.0 <= min_samples_fraction <= 1.0:
-            raise ValueError(f"min_samples_fraction must lie in [0, 1], got {min_samples_fraction!r}.")
+            raise CamkitError(f"min_samples_fraction must lie in [0, 1], got {min_samples_fraction!r}.")
         if not sigma > 0:
-            raise ValueError(f"sigma must be > 0, got {sigma!r}.")
+            raise CamkitError(f"sigma must be > 0, got {sigma!r}.")
         self.filter, self.sigma, self.weighting = filter, float(sigma), weighting
         self.importance_quantile, self.eps_quantile = float(importance_quantile), float(eps_quantile)
         self.min_samples_fraction = float(min_samples_fraction)
@@ -89,7 +86,7 @@ class CFCAM(ChannelWeightedCAM):
         points = features.gather(1, rest_index[:, :, None].expand(-1, -1, positions))
 
         distances = pairwise_distances(points)
-        eps = _pair_quantile(distances, valid, self.eps_quantile).clamp_min(1e-5)
+        eps = pair_quantile(distances, valid, self.eps_quantile).clamp_min(1e-5)
         min_samples = torch.clamp(torch.floor(rest_count * self.min_samples_fraction), min=2).long()
         labels = dbscan(points, eps, min_samples, distances=distances, valid=valid)
 
@@ -125,46 +122,3 @@ class CFCAM(ChannelWeightedCAM):
             kernels = gaussian_kernel(tuple(grid), self.sigma, device=gradients.device, dtype=gradients.dtype)
         per_cluster = filter_maps(mean_gradients, kernels).reshape(batch, clusters, -1).mean(dim=2)
         return per_cluster.gather(1, labels.clamp_min(0))
-
-
-def _pair_quantile(distances: torch.Tensor, valid: torch.Tensor, q: float) -> torch.Tensor:
-    """The q-quantile (linear interpolation) of each item's off-diagonal distances among valid points, ``(B,)``.
-
-    The off-diagonal list holds every pair twice, so its sorted order is the
-    upper triangle's with each value repeated: the quantile interpolates
-    between two adjacent order statistics of the upper triangle. One selection
-    finds the lower one and a masked minimum the next, with no sort of the
-    N^2 values. Items with fewer than two valid points get 0.
-    """
-    batch, count, _ = distances.shape
-    rows, cols, flat = _upper_triangle(count, distances.device)
-    upper = distances.reshape(batch, count * count).index_select(1, flat)
-    if not bool(valid.all()):
-        upper = torch.where(valid[:, rows] & valid[:, cols], upper, math.inf)
-    valid_count = valid.sum(dim=1)
-    pairs_twice = valid_count * (valid_count - 1)  # length of the off-diagonal list
-    position = q * (pairs_twice - 1).clamp_min(0).double()
-    low = position.floor().long()
-    fraction = (position - low).to(distances.dtype)
-    below = torch.zeros(batch, dtype=distances.dtype, device=distances.device)
-    above = torch.zeros_like(below)
-    has_pairs = pairs_twice > 0
-    for rank in torch.unique(low[has_pairs] // 2).tolist():
-        # Python loop over distinct ranks: one per distinct point count, usually one.
-        selected = has_pairs & (low // 2 == rank)
-        values = upper[selected]
-        lower = values.kthvalue(rank + 1, dim=1).values
-        at_or_below = (values <= lower[:, None]).sum(dim=1, dtype=torch.int32)
-        following = torch.where(values > lower[:, None], values, math.inf).amin(dim=1)
-        below[selected] = lower
-        above[selected] = torch.where(at_or_below > rank + 1, lower, following)
-    # low even: both neighbours in the duplicated list are copies of the lower statistic
-    above = torch.where(low % 2 == 0, below, above)
-    return below + fraction * (above - below)
-
-
-@lru_cache(maxsize=8)
-def _upper_triangle(count: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Row, column and flat indices of the strict upper triangle (cached: the channel count rarely changes)."""
-    rows, cols = torch.triu_indices(count, count, offset=1, device=device)
-    return rows, cols, rows * count + cols

@@ -1,23 +1,24 @@
-"""Grad-CAM++ (Chattopadhay et al., WACV 2018, arXiv:1710.11063), eq. 19."""
+"""Grad-CAM++, eq. 19: alpha = g^2 / (2 g^2 + sum_ab A_ab g^3) (0 where undefined); w_k = sum_ij alpha ReLU(g)."""
 from __future__ import annotations
 
 import torch
 
-from ..hooks import Capture
+from ..capture import Capture
 from ..ops.weighting import gradcampp_weights
-from .base import ChannelWeightedCAM
+from .base import ChannelWeightedExplainer
+from .registry import register
 
 
-class GradCAMPlusPlus(ChannelWeightedCAM):
-    """alpha = g^2 / (2 g^2 + sum_ab A_ab g^3) (0 where undefined); w_k = sum_ij alpha ReLU(g).
+@register("gradcam++", paper="Chattopadhay et al., Grad-CAM++, WACV 2018 (arXiv:1710.11063)")
+class GradCAMPlusPlus(ChannelWeightedExplainer):
+    """Eq. 19 exactly (no epsilon): positive gradients weighted by alpha.
 
-    Eq. 19 is the exponential-score form: the powers of the gradient of the
-    raw score stand in for higher derivatives of exp(S).
+    Eq. 19 is the exponential-score form: powers of the raw score's gradient
+    stand in for higher derivatives of exp(S).
+
+    The powers come from ``Capture.gradient_powers()``, so a capture that
+    averages them over noisy copies (Smooth Grad-CAM++) reuses this formula.
     """
 
-    name = "gradcam++"
-
     def channel_weights(self, captured: Capture) -> torch.Tensor:
-        gradients = captured.gradients
-        squared = gradients * gradients
-        return gradcampp_weights(captured.activations, gradients, squared, squared * gradients)
+        return gradcampp_weights(captured.activations, *captured.gradient_powers())

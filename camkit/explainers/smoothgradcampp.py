@@ -1,28 +1,24 @@
-"""Smooth Grad-CAM++ (Omeiza et al., arXiv:1908.01224)."""
+"""Smooth Grad-CAM++: Grad-CAM++ on the means of g, g^2, g^3 over noisy copies of each image."""
 from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
 
 import torch
 from torch import nn
 
-from dataclasses import dataclass
-
-from ..hooks import Capture, Reshape, capture_layers
-from ..layers import LayerSpec, patch_size_of
-from ..ops.weighting import gradcampp_weights
+from ..capture import Capture, capture
+from ..errors import CamkitError
+from ..layers import LayersSpec
+from ..layouts import patch_size_of
 from ..targets import TargetSpec
-from .base import ChannelWeightedCAM
+from .gradcampp import GradCAMPlusPlus
+from .registry import register
 
 
-@dataclass
-class SmoothCapture(Capture):
-    """A capture whose ``gradients`` is D1, with D2 and D3 beside it."""
-
-    mean_squared_gradients: torch.Tensor | None = None
-    mean_cubed_gradients: torch.Tensor | None = None
-
-
-class SmoothGradCAMPlusPlus(ChannelWeightedCAM):
-    """Grad-CAM++ with the gradient powers averaged over noisy copies of each image.
+@register("smoothgradcam++", paper="Omeiza et al., Smooth Grad-CAM++, arXiv 2019 (arXiv:1908.01224)")
+class SmoothGradCAMPlusPlus(GradCAMPlusPlus):
+    """Eq. 19 on the gradient's powers averaged over noisy copies of each image.
 
     D1, D2, D3 are the means of g, g^2, g^3 over ``n_samples`` copies
     x + N(0, sigma^2), sigma = ``noise_level`` * (max(x_b) - min(x_b)); the
@@ -37,46 +33,40 @@ class SmoothGradCAMPlusPlus(ChannelWeightedCAM):
     the noise reproducible and independent of ``batch_size``.
     """
 
-    name = "smoothgradcam++"
-
     def __init__(
         self,
         model: nn.Module,
-        target_layer: LayerSpec | list = None,
+        target_layer: LayersSpec = None,
         *,
         n_samples: int = 8,
         noise_level: float = 0.15,
         batch_size: int = 32,
         seed: int = 0,
-        reshape: Reshape | None = None,
-        fuse: str = "mean",
+        **options: Any,
     ) -> None:
-        super().__init__(model, target_layer, reshape=reshape, fuse=fuse)
+        super().__init__(model, target_layer, **options)
         if not isinstance(n_samples, int) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive int, got {n_samples!r}.")
+            raise CamkitError(f"n_samples must be a positive int, got {n_samples!r}.")
         if not noise_level >= 0:
-            raise ValueError(f"noise_level must be >= 0 (a fraction of each image's value range), got {noise_level!r}.")
+            raise CamkitError(f"noise_level must be >= 0 (a fraction of each image's value range), got {noise_level!r}.")
         if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+            raise CamkitError(f"batch_size must be a positive int, got {batch_size!r}.")
         self.n_samples, self.noise_level, self.batch_size, self.seed = n_samples, float(noise_level), batch_size, seed
 
-    def capture_all(self, x: torch.Tensor, target: TargetSpec) -> list[Capture]:
-        cleans = self._capture(x, target, with_gradients=False)
-        clean = cleans[0]
-        if clean.classes is None and not callable(target):
-            raise ValueError(
+    def capture(self, x: torch.Tensor, target: TargetSpec) -> list[Capture]:
+        """The clean image's activations with the gradient moments of the noisy copies."""
+        cleans = capture(self.model, self.layers, x, target, with_gradients=False,
+                         reshape=self.reshape, patch_size=patch_size_of(self.model))
+        if cleans[0].classes is None and not callable(target):
+            raise CamkitError(
                 "The model's output has no class scores to explain; pass target=callable(output) -> (B,) scores."
             )
-        noisy_target = target if callable(target) and not isinstance(target, torch.Tensor) else clean.classes
+        # Every noisy copy explains the class chosen on the clean image.
+        noisy_target = target if callable(target) and not isinstance(target, torch.Tensor) else cleans[0].classes
         return [
-            SmoothCapture(layer.activations, moments[0], layer.output, layer.scores, layer.classes, moments[1], moments[2])
-            for layer, moments in zip(cleans, self._gradient_moments(x, noisy_target))
+            replace(clean, gradients=moments[0], squared_gradients=moments[1], cubed_gradients=moments[2])
+            for clean, moments in zip(cleans, self._gradient_moments(x, noisy_target))
         ]
-
-    def channel_weights(self, captured: SmoothCapture) -> torch.Tensor:
-        return gradcampp_weights(
-            captured.activations, captured.gradients, captured.mean_squared_gradients, captured.mean_cubed_gradients
-        )
 
     def _gradient_moments(self, x: torch.Tensor, target: TargetSpec) -> list[torch.Tensor]:
         """Per layer, the means over the noisy copies of g, g^2 and g^3, stacked as ``(3, B, K, h, w)``."""
@@ -91,10 +81,8 @@ class SmoothGradCAMPlusPlus(ChannelWeightedCAM):
             noise = self._noise(x, generator, copy_index, image_index)
             noisy = x[image_index] + noise * sigma[image_index].reshape(-1, *([1] * (x.dim() - 1)))
             chunk_target = target if callable(target) else target[image_index]
-            layers = capture_layers(
-                self.model, self.layers, noisy, chunk_target,
-                with_gradients=True, reshape=self.reshape, patch_size=patch_size_of(self.model),
-            )
+            layers = capture(self.model, self.layers, noisy, chunk_target, with_gradients=True,
+                             reshape=self.reshape, patch_size=patch_size_of(self.model))
             if totals is None:
                 totals = [torch.zeros((3, batch, *layer.gradients.shape[1:]), dtype=torch.float64, device=x.device)
                           for layer in layers]

@@ -1,1 +1,1 @@
-"""Batched tensor kernels: channel weightings, map post-processing, clustering, filters."""
+"""Pure tensor kernels, batched on the device: maps, weighting, filters, dbscan, quantiles, pca, images."""

@@ -4,9 +4,12 @@ scikit-learn's DBSCAN semantics: the eps-neighbourhood of a point counts the
 point itself and every point at distance <= eps; a point is core when its
 neighbourhood holds at least ``min_samples`` points; core points within eps
 of each other share a cluster (connected components of the core graph); a
-non-core point within eps of a core point joins the cluster of its nearest
-core neighbour; the rest is noise (-1). Clusters are numbered in the order of
-their lowest-index core point, as scikit-learn numbers them.
+non-core point within eps of one or more core points joins the lowest-numbered
+of their clusters (scikit-learn expands clusters in index order, so the first
+expansion to reach a border point is that of the lowest-numbered cluster; it
+does not pick the nearest core point); the rest is noise (-1). Clusters are
+numbered in the order of their lowest-index core point, as scikit-learn
+numbers them.
 
 Connected components come from min-label propagation with pointer jumping,
 each round one masked reduction over the (B, N, N) neighbour matrix.
@@ -14,6 +17,8 @@ each round one masked reduction over the (B, N, N) neighbour matrix.
 from __future__ import annotations
 
 import torch
+
+from ..errors import CamkitError, CamkitTypeError
 
 # Per chunk of batch items, B_chunk * N * N float64 distances: 2**26 is 512 MB.
 DEFAULT_CHUNK_ELEMENTS = 2**26
@@ -64,16 +69,16 @@ def dbscan(
     device = points.device
     eps_per_item = _per_item(eps, batch, "eps", device, torch.float64)
     if bool((eps_per_item <= 0).any()) or not bool(torch.isfinite(eps_per_item).all()):
-        raise ValueError(f"eps must be positive and finite, got {eps!r}.")
+        raise CamkitError(f"eps must be positive and finite, got {eps!r}.")
     samples_per_item = _per_item(min_samples, batch, "min_samples", device, torch.long)
     if bool((samples_per_item < 1).any()):
-        raise ValueError(f"min_samples must be >= 1, got {min_samples!r}.")
+        raise CamkitError(f"min_samples must be >= 1, got {min_samples!r}.")
     if valid is None:
         valid = torch.ones(batch, count, dtype=torch.bool, device=device)
     elif valid.shape != (batch, count) or valid.dtype != torch.bool:
-        raise ValueError(f"valid must be a bool tensor of shape {(batch, count)}, got {tuple(valid.shape)} {valid.dtype}.")
+        raise CamkitError(f"valid must be a bool tensor of shape {(batch, count)}, got {tuple(valid.shape)} {valid.dtype}.")
     if distances is not None and distances.shape != (batch, count, count):
-        raise ValueError(f"distances must have shape {(batch, count, count)}, got {tuple(distances.shape)}.")
+        raise CamkitError(f"distances must have shape {(batch, count, count)}, got {tuple(distances.shape)}.")
 
     labels = torch.full((batch, count), -1, dtype=torch.long, device=device)
     if count == 0 or batch == 0:
@@ -138,13 +143,13 @@ def _jump(component: torch.Tensor, sentinel: int) -> torch.Tensor:
 
 def _checked_points(points: torch.Tensor) -> tuple[torch.Tensor, bool]:
     if not isinstance(points, torch.Tensor):
-        raise TypeError(f"points must be a torch.Tensor (B, N, D) or (N, D), got {type(points).__name__}.")
+        raise CamkitTypeError(f"points must be a torch.Tensor (B, N, D) or (N, D), got {type(points).__name__}.")
     if points.dim() not in (2, 3):
-        raise ValueError(f"points must have shape (B, N, D) or (N, D), got {tuple(points.shape)}.")
+        raise CamkitError(f"points must have shape (B, N, D) or (N, D), got {tuple(points.shape)}.")
     if not points.is_floating_point():
-        raise TypeError(f"points must be floating point, got {points.dtype}.")
+        raise CamkitTypeError(f"points must be floating point, got {points.dtype}.")
     if not bool(torch.isfinite(points).all()):
-        raise ValueError("points contain NaN or infinite values; DBSCAN needs finite coordinates.")
+        raise CamkitError("points contain NaN or infinite values; DBSCAN needs finite coordinates.")
     return (points.unsqueeze(0), True) if points.dim() == 2 else (points, False)
 
 
@@ -153,5 +158,5 @@ def _per_item(value: float | int | torch.Tensor, batch: int, name: str, device: 
     if tensor.dim() == 0:
         return tensor.expand(batch)
     if tensor.shape != (batch,):
-        raise ValueError(f"{name} must be a number or one value per batch item ({batch}), got shape {tuple(tensor.shape)}.")
+        raise CamkitError(f"{name} must be a number or one value per batch item ({batch}), got shape {tuple(tensor.shape)}.")
     return tensor

@@ -1,8 +1,16 @@
-"""From a layer-resolution map to what the user sees: ReLU, upsample, normalise."""
+"""From a layer-resolution map to what the user sees: ReLU, upsample, normalise, fuse."""
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+
+# A map whose spread at the layer's resolution is at most this fraction of its
+# largest magnitude is constant: upsampling would leave float noise (~1e-8)
+# that min-max normalisation stretches into a false pattern.
+FLAT_TOLERANCE = 1e-6
 
 
 def upsample(maps: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
@@ -21,6 +29,27 @@ def min_max_normalise(maps: torch.Tensor) -> torch.Tensor:
     return torch.where(span.reshape(shape) > 0, scaled, 0.0)
 
 
-def finish(layer_maps: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
-    """ReLU, upsample to the input's size, min-max normalise: the public map."""
-    return min_max_normalise(upsample(layer_maps.clamp_min(0), size))
+def is_flat(maps: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` True where a map is constant: max - min <= FLAT_TOLERANCE * max|M| (a 1x1 map always is)."""
+    flat = maps.flatten(1)
+    span = flat.amax(dim=1) - flat.amin(dim=1)
+    return span <= FLAT_TOLERANCE * flat.abs().amax(dim=1)
+
+
+def _zero_flat(maps: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+    return torch.where(flat.reshape(-1, *([1] * (maps.dim() - 1))), 0.0, maps)
+
+
+def normalised_at_size(layer_maps: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Layer maps (after ReLU) upsampled to ``size`` and min-max normalised; constant ones become zeros."""
+    return _zero_flat(min_max_normalise(upsample(layer_maps, size)), is_flat(layer_maps))
+
+
+def fuse(layer_maps: Sequence[torch.Tensor], size: tuple[int, ...], how: Literal["mean", "max"]) -> torch.Tensor:
+    """Several layers' maps (after ReLU) fused at ``size`` by mean or max, then normalised again.
+
+    As pytorch-grad-cam: each layer's map is normalised at its own resolution
+    (constant ones become zeros), then upsampled.
+    """
+    stacked = torch.stack([upsample(_zero_flat(min_max_normalise(maps), is_flat(maps)), size) for maps in layer_maps])
+    return min_max_normalise(stacked.mean(0) if how == "mean" else stacked.amax(0))

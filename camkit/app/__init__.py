@@ -1,0 +1,1 @@
+"""The application built on the core: model loading, the demo, file io, folder runs, manifests, torchrun."""

@@ -1,0 +1,181 @@
+"""Loading the model to explain: the bundled demo, a torchvision name, an exported program, or user code."""
+from __future__ import annotations
+
+import difflib
+import importlib
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import CamkitError
+from ..viz import IMAGENET_MEAN, IMAGENET_STD
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode on its device, with how to feed it and name its classes."""
+
+    model: nn.Module
+    input_size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: list[str] | None
+    description: str
+
+
+def load_model(spec: str | None, weights: str | None = None, device: torch.device | str = "cpu") -> LoadedModel:
+    """Resolve ``--model``/``--weights`` to a :class:`LoadedModel`.
+
+    * ``None`` or ``"demo"``: the bundled demo CNN (offline).
+    * a ``.pt2`` file from ``torch.export.save``: loaded and unflattened so that
+      its submodules (and so hooks and layer names) exist again.
+    * ``package.module:factory``: ``factory()`` from the user's code must return an
+      ``nn.Module``; ``weights`` may name a local state-dict file.
+    * a torchvision model name: ``weights`` is a local state-dict/checkpoint file,
+      or the name of one of torchvision's weight sets (``DEFAULT``,
+      ``IMAGENET1K_V2``, ...), which torchvision downloads; with no ``weights`` the
+      ``DEFAULT`` set is used.
+    """
+    device = torch.device(device)
+    if spec is None or spec == "demo":
+        return _demo(weights, device)
+    path = Path(spec)
+    if path.suffix in (".pt2", ".pt", ".pth", ".ts", ".zip") or path.exists():
+        if not path.exists():
+            raise CamkitError(f"model file {spec} does not exist.")
+        return _from_file(path, device)
+    if ":" in spec:
+        return _from_factory(spec, weights, device)
+    return _torchvision(spec, weights, device)
+
+
+def _demo(weights: str | None, device: torch.device) -> LoadedModel:
+    from .demo import DEMO_CLASSES, DEMO_MEAN, DEMO_SIZE, DEMO_STD, DemoNet, load_demo_model
+
+    if weights is None:
+        model = load_demo_model(device)
+    else:
+        model = DemoNet()
+        model.load_state_dict(_state_dict(weights))
+        model = model.to(device).eval()
+    return LoadedModel(model, (DEMO_SIZE, DEMO_SIZE), DEMO_MEAN, DEMO_STD, list(DEMO_CLASSES), "camkit demo CNN (digits on photos)")
+
+
+def _from_file(path: Path, device: torch.device) -> LoadedModel:
+    if _is_torchscript(path):
+        raise CamkitError(
+            f"{path} is a TorchScript archive: PyTorch cannot hook the layers of a ScriptModule, so no CAM can be "
+            "computed from it. Re-export the model with torch.export.save(torch.export.export(model, (x,)), "
+            "'model.pt2') and pass the .pt2 file, or pass the model's code as package.module:factory."
+        )
+    try:
+        program = torch.export.load(str(path))
+    except Exception as error:  # noqa: BLE001 - any failure means "not an exported program"
+        raise CamkitError(
+            f"cannot load {path} as a model: it is neither a torch.export program (.pt2) nor TorchScript "
+            f"({type(error).__name__}). A state-dict file goes in --weights, with --model naming the architecture."
+        ) from None
+    model = torch.export.unflatten(program).to(device)
+    return LoadedModel(model, (224, 224), IMAGENET_MEAN, IMAGENET_STD, None, f"exported program {path.name}")
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    return any(name.split("/", 1)[-1].startswith("code/") for name in names) and not any(
+        "serialized_exported_program" in name or name.endswith("models/model.json") for name in names
+    )
+
+
+def _from_factory(spec: str, weights: str | None, device: torch.device) -> LoadedModel:
+    module_name, _, attribute = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise CamkitError(f"cannot import {module_name!r} for --model {spec}: {error}.") from None
+    factory = getattr(module, attribute, None)
+    if not callable(factory):
+        raise CamkitError(f"{module_name} has no callable {attribute!r} for --model {spec}.")
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise CamkitError(f"--model {spec} returned {type(model).__name__}, not a torch.nn.Module.")
+    if weights is not None:
+        model.load_state_dict(_state_dict(weights))
+    names = getattr(model, "class_names", None)
+    size = getattr(model, "input_size", 224)
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    return LoadedModel(model.to(device).eval(), size, IMAGENET_MEAN, IMAGENET_STD,
+                       list(names) if names is not None else None, f"{spec}")
+
+
+def _torchvision(name: str, weights: str | None, device: torch.device) -> LoadedModel:
+    import torchvision
+
+    available = torchvision.models.list_models(module=torchvision.models)
+    if name not in available:
+        close = difflib.get_close_matches(name, available, n=4) or sorted(available)[:6]
+        raise CamkitError(f"unknown model {name!r}; did you mean {', '.join(close)}? (or a .pt2 file, or package.module:factory)")
+    if weights is not None and Path(weights).exists():
+        state = _state_dict(weights)
+        model = torchvision.models.get_model(name, weights=None, num_classes=_num_classes(name, state))
+        model.load_state_dict(state)
+        return LoadedModel(model.to(device).eval(), (224, 224), IMAGENET_MEAN, IMAGENET_STD, None, f"{name} ({weights})")
+    enum = torchvision.models.get_model_weights(name)
+    weight_name = weights or "DEFAULT"
+    try:
+        chosen = enum[weight_name] if weight_name != "DEFAULT" else enum.DEFAULT
+    except KeyError:
+        options = ", ".join(["DEFAULT", *(member.name for member in enum)])
+        raise CamkitError(f"--weights {weights!r} is neither a file nor one of {name}'s weight sets: {options}.") from None
+    model = torchvision.models.get_model(name, weights=chosen)  # downloads once into torch's cache
+    size = chosen.transforms().crop_size
+    side = size[0] if isinstance(size, (list, tuple)) else int(size)
+    meta: dict[str, Any] = chosen.meta
+    return LoadedModel(model.to(device).eval(), (side, side), IMAGENET_MEAN, IMAGENET_STD,
+                       list(meta.get("categories", [])) or None, f"{name} ({chosen})")
+
+
+def _state_dict(path: str) -> dict[str, torch.Tensor]:
+    """A state dict from a weights file, never unpickling arbitrary objects."""
+    if not Path(path).is_file():
+        raise CamkitError(f"weights file {path} does not exist.")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch raises many types for bad files
+        raise CamkitError(f"cannot read weights file {path}: {str(error).splitlines()[0][:200]}") from None
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
+            loaded = loaded[key]
+    if not isinstance(loaded, dict) or not all(isinstance(value, torch.Tensor) for value in loaded.values()):
+        raise CamkitError(f"weights file {path} does not hold a state dict (a mapping of names to tensors).")
+    # Checkpoints saved from DataParallel/DDP prefix every name with "module.".
+    return {name.removeprefix("module."): tensor for name, tensor in loaded.items()}
+
+
+def _num_classes(name: str, state: dict[str, torch.Tensor]) -> int:
+    import torchvision
+
+    reference = torchvision.models.get_model(name, weights=None).state_dict()
+    for key, tensor in reversed(list(reference.items())):
+        if key.endswith("weight") and tensor.dim() == 2 and key in state:
+            return int(state[key].shape[0])
+    return 1000
+
+
+def resolve_device(name: str) -> torch.device:
+    """``--device``: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:N``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CamkitError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CamkitError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return device

@@ -1,0 +1,215 @@
+"""One pass through the model: a layer's activations and the gradient of the explained score.
+
+Four steps, each owning one thing, composed by :func:`capture`:
+
+1. :func:`hooked_forward` -- hooks for this call only (removed in ``finally``).
+   The forward runs without autograd up to the first target layer; its hook
+   swaps the layer's output for a fresh leaf (detached, ``requires_grad``) and
+   hands the rest of the network a copy. So the backward stops at the layer
+   (no parameter ``.grad`` is written, frozen models work), it works inside
+   ``torch.no_grad()``, and an in-place op downstream (VGG's
+   ``ReLU(inplace=True)``) modifies the copy, not the captured tensor.
+2. :func:`explained_scores` -- ``target`` to ``(B,)`` scores, refusing NaN/Inf.
+3. :func:`layer_gradients` -- one ``autograd.grad`` for all layers.
+4. :func:`to_captures` -- layouts to ``(B, K, *grid)`` float32.
+
+:func:`check_finite` refuses NaN or infinite activations and gradients.
+
+Callers hold :func:`camkit.modes.explaining` around the whole pass.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import CamkitError, CamkitTypeError
+from .layouts import Reshape, to_grid
+from .modes import explaining
+from .targets import TargetSpec, check_finite_scores, scores_for
+
+Layers = Sequence[tuple[str, nn.Module]]
+
+
+@dataclass
+class Capture:
+    """What one pass through the model gives an explainer (grid layout, float32)."""
+
+    activations: torch.Tensor  # (B, K, *grid)
+    gradients: torch.Tensor | None  # (B, K, *grid); None for gradient-free methods
+    output: Any  # the model's output, detached
+    scores: torch.Tensor  # (B,) the explained scores (NaN where a gradient-free method has none)
+    classes: torch.Tensor | None  # (B,) explained class indices; None for a callable target
+    # Smooth Grad-CAM++ replaces g^2 and g^3 by their means over noisy copies.
+    squared_gradients: torch.Tensor | None = None
+    cubed_gradients: torch.Tensor | None = None
+
+    def gradient_powers(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """g, g^2, g^3 (or the averaged powers a smoothing capture put here)."""
+        if self.gradients is None:
+            raise CamkitError("This capture holds no gradients; it came from a gradient-free pass.")
+        squared = self.squared_gradients if self.squared_gradients is not None else self.gradients * self.gradients
+        cubed = self.cubed_gradients if self.cubed_gradients is not None else squared * self.gradients
+        return self.gradients, squared, cubed
+
+
+def capture(
+    model: nn.Module,
+    layers: Layers,
+    x: torch.Tensor,
+    target: TargetSpec,
+    *,
+    with_gradients: bool = True,
+    reshape: Reshape | None = None,
+    patch_size: tuple[int, int] | None = None,
+) -> list[Capture]:
+    """One forward (and one backward) capturing every layer in ``layers``, in their order."""
+    with explaining(model):
+        output, tensors = hooked_forward(model, layers, x, with_gradients)
+        check_finite(layers, tensors, "activations")
+        with _grad_mode(with_gradients):  # a score computed under the caller's no_grad would have no graph
+            scores, classes = explained_scores(output, target, x.shape[0], required=with_gradients)
+        gradients = layer_gradients(scores, tensors, layers) if with_gradients else [None] * len(layers)
+        if with_gradients:
+            check_finite(layers, gradients, "gradient")
+    return to_captures(tensors, gradients, output, scores, classes, tuple(x.shape[2:]), reshape, patch_size)
+
+
+def hooked_forward(
+    model: nn.Module, layers: Layers, x: torch.Tensor, with_gradients: bool
+) -> tuple[Any, list[torch.Tensor]]:
+    """The model's output and each layer's captured output; autograd on only after the first layer."""
+    stash: dict[str, torch.Tensor] = {}
+    with _hooks(layers, stash, with_gradients), _grad_mode(False):
+        output = model(x)
+    missing = [name for name, _ in layers if name not in stash]
+    if missing:
+        raise CamkitError(
+            f"The target layer {missing[0]!r} did not run during the forward pass. "
+            "Choose a layer that the model uses for this input."
+        )
+    return output, [stash[name] for name, _ in layers]
+
+
+def explained_scores(
+    output: Any, target: TargetSpec, batch_size: int, *, required: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(B,)`` scores and class indices; a gradient-free method without a target gets NaN scores when the output has no classes."""
+    if required or target is not None:
+        scores, classes = scores_for(output, target, batch_size)
+        if required:
+            check_finite_scores(scores)
+        return scores, classes
+    try:
+        return scores_for(output, None, batch_size)
+    except CamkitError:
+        device = output.device if isinstance(output, torch.Tensor) else None
+        return torch.full((batch_size,), float("nan"), device=device), None
+
+
+def layer_gradients(scores: torch.Tensor, tensors: list[torch.Tensor], layers: Layers) -> list[torch.Tensor]:
+    """dS/dA for every captured layer, in one backward that stops at the first layer."""
+    if not scores.requires_grad:
+        raise CamkitError(
+            f"The explained score does not depend on the target layer {layers[0][0]!r}; "
+            "choose a layer on the path from the input to that score."
+        )
+    with _grad_mode(True):
+        found = torch.autograd.grad(scores.sum(), tensors, allow_unused=True)
+    return [g if g is not None else torch.zeros_like(a) for g, a in zip(found, tensors)]
+
+
+def to_captures(
+    tensors: list[torch.Tensor],
+    gradients: Sequence[torch.Tensor | None],
+    output: Any,
+    scores: torch.Tensor,
+    classes: torch.Tensor | None,
+    input_size: tuple[int, ...],
+    reshape: Reshape | None,
+    patch_size: tuple[int, int] | None,
+) -> list[Capture]:
+    """Each layer's tensors in ``(B, K, *grid)`` float32."""
+    grid: Callable[[torch.Tensor], torch.Tensor] = (
+        reshape if reshape is not None else (lambda tensor: to_grid(tensor, input_size, patch_size))
+    )
+    return [
+        Capture(grid(activation.detach()).float(), grid(gradient).float() if gradient is not None else None,
+                _detached(output), scores.detach(), classes)
+        for activation, gradient in zip(tensors, gradients)
+    ]
+
+
+def check_finite(layers: Layers, tensors: Sequence[torch.Tensor | None], what: str) -> None:
+    """Refuse NaN or infinite activations / gradients, naming the layer."""
+    for (layer_name, _), tensor in zip(layers, tensors):
+        if tensor is not None and not bool(torch.isfinite(tensor.detach()).all()):
+            raise CamkitError(
+                f"The target layer {layer_name!r} produced NaN or infinite {what} for this input. "
+                "Check the model's weights and that the input is normalised the way the model expects."
+            )
+
+
+@contextlib.contextmanager
+def _hooks(layers: Layers, stash: dict[str, torch.Tensor], with_gradients: bool) -> Iterator[None]:
+    handles = [module.register_forward_hook(_stashing_hook(name, stash, with_gradients)) for name, module in layers]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _stashing_hook(layer_name: str, stash: dict[str, torch.Tensor], with_gradients: bool) -> Callable[..., Any]:
+    def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+        tensor = output[0] if isinstance(output, (tuple, list)) else output
+        if not isinstance(tensor, torch.Tensor):
+            raise CamkitTypeError(
+                f"The target layer {layer_name!r} returned {type(tensor).__name__}, not a tensor. "
+                "Choose a layer whose output is a tensor."
+            )
+        if with_gradients and torch.is_grad_enabled() and tensor.requires_grad:
+            captured = tensor  # downstream of an earlier captured layer: stay in its graph
+        else:
+            captured = tensor.detach()
+            if with_gradients:
+                captured.requires_grad_(True)
+                torch.set_grad_enabled(True)  # the rest of this forward builds the graph to the score
+        stash[layer_name] = captured
+        # The rest of the model gets a copy, so in-place ops there leave the capture intact.
+        passed_on = captured.clone()
+        if isinstance(output, tuple):
+            return (passed_on, *output[1:])
+        if isinstance(output, list):
+            return [passed_on, *output[1:]]
+        return passed_on
+
+    return hook
+
+
+@contextlib.contextmanager
+def _grad_mode(enabled: bool) -> Iterator[None]:
+    # The hook switches grad mode on mid-forward; restore the caller's mode whatever happened.
+    previous = torch.is_grad_enabled()
+    torch.set_grad_enabled(enabled)
+    try:
+        yield
+    finally:
+        torch.set_grad_enabled(previous)
+
+
+def _detached(output: Any) -> Any:
+    if isinstance(output, torch.Tensor):
+        return output.detach()
+    if isinstance(output, (tuple, list)):
+        return type(output)(_detached(item) for item in output)
+    if isinstance(output, dict):
+        return {key: _detached(value) for key, value in output.items()}
+    return output
+
+
+__all__ = ["Capture", "capture", "check_finite", "explained_scores", "hooked_forward", "layer_gradients", "to_captures"]

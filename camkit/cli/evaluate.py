@@ -1,0 +1,36 @@
+"""``camkit evaluate``: the flags; the work is :mod:`camkit.app.evaluation`."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from ..app.evaluation import EvaluationJob, run
+
+
+def register(commands: Any) -> None:
+    """Add ``evaluate`` to an ``add_subparsers()`` object."""
+    parser = commands.add_parser(
+        "evaluate",
+        help="score methods with faithfulness, localisation and sanity metrics",
+        description="Print a method x metric table (and write it as CSV). Lower is better for deletion, average "
+        "drop, class sensitivity (1 = the map ignores the class) and model randomisation (1 = the map ignores "
+        "the weights); higher for the rest.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="images/folders/globs (default: the demo set with boxes)")
+    parser.add_argument("--methods", default="all", help="comma-separated method names, or 'all'")
+    parser.add_argument("--model", default=None, help="as for `camkit overlay` (default: the demo CNN)")
+    parser.add_argument("--weights", default=None)
+    parser.add_argument("--layer", default=None)
+    parser.add_argument("--n-images", type=int, default=64, help="demo images to evaluate on")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=32, help="deletion/insertion steps")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--csv", type=Path, default=None, help="also write the table here")
+    parser.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    return run(EvaluationJob(**{field.name: getattr(args, field.name) for field in dataclasses.fields(EvaluationJob)}))

@@ -1,0 +1,48 @@
+"""``camkit overlay``: the flags; the work is :mod:`camkit.app.runner`."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+from ..app.runner import OverlayJob, run
+from ..explainers import METHODS
+
+
+def register(commands: Any) -> None:
+    """Add ``overlay`` to an ``add_subparsers()`` object."""
+    parser = commands.add_parser(
+        "overlay",
+        help="write heatmap overlays for image files, folders or globs",
+        description="Explain every image with one or more methods and write overlays at each image's own size. "
+        "The output tree mirrors the input tree; OUT/manifest.csv lists every image, method and outcome.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (searched recursively) or globs; "
+                        "3-D volumes (.npy, .nii/.nii.gz with nibabel) become montages of their middle slices")
+    parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUT", help="output folder")
+    parser.add_argument("--method", default="gradcam", help=f"one of {', '.join(METHODS)}; several comma-separated; or 'all' (the registry's methods)")
+    parser.add_argument("--model", default=None, help="torchvision name, a torch.export .pt2 file, or package.module:factory "
+                        "(default: the bundled demo CNN)")
+    parser.add_argument("--weights", default=None, help="local state-dict/checkpoint file, or a torchvision weight set "
+                        "name such as DEFAULT (downloads)")
+    parser.add_argument("--layer", default=None, help="dotted target layer name (default: automatic)")
+    parser.add_argument("--target", default="top1", help="'top1' (each image's predicted class; for a segmenter the "
+                        "non-background class covering most pixels) or a class index or name")
+    parser.add_argument("--input-size", type=int, default=None, help="side the images are resized to (default: the model's)")
+    parser.add_argument("--normalize", default=None, help="'imagenet', 'none', or 'm1,m2,m3:s1,s2,s3' (default: the model's)")
+    parser.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity in [0, 1]")
+    parser.add_argument("--colormap", default="jet", help="any matplotlib colormap name")
+    parser.add_argument("--save-maps", choices=("npy", "png16"), default=None, help="also write raw maps at image size")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ...")
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="decoding processes (0: in-process)")
+    parser.add_argument("--overwrite", action="store_true", help="redo images whose outputs already exist")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    return run(OverlayJob(**{field.name: getattr(args, field.name) for field in dataclasses.fields(OverlayJob)}))

@@ -1,0 +1,71 @@
+"""Colormaps and overlays: batched torch on the maps' device; matplotlib only for its colormap tables.
+
+The CLI writes what :func:`overlay` returns; notebooks draw the same pixels.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import CamkitError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@lru_cache(maxsize=32)
+def _lut_cpu(name: str) -> torch.Tensor:
+    import matplotlib
+
+    try:
+        cmap = matplotlib.colormaps[name]
+    except KeyError:
+        examples = ", ".join(["jet", "turbo", "viridis", "inferno", "magma", "gray"])
+        raise CamkitError(f"Unknown colormap {name!r}; use a matplotlib colormap name such as {examples}.") from None
+    import numpy as np
+
+    return torch.from_numpy(cmap(np.arange(cmap.N))[:, :3].astype("float32"))
+
+
+def colormap_lut(name: str = "jet", device: torch.device | str | None = None) -> torch.Tensor:
+    """A matplotlib colormap as an ``(N, 3)`` float32 lookup table on ``device``."""
+    return _lut_cpu(name).to(device) if device is not None else _lut_cpu(name)
+
+
+def colorize(maps: torch.Tensor, colormap: str = "jet") -> torch.Tensor:
+    """Maps ``(B, H, W)`` in [0, 1] to RGB ``(B, 3, H, W)`` in [0, 1].
+
+    Bins exactly as matplotlib's ``Colormap.__call__`` does for floats: index
+    ``floor(value * N)``, with 1.0 in the last bin, so the pixels equal
+    ``cmap(value)``.
+    """
+    if maps.dim() != 3:
+        raise CamkitError(f"maps must have shape (B, H, W), got {tuple(maps.shape)}.")
+    lut = colormap_lut(colormap, maps.device)
+    index = (maps.float().clamp(0, 1) * lut.shape[0]).long().clamp_max(lut.shape[0] - 1)
+    return lut[index].permute(0, 3, 1, 2)
+
+
+def overlay(images: torch.Tensor, maps: torch.Tensor, alpha: float = 0.5, colormap: str = "jet") -> torch.Tensor:
+    """``(1 - alpha) * image + alpha * colormap(map)``, ``(B, 3, H, W)`` in [0, 1].
+
+    ``images`` are floats in [0, 1], RGB or grayscale (repeated to RGB);
+    maps of another size are resized bilinearly (half-pixel centres) to the images.
+    """
+    if images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise CamkitError(f"images must have shape (B, 3, H, W) or (B, 1, H, W), got {tuple(images.shape)}.")
+    if maps.dim() != 3 or maps.shape[0] != images.shape[0]:
+        raise CamkitError(f"maps must have shape (B={images.shape[0]}, h, w), got {tuple(maps.shape)}.")
+    if not 0.0 <= alpha <= 1.0:
+        raise CamkitError(f"alpha must lie in [0, 1], got {alpha}.")
+    if maps.shape[1:] != images.shape[2:]:
+        maps = F.interpolate(maps[:, None].float(), size=images.shape[2:], mode="bilinear", align_corners=False)[:, 0]
+    images = images.float().expand(-1, 3, -1, -1) if images.shape[1] == 1 else images.float()
+    return (1 - alpha) * images + alpha * colorize(maps, colormap).to(images.device)
+
+
+def to_uint8_hwc(images: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, H, W)`` floats in [0, 1] to ``(B, H, W, 3)`` uint8, rounded."""
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)

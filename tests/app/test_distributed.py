@@ -1,0 +1,101 @@
+"""`torchrun -m camkit overlay` on CPU (gloo): same pixels as one process, one merged manifest, resumable."""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ..helpers import TESTS, user_code_on_path
+
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("dist")
+    rng = np.random.default_rng(0)
+    for i in range(20):
+        sub = root / ("a" if i % 3 else "b")
+        sub.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (30 + i, 40, 3), dtype=np.uint8)).save(sub / f"img{i:02d}.png")
+    torch.manual_seed(0)
+    with user_code_on_path():
+        from factory_model import tiny
+
+        torch.save(tiny().state_dict(), root / "tiny.pt")
+    return root
+
+
+def _run(command: list[str], extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1", **(extra_env or {})}
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+
+
+def _overlay(folder: Path, out: Path, model: str = "factory_model:tiny") -> list[str]:
+    return ["-m", "camkit", "overlay", str(folder / "a"), str(folder / "b"), "-o", str(out), "--model", model,
+            "--weights", str(folder / "tiny.pt"), "--method", "gradcam,eigencam", "--batch-size", "3", "--workers", "0"]
+
+
+def _torchrun(nproc: int) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--standalone"]
+
+
+def _manifest(out: Path) -> list[dict[str, str]]:
+    with open(out / "manifest.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_two_ranks_write_the_same_pixels_as_one_process(folder, tmp_path) -> None:
+    single, double = tmp_path / "single", tmp_path / "double"
+    assert _run([sys.executable, *_overlay(folder, single)]).returncode == 0
+    process = _run([*_torchrun(2), *_overlay(folder, double)])
+    assert process.returncode == 0, process.stderr[-2000:]
+    expected = sorted(path.relative_to(single) for path in single.rglob("*.png"))
+    assert len(expected) == 40
+    assert sorted(path.relative_to(double) for path in double.rglob("*.png")) == expected
+    for relative in expected:
+        assert np.array_equal(np.asarray(Image.open(single / relative)), np.asarray(Image.open(double / relative)))
+    rows = _manifest(double)
+    assert len(rows) == 40 and len({(row["input"], row["method"]) for row in rows}) == 40
+    assert {row["status"] for row in rows} == {"ok"}
+    assert not list(double.glob(".manifest-part-*"))
+
+
+def test_a_killed_rank_leaves_the_rest_and_a_rerun_finishes(folder, tmp_path) -> None:
+    out = tmp_path / "out"
+    crashed = _run([*_torchrun(2), *_overlay(folder, out, "factory_model:tiny_crashing_on_rank_one")],
+                   {"CRASH_AFTER": "8"})
+    assert crashed.returncode != 0
+    partial = list(out.rglob("*.png"))
+    assert 0 < len(partial) < 40
+    assert all(Image.open(path).size[0] == 40 for path in partial)  # whole files only
+    assert not list(out.rglob("*.part"))
+    resumed = _run([*_torchrun(2), *_overlay(folder, out)])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    rows = _manifest(out)
+    assert len(rows) == 40 and len(list(out.rglob("*.png"))) == 40
+    # an image counts as done when both of its overlays exist; the rest is redone
+    done = {path.parent / path.name.rsplit("_", 1)[0] for path in partial}
+    done = {stem for stem in done if all(stem.parent.joinpath(f"{stem.name}_{m}.png") in partial for m in ("gradcam", "eigencam"))}
+    statuses = [row["status"] for row in rows]
+    assert statuses.count("skipped (exists)") == 2 * len(done) and statuses.count("ok") == 40 - 2 * len(done)
+
+
+def test_evaluate_reduces_metrics_across_ranks() -> None:
+    command = ["-m", "camkit", "evaluate", "--n-images", "12", "--methods", "gradcam,eigencam", "--steps", "8"]
+    single = _run([sys.executable, *command])
+    double = _run([*_torchrun(2), *command])
+    assert single.returncode == 0 and double.returncode == 0, double.stderr[-2000:]
+
+    def metric_rows(text: str) -> list[list[str]]:
+        rows = [line.split("|")[1:-2] for line in text.splitlines() if line.startswith("| gradcam") or line.startswith("| eigencam")]
+        return [[cell.strip() for cell in row] for row in rows]  # every column but the timing
+
+    assert len(metric_rows(double.stdout)) == 2  # printed once, by rank 0
+    assert metric_rows(double.stdout) == metric_rows(single.stdout)

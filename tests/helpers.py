@@ -1,0 +1,66 @@
+"""References shared by the tests, written independently of camkit's own code paths."""
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+
+
+def reference_capture(model: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor, classes) -> tuple[torch.Tensor, torch.Tensor]:
+    """Activations and gradients (float64) from plain hooks, independent of camkit's capture."""
+    store = {}
+
+    def hook(_module, _inputs, out) -> None:
+        store["a"] = out
+        out.register_hook(lambda g: store.__setitem__("g", g))
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        model(x).gather(1, torch.as_tensor(classes)[:, None]).sum().backward()
+    finally:
+        handle.remove()
+        model.zero_grad(set_to_none=True)
+    return store["a"].detach().double(), store["g"].double()
+
+
+def reference_finish(layer_maps: torch.Tensor, size: tuple[int, ...]) -> np.ndarray:
+    """DESIGN.md's output rule in float64: ReLU, upsample (half-pixel centres), min-max per image."""
+    mode = "bilinear" if len(size) == 2 else "trilinear"
+    maps = F.interpolate(layer_maps.double().clamp_min(0)[:, None], size=size, mode=mode, align_corners=False)[:, 0]
+    flat = maps.flatten(1)
+    low, high = flat.min(1).values, flat.max(1).values
+    shape = (-1,) + (1,) * len(size)
+    return ((maps - low.reshape(shape)) / (high - low).reshape(shape)).numpy()
+
+
+def reference_normalise(maps: torch.Tensor) -> torch.Tensor:
+    """Min-max per map, float64 (no upsampling)."""
+    flat = maps.double().flatten(1)
+    low, high = flat.min(1).values, flat.max(1).values
+    shape = (-1,) + (1,) * (maps.dim() - 1)
+    return (maps.double() - low.reshape(shape)) / (high - low).reshape(shape)
+
+
+def no_hooks_left(model: torch.nn.Module) -> bool:
+    return all(
+        not module._forward_hooks and not module._forward_pre_hooks and not module._backward_hooks
+        for module in model.modules()
+    )
+
+
+@contextlib.contextmanager
+def user_code_on_path() -> Iterator[None]:
+    """``tests/`` importable, for ``--model factory_model:...`` (a user's own module)."""
+    sys.path.insert(0, str(TESTS))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(TESTS))

@@ -1,0 +1,168 @@
+"""Metrics against hand-computed values, plus their defining properties."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import camkit
+from camkit import metrics
+
+
+class PixelModel(nn.Module):
+    """Two classes scored by the mean of the top-left and of the bottom-right pixel: softmax by hand."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack((x[:, 0, 0, 0] * 4, x[:, 0, -1, -1] * 4), dim=1)
+
+
+def test_pointing_game_and_ties() -> None:
+    maps = torch.tensor([[[0.0, 1.0], [1.0, 0.0]], [[0.2, 0.1], [0.9, 0.3]]])
+    masks = torch.tensor([[[False, True], [False, False]], [[True, False], [False, False]]])
+    # image 0: two maxima, the first in row-major order (0, 1) is inside; image 1: peak outside
+    assert metrics.pointing_game(maps, masks).tolist() == [1.0, 0.0]
+    masks[0] = torch.tensor([[False, False], [True, False]])
+    assert metrics.pointing_game(maps, masks).tolist() == [0.0, 0.0]
+
+
+def test_energy_pointing_game_by_hand() -> None:
+    maps = torch.tensor([[[0.5, 0.5], [1.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    masks = torch.tensor([[[True, False], [True, False]], [[True, True], [True, True]]])
+    torch.testing.assert_close(metrics.energy_pointing_game(maps, masks), torch.tensor([0.75, 0.0]))
+
+
+def test_boxes_to_masks() -> None:
+    masks = metrics.boxes_to_masks(torch.tensor([[1, 0, 3, 2]]), height=3, width=4)
+    assert masks[0].int().tolist() == [[0, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 0]]
+
+
+def test_average_drop_and_increase_by_hand() -> None:
+    x = torch.ones(2, 1, 2, 2)
+    maps = torch.tensor([[[0.5, 1.0], [1.0, 1.0]], [[1.0, 1.0], [1.0, 0.25]]])
+    # image 0, class 0: logits (4, 4) -> Y = 0.5; masked (2, 4) -> O = 1 / (1 + e^2)
+    o0 = 1 / (1 + math.exp(2))
+    # image 1, class 0: masked logits (4, 1) -> O = 1 / (1 + e^-3) > Y = 0.5
+    o1 = 1 / (1 + math.exp(-3))
+    drop = metrics.average_drop(PixelModel(), x, maps, target=0)
+    torch.testing.assert_close(drop, torch.tensor([100 * (0.5 - o0) / 0.5, 0.0]))
+    assert metrics.increase_in_confidence(PixelModel(), x, maps, target=0).tolist() == [0.0, 100.0]
+    assert o1 > 0.5
+    ones = torch.ones(2, 2, 2)
+    assert metrics.average_drop(PixelModel(), torch.rand(2, 1, 2, 2), ones).tolist() == [0.0, 0.0]
+
+
+def test_deletion_curve_by_hand() -> None:
+    x = torch.ones(1, 1, 2, 2)
+    maps = torch.tensor([[[1.0, 0.0], [0.0, 0.5]]])  # remove (0,0) first, then (1,1)
+    area, curves = metrics.deletion(PixelModel(), x, maps, target=0, steps=4, baseline="zero", return_curves=True)
+    p = lambda a, b: 1 / (1 + math.exp(4 * (b - a)))  # noqa: E731 - softmax of class 0
+    expected = [p(1, 1), p(0, 1), p(0, 0), p(0, 0), p(0, 0)]
+    torch.testing.assert_close(curves[0], torch.tensor(expected))
+    trapezoid = sum((expected[i] + expected[i + 1]) / 2 for i in range(4)) / 4
+    assert area.item() == pytest.approx(trapezoid, abs=1e-6)
+
+
+def test_good_map_beats_its_inverse(shapes_model) -> None:
+    from ..shapes import make_shapes
+
+    x, labels, _ = make_shapes(16, seed=3)
+    good = camkit.GradCAM(shapes_model)(x, labels)
+    inverse = 1 - good
+    assert metrics.deletion(shapes_model, x, good, labels).mean() < metrics.deletion(shapes_model, x, inverse, labels).mean()
+    # zero is the toy task's background mean; a blurred shape would still show the class
+    assert (metrics.insertion(shapes_model, x, good, labels, baseline="zero").mean()
+            > metrics.insertion(shapes_model, x, inverse, labels, baseline="zero").mean())
+
+
+def test_memory_bounded_by_chunk_size(shapes_model) -> None:
+    seen = []
+    handle = shapes_model.register_forward_pre_hook(lambda _m, inputs: seen.append(inputs[0].shape[0]))
+    try:
+        x = torch.randn(3, 3, 32, 32)
+        metrics.insertion(shapes_model, x, torch.rand(3, 32, 32), steps=10, chunk_size=8)
+    finally:
+        handle.remove()
+    assert seen[0] == 3 and max(seen[1:]) <= 8 and sum(seen[1:]) == 3 * 11
+
+
+def test_sanity_checks(shapes_model) -> None:
+    from ..shapes import make_shapes
+
+    x, labels, _ = make_shapes(8, seed=5)
+    other = (labels + 1) % 4
+    eigen = metrics.class_sensitivity(camkit.EigenCAM(shapes_model), x, labels, other)
+    torch.testing.assert_close(eigen, torch.ones(8))
+    assert metrics.class_sensitivity(camkit.GradCAM(shapes_model), x, labels, other).mean() < 0.5
+    before = {name: value.clone() for name, value in shapes_model.state_dict().items()}
+    randomised = metrics.model_randomisation(camkit.GradCAM, shapes_model, x)
+    assert randomised.shape == (8,) and randomised.mean() < 0.9
+    assert all(torch.equal(before[name], value) for name, value in shapes_model.state_dict().items())
+
+
+def test_bad_shapes() -> None:
+    with pytest.raises(camkit.CamkitError, match="match the maps"):
+        metrics.pointing_game(torch.rand(2, 4, 4), torch.ones(2, 4, 5, dtype=torch.bool))
+    with pytest.raises(camkit.CamkitTypeError, match="bool"):
+        metrics.energy_pointing_game(torch.rand(2, 4, 4), torch.ones(2, 4, 4))
+    with pytest.raises(camkit.CamkitError, match="to match x"):
+        metrics.deletion(PixelModel(), torch.rand(2, 1, 4, 4), torch.rand(2, 4, 5))
+    with pytest.raises(camkit.CamkitError, match="baseline"):
+        metrics.insertion(PixelModel(), torch.rand(1, 1, 4, 4), torch.rand(1, 4, 4), baseline="noise")
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 4), (2, 1, 4, 5), (2, 4)])
+def test_a_baseline_that_does_not_fit_the_images_is_a_clear_error(shape) -> None:
+    x = torch.rand(2, 1, 4, 4)
+    with pytest.raises(camkit.CamkitError, match=r"baseline of shape .* does not fit the images \(2, 1, 4, 4\)"):
+        metrics.deletion(PixelModel(), x, torch.rand(2, 4, 4), baseline=torch.zeros(shape))
+
+
+def test_a_baseline_that_broadcasts_is_used() -> None:
+    x = torch.rand(2, 1, 4, 4)
+    maps = torch.rand(2, 4, 4)
+    for baseline in (torch.zeros(1, 4, 4), torch.zeros(2, 1, 4, 4), torch.zeros(1, 1, 1, 1)):
+        torch.testing.assert_close(metrics.deletion(PixelModel(), x, maps, baseline=baseline),
+                                   metrics.deletion(PixelModel(), x, maps, baseline="zero"))
+
+
+class KeptFractionModel(nn.Module):
+    """Class 0's probability is 0.01 + 0.98 k^2, k the mean of the input (the fraction of ones kept)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = 0.01 + 0.98 * x.flatten(1).mean(dim=1) ** 2
+        return torch.stack((p.log(), (1 - p).log()), dim=1)
+
+
+def test_deletion_area_uses_the_fraction_really_removed() -> None:
+    # 7 pixels in 3 steps: the counts removed are round(0, 7/3, 14/3, 7) = 0, 2, 5, 7, so the steps
+    # are 2/7, 3/7 and 2/7 wide, not 1/3 each.
+    x = torch.ones(1, 1, 1, 7)
+    maps = torch.linspace(1, 0, 7).reshape(1, 1, 7)
+    area, curves = metrics.deletion(KeptFractionModel(), x, maps, target=0, steps=3, return_curves=True)
+    removed = [0, 2 / 7, 5 / 7, 1]
+    probability = [0.01 + 0.98 * (1 - f) ** 2 for f in removed]
+    torch.testing.assert_close(curves[0], torch.tensor(probability), atol=1e-6, rtol=0)
+    by_hand = sum((removed[i + 1] - removed[i]) * (probability[i] + probability[i + 1]) / 2 for i in range(3))
+    nominal = sum((probability[i] + probability[i + 1]) / 2 for i in range(3)) / 3
+    assert area.item() == pytest.approx(by_hand, abs=1e-6) and abs(by_hand - nominal) > 5e-3
+    inserted = metrics.insertion(KeptFractionModel(), x, maps, target=0, steps=3, baseline="zero")
+    kept = [0.01 + 0.98 * f**2 for f in removed]
+    assert inserted.item() == pytest.approx(
+        sum((removed[i + 1] - removed[i]) * (kept[i] + kept[i + 1]) / 2 for i in range(3)), abs=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda(shapes_model) -> None:
+    from ..shapes import make_shapes
+
+    model = shapes_model.cuda()
+    try:
+        x, labels, masks = (t.cuda() for t in make_shapes(4, seed=1))
+        maps = camkit.GradCAM(model)(x, labels)
+        for value in (metrics.pointing_game(maps, masks), metrics.deletion(model, x, maps, labels),
+                      metrics.average_drop(model, x, maps, labels)):
+            assert value.device.type == "cuda"
+    finally:
+        shapes_model.cpu()

@@ -1,0 +1,103 @@
+"""State handling in one place: each submodule's own train/eval flag, grad and inference modes, the model lock."""
+from __future__ import annotations
+
+import ast
+import threading
+
+import pytest
+import torch
+import torchvision
+
+import camkit
+from camkit import metrics
+from camkit.layers import auto_layer, dry_run
+from camkit.modes import evaluation, model_lock
+
+from .helpers import ROOT
+
+
+def _fine_tuning_model() -> torch.nn.Module:
+    """A resnet in train mode whose BatchNorm layers are frozen in eval mode, as when fine-tuning."""
+    model = torchvision.models.resnet18(num_classes=5)
+    model.train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.eval()
+    return model
+
+
+def _flags(model: torch.nn.Module) -> list[bool]:
+    return [module.training for module in model.modules()]
+
+
+def test_every_method_keeps_each_submodules_own_flag() -> None:
+    model = _fine_tuning_model()
+    before = _flags(model)
+    assert any(before) and not all(before)
+    x = torch.randn(2, 3, 64, 64)
+    for cls in camkit.METHODS.values():
+        cls(model)(x)
+        assert _flags(model) == before, cls.__name__
+
+
+def test_layers_metrics_and_viz_keep_each_submodules_own_flag() -> None:
+    model = _fine_tuning_model()
+    before = _flags(model)
+    x = torch.randn(2, 3, 64, 64)
+    dry_run(model, x)
+    auto_layer(model, x)
+    assert _flags(model) == before
+    maps = camkit.GradCAM(model)(x)
+    metrics.deletion(model, x, maps, steps=4)
+    metrics.average_drop(model, x, maps)
+    assert _flags(model) == before
+    camkit.compare(model, x, methods=["gradcam"])
+    assert _flags(model) == before
+
+
+def test_interactive_view_restores_the_flags() -> None:
+    pytest.importorskip("ipywidgets")
+    model = _fine_tuning_model()
+    before = _flags(model)
+    camkit.interactive.interact(model, torch.randn(2, 3, 32, 32), methods=["gradcam"])
+    assert _flags(model) == before
+
+
+def test_flags_grad_and_inference_modes_restored_after_an_error() -> None:
+    model = _fine_tuning_model()
+    before = _flags(model)
+    with pytest.raises(RuntimeError, match="boom"):
+        with evaluation(model):
+            assert not any(_flags(model))
+            torch.set_grad_enabled(False)
+            raise RuntimeError("boom")
+    assert _flags(model) == before and torch.is_grad_enabled()
+    with torch.inference_mode():
+        camkit.GradCAM(model)(torch.randn(1, 3, 32, 32))
+        assert torch.is_inference_mode_enabled()
+    assert _flags(model) == before
+
+
+def test_the_lock_is_per_model_and_reentrant() -> None:
+    first, second = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    assert model_lock(first) is model_lock(first) and model_lock(first) is not model_lock(second)
+    with evaluation(first), evaluation(first):  # a metric that runs an explainer nests
+        acquired = []
+        thread = threading.Thread(target=lambda: acquired.append(model_lock(first).acquire(timeout=0.05)))
+        thread.start()
+        thread.join()
+        assert acquired == [False]  # another thread waits while this one holds the model
+
+
+def test_nothing_but_modes_switches_train_or_eval() -> None:
+    # The application's model loaders build their own models in eval mode; everything that
+    # receives a user's model goes through camkit.modes.
+    allowed = {"camkit/modes.py", "camkit/app/models.py", "camkit/app/demo.py"}
+    offenders = []
+    for path in sorted((ROOT / "camkit").rglob("*.py")):
+        relative = path.relative_to(ROOT).as_posix()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("eval", "train") and relative not in allowed):
+                offenders.append(f"{relative}:{node.lineno}")
+    assert offenders == []

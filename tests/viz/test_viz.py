@@ -1,0 +1,99 @@
+"""Overlay numerics against matplotlib, and the displays Jupyter uses."""
+from __future__ import annotations
+
+import io
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+import camkit
+from camkit import viz
+
+
+@pytest.mark.parametrize("name", ["jet", "viridis", "gray"])
+def test_colorize_equals_matplotlib(name: str) -> None:
+    n = matplotlib.colormaps[name].N
+    values = torch.tensor([0.0, 1.0, 0.5, 1 / n, 1 / n - 1e-6, 2 / n, 0.999999, 0.123456, 0.75], dtype=torch.float32)
+    ours = viz.colorize(values.reshape(1, 1, -1), name)[0, :, 0].T.numpy()
+    expected = matplotlib.colormaps[name](values.numpy())[:, :3]
+    np.testing.assert_allclose(ours, expected, atol=1e-7)
+
+
+def test_overlay_blends_and_resizes() -> None:
+    images = torch.rand(2, 3, 8, 6)
+    maps = torch.rand(2, 8, 6)
+    expected = 0.3 * viz.colorize(maps, "jet") + 0.7 * images
+    torch.testing.assert_close(viz.overlay(images, maps, alpha=0.3), expected)
+    small = torch.rand(2, 4, 3)
+    resized = torch.nn.functional.interpolate(small[:, None], size=(8, 6), mode="bilinear", align_corners=False)[:, 0]
+    torch.testing.assert_close(viz.overlay(images, small), viz.overlay(images, resized))
+    gray = torch.rand(2, 1, 8, 6)
+    torch.testing.assert_close(viz.overlay(gray, maps, alpha=0.0), gray.expand(-1, 3, -1, -1))
+
+
+def test_unnormalize_and_uint8() -> None:
+    x = torch.rand(1, 3, 4, 4)
+    normalised = (x - torch.tensor(viz.IMAGENET_MEAN)[:, None, None]) / torch.tensor(viz.IMAGENET_STD)[:, None, None]
+    torch.testing.assert_close(viz.unnormalize(normalised, viz.IMAGENET_MEAN, viz.IMAGENET_STD), x)
+    pixels = viz.to_uint8_hwc(torch.tensor([0.0, 0.5, 1.0, 1.2]).reshape(1, 1, 1, 4).expand(1, 3, 1, 4))
+    assert pixels.shape == (1, 1, 4, 3) and pixels[0, 0, :, 0].tolist() == [0, 128, 255, 255]
+
+
+def test_bad_input() -> None:
+    with pytest.raises(ValueError, match="Unknown colormap"):
+        viz.colorize(torch.rand(1, 2, 2), "not-a-map")
+    with pytest.raises(ValueError, match="alpha"):
+        viz.overlay(torch.rand(1, 3, 2, 2), torch.rand(1, 2, 2), alpha=2)
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        viz.overlay(torch.rand(3, 2, 2), torch.rand(1, 2, 2))
+
+
+def test_result_shows_itself_as_png(shapes_model) -> None:
+    from ..shapes import CLASSES, make_shapes
+
+    x, labels, _ = make_shapes(3, seed=1)
+    result = camkit.GradCAM(shapes_model).explain(x, labels).with_display(class_names=CLASSES)
+    png = result._repr_png_()
+    assert png.startswith(b"\x89PNG")
+    assert Image.open(io.BytesIO(png)).size[0] > 100
+    figure = result.figure()
+    assert len(figure.axes) == 3 * 2
+    assert any(CLASSES[int(labels[0])] in axis.get_xlabel() for axis in figure.axes)
+
+
+def test_compare_grid_layout() -> None:
+    model = torchvision.models.resnet18(num_classes=4).eval()
+    x = torch.randn(2, 3, 64, 64)
+    figure = camkit.compare(model, x, methods=["gradcam", "eigencam", "cfcam"], class_names=["a", "b", "c", "d"])
+    assert len(figure.axes) == 2 * 4
+    assert [axis.get_title() for axis in figure.axes[:4]] == ["image", "gradcam", "eigencam", "cfcam"]
+    with_bar = camkit.compare(model, x, methods=["gradcam"], colorbar=True)
+    assert len(with_bar.axes) == 2 * 2 + 1
+
+
+def test_interactive_view(shapes_model, monkeypatch) -> None:
+    from camkit import interactive
+
+    from ..shapes import make_shapes
+
+    x, _, _ = make_shapes(2, seed=1)
+    pytest.importorskip("ipywidgets")
+    view = interactive.interact(shapes_model, x, methods=["gradcam", "eigencam"], class_names=["a", "b", "c", "d"])
+    assert {"image", "method", "target", "alpha"} <= set(view.controls)
+    view.controls["method"].value = "eigencam"  # redraws without error
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_widgets(name, *args, **kwargs):
+        if name == "ipywidgets":
+            raise ImportError("no ipywidgets")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_widgets)
+    with pytest.raises(ImportError, match=r"camkit\[widgets\]"):
+        interactive.interact(shapes_model, x)
