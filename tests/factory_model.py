@@ -55,3 +55,30 @@ class _Segmenter(nn.Module):
 
 def tiny_segmenter() -> nn.Module:
     return _Segmenter()
+
+
+class _Standardising(nn.Module):
+    """Standardises each image by its own statistics first, as some pipelines do: a blank image becomes NaN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+        self.input_size = 32
+
+    def forward(self, x):
+        flat = x.flatten(1)
+        x = (x - flat.mean(1)[:, None, None, None]) / flat.std(1)[:, None, None, None]
+        return self.head(self.body(x))
+
+
+def per_image_standardising() -> nn.Module:
+    return _Standardising()
+
+
+def grayscale() -> nn.Module:
+    """A classifier for 1-channel images."""
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 2))
+    model.input_size = 32
+    return model

@@ -50,6 +50,9 @@ def run(args: EvaluationJob) -> int:
 
 
 def _run(args: EvaluationJob, ranks: distributed.Ranks) -> int:
+    for flag, value in (("--n-images", args.n_images), ("--batch-size", args.batch_size), ("--steps", args.steps)):
+        if value < 1:
+            raise CamkitError(f"{flag} must be at least 1, got {value}")
     names = list(METHODS) if args.methods == "all" else [name.strip() for name in args.methods.split(",")]
     unknown = [name for name in names if name not in METHODS]
     if unknown:

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import io
 import os
-import tempfile
+import re
+import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,54 +32,170 @@ def _stem(relative: Path) -> Path:
     return relative.with_suffix("")
 
 
+def _suffix(name: str) -> str:
+    return name[len(_stem(Path(name)).name):]
+
+
 @dataclass(frozen=True)
 class Source:
-    """One input image and where its outputs go, relative to the output folder."""
+    """One input file and where its outputs go, relative to the output folder."""
 
     path: Path
     relative: Path  # relative output path without suffix, e.g. Path("cats/tabby")
 
 
-def discover(inputs: list[str]) -> list[Source]:
-    """Files, folders (recursive) and globs, sorted, each with the output path that mirrors its tree.
+def _wanted(file: Path) -> bool:
+    return file.suffix.lower() in IMAGE_SUFFIXES or is_volume(file)
 
-    Files found in a folder keep their path below that folder; single files and
-    glob matches keep their path below the glob's fixed prefix. Two images whose
-    names differ only in suffix keep the suffix in their output name.
+
+def _walk(root: Path, skip: Path | None) -> Iterator[Path]:
+    """Every file below ``root``, sorted, following symlinked folders but never into the same folder twice."""
+    seen: set[tuple[int, int]] = set()
+
+    def visit(folder: Path) -> Iterator[Path]:
+        try:
+            status = folder.stat()
+        except OSError:
+            return
+        if (status.st_dev, status.st_ino) in seen or (skip is not None and folder.resolve() == skip):
+            return
+        seen.add((status.st_dev, status.st_ino))
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError:
+            return
+        for entry in entries:
+            if entry.is_dir():
+                yield from visit(entry)
+            elif entry.is_file():
+                yield entry
+
+    yield from visit(root)
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """A glob relative to its fixed prefix as a regex: ``**`` spans folders, ``*`` and ``?`` stay within one."""
+    out, index = [], 0
+    while index < len(pattern):
+        if pattern.startswith("**/", index):
+            out.append("(?:.*/)?")
+            index += 3
+        elif pattern.startswith("**", index):
+            out.append(".*")
+            index += 2
+        elif pattern[index] == "*":
+            out.append("[^/]*")
+            index += 1
+        elif pattern[index] == "?":
+            out.append("[^/]")
+            index += 1
+        elif pattern[index] == "[" and "]" in pattern[index + 2:]:
+            end = pattern.index("]", index + 2)
+            body = pattern[index + 1:end]
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+            index = end + 1
+        else:
+            out.append(re.escape(pattern[index]))
+            index += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def _glob(entry: str, skip: Path | None) -> tuple[Path, list[Path]]:
+    """The glob's fixed folder and its matching files (the same loop-safe walk as a folder input)."""
+    parts = Path(entry).parts
+    fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    base = Path(*parts[:fixed]) if fixed else Path(".")
+    matcher = _glob_regex("/".join(parts[fixed:]))
+    return base, [file for file in _walk(base, skip) if matcher.match(file.relative_to(base).as_posix())]
+
+
+def discover(inputs: list[str], skip: Path | None = None) -> list[Source]:
+    """Files, folders (recursive) and globs, sorted, each with a unique output path that mirrors its tree.
+
+    Naming rule (README "Output names"): a file found in a folder or by a glob
+    keeps its path below that folder (the glob's fixed prefix); a file given
+    by itself keeps its name. Two inputs that would share an output stem get
+    their suffix kept in the name (``a.png``, ``a.jpg`` -> ``a_png``, ``a_jpg``);
+    inputs from different entries that still collide (``x/a.png`` and
+    ``y/a.png`` given as two folders) go under their entry's folder name
+    (``x/a``, ``y/a``), and any remaining clash gets ``-2``, ``-3``. Nothing
+    under ``skip`` (the output folder) is ever read as input; symlinked folders
+    are followed, but no folder twice.
     """
-    found: list[tuple[Path, Path]] = []
-    for entry in inputs:
+    found: list[tuple[Path, Path, int]] = []  # file, relative path, index of the entry it came from
+    for number, entry in enumerate(inputs):
         path = Path(entry)
         if path.is_dir():
-            for file in sorted(path.rglob("*")):
-                if file.is_file() and (file.suffix.lower() in IMAGE_SUFFIXES or is_volume(file)):
-                    found.append((file, file.relative_to(path)))
+            found.extend((file, file.relative_to(path), number) for file in _walk(path, skip) if _wanted(file))
         elif path.is_file():
-            found.append((path, Path(path.name)))
+            found.append((path, Path(path.name), number))
         elif glob.has_magic(entry):
-            base = Path(entry.split("*")[0].split("?")[0].split("[")[0])
-            base = base if base.is_dir() else base.parent
-            matches = sorted(Path(match) for match in glob.glob(entry, recursive=True))
-            found.extend((match, match.relative_to(base)) for match in matches if match.is_file())
+            base, matches = _glob(entry, skip)
+            found.extend((match, match.relative_to(base), number) for match in matches if _wanted(match))
         else:
             raise CamkitError(f"input {entry} does not exist (give image files, folders or globs).")
-    unique = {file.resolve(): (file, relative) for file, relative in found}
-    stems: dict[Path, int] = {}
-    for _, relative in unique.values():
-        stems[_stem(relative)] = stems.get(_stem(relative), 0) + 1
-    sources = [
-        Source(file, _stem(relative) if stems[_stem(relative)] == 1
-               else relative.with_name(relative.name.replace(".", "_")))
-        for file, relative in unique.values()
-    ]
-    return sorted(sources, key=lambda source: str(source.path))
+    unique: dict[Path, tuple[Path, Path, int]] = {}
+    for file, relative, number in found:
+        if skip is not None and _inside(file.resolve(), skip):
+            continue
+        unique.setdefault(file.resolve(), (file, relative, number))
+    return _named([value for _, value in sorted(unique.items(), key=lambda item: str(item[1][0]))], inputs)
+
+
+def _named(found: list[tuple[Path, Path, int]], inputs: list[str]) -> list[Source]:
+    def groups(names: list[Path]) -> dict[Path, list[int]]:
+        by_name: dict[Path, list[int]] = {}
+        for index, name in enumerate(names):
+            by_name.setdefault(name, []).append(index)
+        return by_name
+
+    names = [_stem(relative) for _, relative, _ in found]
+    for indices in groups(names).values():
+        if len({found[index][1] for index in indices}) > 1:  # same stem, other suffixes: keep the suffix
+            for index in indices:
+                relative = found[index][1]
+                names[index] = _stem(relative).with_name(_stem(relative).name + "_" + _suffix(relative.name)[1:].replace(".", "_"))
+    for indices in groups(names).values():
+        if len({found[index][2] for index in indices}) > 1:  # from different entries: under the entry's name
+            for index in indices:
+                names[index] = Path(_entry_label(inputs[found[index][2]])) / names[index]
+    for indices in groups(names).values():
+        for count, index in enumerate(indices[1:], start=2):
+            names[index] = names[index].with_name(f"{names[index].name}-{count}")
+    return [Source(file, _short(name)) for (file, _, _), name in zip(found, names)]
+
+
+def _entry_label(entry: str) -> str:
+    parts = [part for part in Path(entry).parts if not glob.has_magic(part)]
+    return (parts[-1] if parts else "input").strip("/") or "input"
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+# Leave room for "_<method>_map.npy" and a temporary name within the usual 255-byte limit.
+MAX_STEM_BYTES = 200
+
+
+def _short(relative: Path) -> Path:
+    """A name too long for the file system is cut and given a short hash of the full name, so it stays unique."""
+    name = relative.name
+    if len(os.fsencode(name)) <= MAX_STEM_BYTES:
+        return relative
+    digest = hashlib.sha1(os.fsencode(name)).hexdigest()[:10]
+    cut = os.fsencode(name)[: MAX_STEM_BYTES - 11].decode("utf-8", errors="ignore")
+    return relative.with_name(f"{cut}~{digest}")
 
 
 def read_rgb(path: Path) -> torch.Tensor:
     """An image file as uint8 RGB ``(3, H, W)``, upright per its EXIF orientation.
 
-    Grayscale is repeated to RGB, transparency is composited on white, 16-bit
-    and float images are scaled to 8 bits by their own value range.
+    Grayscale is repeated to RGB and transparency composited on white. Images
+    of more than 8 bits (16-bit, 32-bit integer, float; e.g. 12-bit scans
+    stored in 16-bit PNGs) are scaled to 8 bits by their own value range,
+    minimum to 0 and maximum to 255, as a viewer's auto-window does: 12-bit
+    data uses all 256 levels instead of the darkest sixteenth.
     """
     from PIL import Image, ImageOps
 
@@ -85,11 +204,9 @@ def read_rgb(path: Path) -> torch.Tensor:
         image = ImageOps.exif_transpose(image)
         if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
             values = np.asarray(image, dtype=np.float64)
-            top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
-            if image.mode == "F":
-                low, high = float(values.min()), float(values.max())
-                values, top = values - low, max(high - low, 1e-12)
-            image = Image.fromarray(np.clip(values / top * 255 + 0.5, 0, 255).astype(np.uint8))
+            low, high = float(values.min()), float(values.max())
+            scaled = (values - low) / (high - low) * 255 if high > low else np.zeros_like(values)
+            image = Image.fromarray(np.clip(scaled + 0.5, 0, 255).astype(np.uint8))
         if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
             rgba = image.convert("RGBA")
             white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -125,20 +242,36 @@ def read_volume(path: Path) -> torch.Tensor:
     return volume
 
 
+def _temporary_prefix(path: Path) -> str:
+    # A short fixed-length prefix derived from the final name: long names stay within 255 bytes,
+    # and a resume can find (and remove) the leftovers of exactly this output.
+    return ".camkit-" + hashlib.sha1(os.fsencode(path.name)).hexdigest()[:12] + "."
+
+
 def write_atomically(path: Path, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``.
 
-    An interrupted run leaves either the old file or the new one, never half of one.
+    An interrupted run leaves either the old file or the new one, never half of
+    one; the file gets the permissions the user's umask gives new files.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    temporary = path.parent / f"{_temporary_prefix(path)}{secrets.token_hex(4)}.part"
     try:
-        with os.fdopen(handle, "wb") as file:
+        # 0o666 filtered by the process umask, as for any new file (mkstemp would force 0o600).
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(descriptor, "wb") as file:
             file.write(data)
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
+
+
+def remove_stale_parts(path: Path) -> None:
+    """Delete temporary files an interrupted run left for ``path``."""
+    if path.parent.is_dir():
+        for stale in path.parent.glob(glob.escape(_temporary_prefix(path)) + "*.part"):
+            stale.unlink(missing_ok=True)
 
 
 def encode_png(rgb_hwc: np.ndarray) -> bytes:

@@ -1,49 +1,132 @@
-"""``OUT/manifest.csv``: one row per (input, method) with the prediction, the explained class and the outcome.
+"""``OUT/manifest.csv``: one row per (input, method), updated in place, never rewritten from scratch.
 
-Under torchrun every rank writes its own part and rank 0 merges the parts
-once all ranks are done.
+A run upserts its rows into what the file already holds: a rerun or a resume
+keeps earlier predictions and scores, a run with another method keeps the
+first method's rows. Rows reach the file while the run goes on (at most a few
+seconds behind, and at once when it ends or is interrupted). Under torchrun
+each rank keeps its own part file beside the manifest and rank 0 merges all
+parts, oldest first, once every rank is done; parts a crashed run left behind
+are merged too, so the rows they hold are not lost.
+
+File names that are not valid UTF-8 are written with Python's
+``surrogateescape``, so the manifest round-trips the bytes the names had.
 """
 from __future__ import annotations
 
 import csv
 import io
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
+from ..errors import CamkitError
 from . import distributed
 from .io import write_atomically
 
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_FIELDS = ("input", "output", "method", "predicted_class", "predicted_name", "score",
                    "explained_class", "status", "error")
+SKIPPED = "skipped (exists)"
+FLUSH_SECONDS = 2.0
+
+Row = dict[str, Any]
 
 
-def write_manifest(out: Path, rows: list[dict[str, Any]], ranks: distributed.Ranks) -> None:
-    """This run's rows as ``out/manifest.csv``, merged across ranks."""
-    if ranks.world == 1:
-        write_rows(out / MANIFEST_NAME, rows)
+def key_of(row: Row) -> tuple[str, str]:
+    return str(row["input"]), str(row["method"])
+
+
+def check_owned(path: Path) -> None:
+    """Refuse to touch a ``manifest.csv`` that camkit did not write."""
+    if not path.exists():
         return
-    part = out / f".manifest-part-{ranks.rank:05d}-of-{ranks.world:05d}.csv"
-    write_rows(part, rows)
-    distributed.barrier(ranks)
-    if ranks.is_main:
-        parts = sorted(out.glob(f".manifest-part-*-of-{ranks.world:05d}.csv"))
-        merged = [row for path in parts for row in read_rows(path)]
-        write_rows(out / MANIFEST_NAME, merged)
-        for path in parts:
-            path.unlink()
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as file:
+            header = next(csv.reader(file), [])
+    except OSError as error:
+        raise CamkitError(f"cannot read {path}: {error.strerror or error}") from None
+    if tuple(header) != MANIFEST_FIELDS:
+        raise CamkitError(
+            f"{path} exists and is not a camkit manifest (its first line is {','.join(header)[:80]!r}); "
+            "camkit never overwrites it: choose another output folder with -o, or move that file."
+        )
 
 
-def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+def upsert(rows: dict[tuple[str, str], Row], row: Row) -> None:
+    """Insert or replace a row; a 'skipped' row never replaces what an earlier run recorded."""
+    key = key_of(row)
+    if row["status"] == SKIPPED and key in rows:
+        return
+    rows[key] = {field: row.get(field, "") for field in MANIFEST_FIELDS}
+
+
+def read_rows(path: Path) -> list[Row]:
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def write_rows(path: Path, rows: list[Row]) -> None:
     """Rows sorted by (input, method), written atomically."""
-    rows = sorted(rows, key=lambda row: (row["input"], row["method"]))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=MANIFEST_FIELDS)
     writer.writeheader()
-    writer.writerows(rows)
-    write_atomically(path, buffer.getvalue().encode("utf-8"))
+    writer.writerows(sorted(rows, key=key_of))
+    write_atomically(path, buffer.getvalue().encode("utf-8", errors="surrogateescape"))
 
 
-def read_rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as file:
-        return list(csv.DictReader(file))
+class Manifest:
+    """This run's rows, upserted into the manifest as they finish (thread-safe: writer threads add rows)."""
+
+    def __init__(self, out: Path, ranks: distributed.Ranks) -> None:
+        self.path, self.ranks = out / MANIFEST_NAME, ranks
+        check_owned(self.path)
+        self.part = out / f".manifest-part-{ranks.rank:05d}-of-{ranks.world:05d}.csv"
+        self._lock = threading.Lock()
+        self._rows: dict[tuple[str, str], Row] = {}
+        # What this process writes over must already be in it: the manifest for a single process,
+        # under torchrun the part a crashed run of the same rank left behind.
+        earlier = self.path if ranks.world == 1 else self.part
+        if earlier.exists():
+            for row in read_rows(earlier):
+                upsert(self._rows, row)
+        self._flushed_at = 0.0
+        self.added: list[Row] = []
+
+    def add(self, row: Row) -> None:
+        with self._lock:
+            upsert(self._rows, row)
+            self.added.append(row)
+        if time.monotonic() - self._flushed_at > FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is known now: the manifest itself, or this rank's part under torchrun."""
+        with self._lock:
+            rows = list(self._rows.values())
+            self._flushed_at = time.monotonic()
+            write_rows(self.path if self.ranks.world == 1 else self.part, rows)
+
+    def finish(self) -> None:
+        """The last flush; under torchrun, rank 0 then merges every part into the manifest."""
+        self.flush()
+        if self.ranks.world == 1:
+            return
+        distributed.barrier(self.ranks)
+        if self.ranks.is_main:
+            merge_parts(self.path)
+
+
+def merge_parts(path: Path) -> None:
+    """Fold every rank's part file (oldest first, stale ones of a crashed run included) into the manifest."""
+    merged: dict[tuple[str, str], Row] = {}
+    if path.exists():
+        for row in read_rows(path):
+            upsert(merged, row)
+    parts = sorted(path.parent.glob(".manifest-part-*-of-*.csv"), key=lambda part: part.stat().st_mtime_ns)
+    for part in parts:
+        for row in read_rows(part):
+            upsert(merged, row)
+    write_rows(path, list(merged.values()))
+    for part in parts:
+        part.unlink(missing_ok=True)

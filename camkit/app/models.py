@@ -1,9 +1,15 @@
 """Loading the model to explain: the bundled demo, a torchvision name, an exported program, or user code."""
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
+import logging
+import os
+import sys
+import warnings
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +59,25 @@ def load_model(spec: str | None, weights: str | None = None, device: torch.devic
     return _torchvision(spec, weights, device)
 
 
+def model_for_listing(spec: str) -> tuple[nn.Module, tuple[int, ...]]:
+    """A model to list layers of, and its input size, without downloading anything.
+
+    A torchvision name gives the architecture with random weights; anything
+    else (``demo``, a ``.pt2`` file, ``package.module:factory``) loads as for
+    ``camkit overlay``.
+    """
+    import torchvision
+
+    if spec in torchvision.models.list_models(module=torchvision.models):
+        return torchvision.models.get_model(spec, weights=None).eval(), (224, 224)
+    if spec in ("demo", None) or ":" in spec or Path(spec).suffix or Path(spec).exists():
+        loaded = load_model(spec, None, "cpu")
+        return loaded.model, tuple(loaded.input_size)
+    close = difflib.get_close_matches(spec, torchvision.models.list_models(module=torchvision.models), n=4)
+    raise CamkitError(f"unknown model {spec!r}" + (f"; did you mean {', '.join(close)}?" if close else "")
+                      + " (a torchvision name, 'demo', a .pt2 file or package.module:factory)")
+
+
 def _demo(weights: str | None, device: torch.device) -> LoadedModel:
     from .demo import DEMO_CLASSES, DEMO_MEAN, DEMO_SIZE, DEMO_STD, DemoNet, load_demo_model
 
@@ -60,7 +85,7 @@ def _demo(weights: str | None, device: torch.device) -> LoadedModel:
         model = load_demo_model(device)
     else:
         model = DemoNet()
-        model.load_state_dict(_state_dict(weights))
+        _load_weights(model, weights, "the demo CNN")
         model = model.to(device).eval()
     return LoadedModel(model, (DEMO_SIZE, DEMO_SIZE), DEMO_MEAN, DEMO_STD, list(DEMO_CLASSES), "camkit demo CNN (digits on photos)")
 
@@ -73,7 +98,8 @@ def _from_file(path: Path, device: torch.device) -> LoadedModel:
             "'model.pt2') and pass the .pt2 file, or pass the model's code as package.module:factory."
         )
     try:
-        program = torch.export.load(str(path))
+        with _quiet_torch_logs():
+            program = torch.export.load(str(path))
     except Exception as error:  # noqa: BLE001 - any failure means "not an exported program"
         raise CamkitError(
             f"cannot load {path} as a model: it is neither a torch.export program (.pt2) nor TorchScript "
@@ -96,7 +122,8 @@ def _is_torchscript(path: Path) -> bool:
 def _from_factory(spec: str, weights: str | None, device: torch.device) -> LoadedModel:
     module_name, _, attribute = spec.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        with _current_folder_importable():
+            module = importlib.import_module(module_name)
     except ImportError as error:
         raise CamkitError(f"cannot import {module_name!r} for --model {spec}: {error}.") from None
     factory = getattr(module, attribute, None)
@@ -106,7 +133,7 @@ def _from_factory(spec: str, weights: str | None, device: torch.device) -> Loade
     if not isinstance(model, nn.Module):
         raise CamkitError(f"--model {spec} returned {type(model).__name__}, not a torch.nn.Module.")
     if weights is not None:
-        model.load_state_dict(_state_dict(weights))
+        _load_weights(model, weights, f"--model {spec}")
     names = getattr(model, "class_names", None)
     size = getattr(model, "input_size", 224)
     size = (size, size) if isinstance(size, int) else tuple(size)
@@ -124,7 +151,7 @@ def _torchvision(name: str, weights: str | None, device: torch.device) -> Loaded
     if weights is not None and Path(weights).exists():
         state = _state_dict(weights)
         model = torchvision.models.get_model(name, weights=None, num_classes=_num_classes(name, state))
-        model.load_state_dict(state)
+        _load_weights(model, weights, name, state)
         return LoadedModel(model.to(device).eval(), (224, 224), IMAGENET_MEAN, IMAGENET_STD, None, f"{name} ({weights})")
     enum = torchvision.models.get_model_weights(name)
     weight_name = weights or "DEFAULT"
@@ -176,6 +203,72 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise CamkitError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise CamkitError(f"--device {name}: camkit runs models on cpu, cuda or mps, not {device.type}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CamkitError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise CamkitError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise CamkitError(f"--device {name}: MPS is not available on this machine; use --device cpu")
     return device
+
+
+def input_channels(model: nn.Module) -> int | None:
+    """The channel count the model's first convolution expects, if it has one."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            return module.in_channels
+    return None
+
+
+def _load_weights(model: nn.Module, path: str, what: str, state: dict[str, torch.Tensor] | None = None) -> None:
+    """``load_state_dict`` with a one-line error when the weights belong to another architecture."""
+    state = _state_dict(path) if state is None else state
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        expected = model.state_dict()
+        mismatched = [name for name, tensor in state.items()
+                      if name in expected and tuple(expected[name].shape) != tuple(tensor.shape)]
+        missing = [name for name in expected if name not in state]
+        unexpected = [name for name in state if name not in expected]
+        details = []
+        if mismatched:
+            name = mismatched[0]
+            details.append(f"{len(mismatched)} tensors of another shape (e.g. {name}: "
+                           f"{tuple(state[name].shape)} in the file, {tuple(expected[name].shape)} in the model)")
+        if missing:
+            details.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        raise CamkitError(f"the weights in {path} do not fit {what}: {'; '.join(details) or str(error)[:160]}. "
+                          "Give the architecture these weights were trained for.") from None
+
+
+@contextlib.contextmanager
+def _current_folder_importable() -> Iterator[None]:
+    # The console script, unlike `python -m`, does not put the current folder on sys.path.
+    folder = os.getcwd()
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        if added and folder in sys.path:
+            sys.path.remove(folder)
+
+
+@contextlib.contextmanager
+def _quiet_torch_logs() -> Iterator[None]:
+    # torch logs its own tracebacks while probing a file that is not an exported program.
+    torch_logger = logging.getLogger("torch")
+    level = torch_logger.level
+    torch_logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        torch_logger.setLevel(level)

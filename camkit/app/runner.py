@@ -1,34 +1,51 @@
 """The folder run behind ``camkit overlay``: heatmaps over files, folders and globs of images and volumes.
 
-Decoding and resizing run in DataLoader workers, the explainers on batches on
-the device, and blending, PNG encoding and writing in a writer thread pool, so
-the three overlap. Every output is written atomically; a rerun skips images
-whose outputs exist (``--overwrite`` redoes them) and so finishes an
-interrupted job. A file that cannot be read is reported and skipped.
+What it promises (DESIGN.md, "The command line"): everything that can be
+checked before the model runs is checked first (:func:`plan`), before anything
+is written; one output per (input, method), never two inputs on one name;
+the manifest is upserted as files finish (:mod:`camkit.app.manifest`); a file
+that cannot be read or explained is one stderr line and one manifest row, and
+a failing batch is retried image by image so that every other file is still
+written. Decoding runs in DataLoader workers, the explainers on batches on the
+device, and blending, PNG encoding and writing in writer threads. Files are
+written atomically, so a rerun resumes an interrupted job: it redoes a file
+unless every output it should have (overlays and saved maps) exists.
 """
 from __future__ import annotations
 
+import logging
+import math
+import signal
 import sys
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from threading import BoundedSemaphore
+from threading import BoundedSemaphore, Lock
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from ..errors import CamkitError
-from ..explainers import METHODS, create
+from ..explainers import METHODS, Explainer, create
+from ..layers import dry_run
 from ..modes import evaluation
+from ..results import Explanation
 from ..targets import SegmentationTarget, logits_of
-from ..viz import overlay, to_uint8_hwc
-from . import distributed
-from .io import Source, discover, encode_npy, encode_png, is_volume, read_rgb, read_volume, write_atomically
-from .manifest import write_manifest
-from .models import LoadedModel, load_model, resolve_device
+from ..viz import colormap_lut, overlay, to_uint8_hwc
+from . import distributed, volumes
+from .io import (IMAGE_SUFFIXES, Source, discover, encode_npy, encode_png, is_volume, read_rgb, read_volume,
+                 remove_stale_parts, write_atomically)
+from .manifest import SKIPPED, Manifest, check_owned
+from .models import LoadedModel, input_channels, load_model, resolve_device
+
+logger = logging.getLogger("camkit")
 
 NORMALISATIONS = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), "none": ((0.0,) * 3, (1.0,) * 3)}
+MIN_INPUT_SIZE = 8
+EXPLAIN_ERRORS = (CamkitError, RuntimeError)  # what one bad input can raise; anything else is a bug
 
 
 @dataclass
@@ -55,6 +72,161 @@ class OverlayJob:
 
 
 @dataclass
+class Plan:
+    """A job with everything checked and resolved, before anything is written."""
+
+    job: OverlayJob
+    out: Path
+    loaded: LoadedModel
+    explainers: dict[str, Explainer]
+    size: tuple[int, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    target: int | None
+    sources: list[Source]
+
+    def outputs(self, source: Source, method: str) -> list[Path]:
+        """Every file one (input, method) should have: the overlay and, if asked, the saved map."""
+        overlay_path = self.out / source.relative.parent / f"{source.relative.name}_{method.replace('+', 'p')}.png"
+        saved = {"npy": "_map.npy", "png16": "_map.png"}.get(self.job.save_maps or "")
+        return [overlay_path] + ([overlay_path.with_name(overlay_path.stem + saved)] if saved else [])
+
+
+@dataclass
+class Tally:
+    """Counts for the closing line; ``failed`` holds inputs, so a file failing for two methods counts once."""
+
+    written: int = 0
+    skipped: int = 0
+    failed: set[str] = field(default_factory=set)
+    lock: Lock = field(default_factory=Lock)
+
+
+def run(job: OverlayJob) -> int:
+    """Explain every input; under torchrun each rank takes its share and rank 0 merges the manifest."""
+    return distributed.run_on_ranks(_run, job)
+
+
+def _run(job: OverlayJob, ranks: distributed.Ranks) -> int:
+    checked = plan(job, ranks)
+    _prepare_output(checked.out, ranks)
+    manifest = Manifest(checked.out, ranks)
+    tally = Tally()
+    try:
+        todo = _todo(checked, ranks, manifest, tally)
+        _explain_images(checked, [source for source in todo if not is_volume(source.path)], manifest, tally)
+        _explain_volumes(checked, [source for source in todo if is_volume(source.path)], manifest, tally)
+    finally:
+        manifest.finish()
+    failed = int(distributed.total(len(tally.failed), ranks))
+    written = int(distributed.total(tally.written, ranks))
+    skipped = int(distributed.total(tally.skipped, ranks))
+    if not job.quiet and ranks.is_main:
+        print(f"camkit: {written} overlays written, {skipped} skipped as already done, {failed} inputs failed; "
+              f"manifest: {manifest.path}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def plan(job: OverlayJob, ranks: distributed.Ranks | None = None) -> Plan:
+    """Check everything that can be checked before the model runs; raise one CamkitError for the first problem."""
+    ranks = ranks or distributed.Ranks()
+    methods = list(METHODS) if job.method == "all" else [name.strip().lower() for name in job.method.split(",")
+                                                         if name.strip()]
+    unknown = [name for name in methods if name not in METHODS]
+    if unknown or not methods:
+        raise CamkitError(f"unknown method {', '.join(unknown) or repr(job.method)}; "
+                          f"choose from {', '.join(METHODS)} or 'all'")
+    if not 0.0 <= job.alpha <= 1.0:
+        raise CamkitError(f"--alpha must lie in [0, 1], got {job.alpha}")
+    if job.batch_size < 1:
+        raise CamkitError(f"--batch-size must be at least 1, got {job.batch_size}")
+    if job.workers < 0:
+        raise CamkitError(f"--workers must be 0 (decode in this process) or more, got {job.workers}")
+    if job.input_size is not None and job.input_size < MIN_INPUT_SIZE:
+        raise CamkitError(f"--input-size must be at least {MIN_INPUT_SIZE} pixels, got {job.input_size}; "
+                          "leave it out to use the model's own input size")
+    colormap_lut(job.colormap)
+    mean, std = _normalisation(job.normalize)
+    device = resolve_device(distributed.device_for(ranks, job.device))
+    loaded = load_model(job.model, job.weights, device)
+    mean, std = (mean, std) if job.normalize is not None else (loaded.mean, loaded.std)
+    size = (job.input_size, job.input_size) if job.input_size else loaded.input_size
+    target = None if job.target == "top1" else _class_index(job.target, loaded)
+    explainers = {name: create(name, loaded.model, job.layer) for name in methods}
+    _preflight(loaded, explainers, size, device)
+
+    out = Path(job.output).resolve()
+    _check_output_is_not_an_input(out, job.inputs)
+    sources = discover(job.inputs, skip=out)
+    if not sources:
+        suffixes = ", ".join(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)
+        raise CamkitError(f"no images found in {', '.join(job.inputs)} (looked for {suffixes}, npy, nii, nii.gz)")
+    check_owned(out / "manifest.csv")
+    return Plan(job, out, loaded, explainers, size, mean, std, target, sources)
+
+
+def _preflight(loaded: LoadedModel, explainers: dict[str, Explainer], size: tuple[int, ...],
+               device: torch.device) -> None:
+    """One dry-run forward on a blank input: the model accepts the images and every named layer runs."""
+    channels = 3 if len(size) == 2 else (input_channels(loaded.model) or 1)
+    blank = torch.zeros(1, channels, *size, device=device)
+    try:
+        seen = {info.name: info for info in dry_run(loaded.model, blank)}
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        raise CamkitError(
+            f"the model cannot run on a {channels}-channel {'x'.join(map(str, size))} input ({first}); "
+            "camkit feeds RGB images: give a model for 3-channel input, or fix --input-size"
+        ) from None
+    for explainer in explainers.values():
+        for name, _ in explainer.layers:
+            info = seen.get(name)
+            if info is None:
+                raise CamkitError(f"--layer {name} does not run when the model sees an image; choose a layer on "
+                                  "the path from the input to the output (`camkit layers MODEL` lists them)")
+            grid = (info.shape or ())[2:] if info.layout is not None and info.layout.value != "nhwc" else ()
+            if grid and math.prod(grid) == 1:
+                logger.warning("--layer %s gives a 1x1 map at this input size, so every map will be blank; "
+                               "choose an earlier layer or a larger --input-size", name)
+
+
+def _check_output_is_not_an_input(out: Path, inputs: list[str]) -> None:
+    for entry in inputs:
+        path = Path(entry)
+        if path.is_dir() and (out == path.resolve() or out in path.resolve().parents):
+            raise CamkitError(f"the output folder {out} is the input folder {entry} or contains it, so outputs "
+                              "could be read back or overwrite inputs; give -o a folder of its own "
+                              "(one inside the input folder is fine: it is never read as input)")
+
+
+def _prepare_output(out: Path, ranks: distributed.Ranks) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".camkit-write-test-{ranks.rank}"
+        write_atomically(probe, b"")
+        probe.unlink()
+    except OSError as error:
+        raise CamkitError(f"cannot write to output folder {out}: {error.strerror or error}") from None
+
+
+def _todo(checked: Plan, ranks: distributed.Ranks, manifest: Manifest, tally: Tally) -> list[Source]:
+    """This rank's inputs that still miss an output; the others are recorded as skipped."""
+    todo = []
+    for source in distributed.shard(checked.sources, ranks):
+        expected = {method: checked.outputs(source, method) for method in checked.explainers}
+        for paths in expected.values():
+            for path in paths:
+                remove_stale_parts(path)
+        if not checked.job.overwrite and all(path.exists() for paths in expected.values() for path in paths):
+            for method, paths in expected.items():
+                manifest.add(_row(source, paths[0], method, status=SKIPPED))
+            tally.skipped += len(expected)
+        else:
+            todo.append(source)
+    return todo
+
+
+@dataclass
 class Item:
     index: int
     pixels: torch.Tensor | None  # (3, S, S) float, normalised
@@ -65,7 +237,8 @@ class Item:
 class Images(torch.utils.data.Dataset):
     """Decodes and resizes in the workers; a bad file becomes an error record, never an exception."""
 
-    def __init__(self, sources: list[Source], size: tuple[int, int], mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    def __init__(self, sources: list[Source], size: tuple[int, ...], mean: tuple[float, ...],
+                 std: tuple[float, ...]) -> None:
         self.sources, self.size = sources, size
         self.mean = torch.tensor(mean).reshape(3, 1, 1)
         self.std = torch.tensor(std).reshape(3, 1, 1)
@@ -83,135 +256,154 @@ class Images(torch.utils.data.Dataset):
         return Item(index, (resized - self.mean) / self.std, original, None)
 
 
-def run(args: OverlayJob) -> int:
-    """Explain every image; under torchrun each rank takes its share and rank 0 merges the manifest."""
-    return distributed.run_on_ranks(_run, args)
+class Writers:
+    """The writer threads: blending, encoding and writing, each finished file's row straight into the manifest."""
+
+    def __init__(self, manifest: Manifest, tally: Tally, pending: int) -> None:
+        self.manifest, self.tally = manifest, tally
+        self.slots = BoundedSemaphore(pending)  # bounds the images waiting to be written
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="camkit-writer")
+
+    def __enter__(self) -> "Writers":
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        self.pool.shutdown(wait=True)  # also on Ctrl-C: what is being written finishes and is recorded
+
+    def submit(self, row: dict[str, Any], write: Any, *args: Any) -> None:
+        self.slots.acquire()
+        future = self.pool.submit(write, *args)
+        future.add_done_callback(lambda done: self._finished(done, row))
+
+    def _finished(self, future: Future, row: dict[str, Any]) -> None:
+        try:
+            error = future.exception()
+            if error is None:
+                with self.tally.lock:
+                    self.tally.written += 1
+            else:
+                row = {**row, "status": "error", "error": f"cannot write output: {_one_line(error)}"}
+                print(f"camkit: {row['output']}: {row['error']}", file=sys.stderr)
+                with self.tally.lock:
+                    self.tally.failed.add(row["input"])
+            self.manifest.add(row)
+        finally:
+            self.slots.release()
 
 
-def _run(args: OverlayJob, ranks: distributed.Ranks) -> int:
-    methods = list(METHODS) if args.method == "all" else [name.strip() for name in args.method.split(",") if name.strip()]
-    unknown = [name for name in methods if name not in METHODS]
-    if unknown or not methods:
-        raise CamkitError(f"unknown method {', '.join(unknown) or repr(args.method)}; choose from {', '.join(METHODS)} or 'all'")
-    if not 0.0 <= args.alpha <= 1.0:
-        raise CamkitError(f"--alpha must lie in [0, 1], got {args.alpha}")
-    if args.batch_size < 1:
-        raise CamkitError("--batch-size must be at least 1")
-    device = resolve_device(distributed.device_for(ranks, args.device))
-    loaded = load_model(args.model, args.weights, device)
-    size = (args.input_size, args.input_size) if args.input_size else loaded.input_size
-    mean, std = _normalisation(args.normalize, loaded)
-    target: int | None = None if args.target == "top1" else _class_index(args.target, loaded)
-    explainers = {name: create(name, loaded.model, args.layer) for name in methods}
-
-    out: Path = args.output
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".camkit-write-test-{ranks.rank}"
-        write_atomically(probe, b"")
-        probe.unlink()
-    except OSError as error:
-        raise CamkitError(f"cannot write to output folder {out}: {error.strerror or error}") from None
-
-    sources = discover(args.inputs)
+def _explain_images(checked: Plan, sources: list[Source], manifest: Manifest, tally: Tally) -> None:
     if not sources:
-        raise CamkitError(f"no images found in {', '.join(args.inputs)} (looked for {', '.join(('png', 'jpg', 'bmp', 'tif', 'webp'))})")
-    rows: list[dict[str, Any]] = []
-    todo = []
-    for index in distributed.shard(list(range(len(sources))), ranks):
-        source = sources[index]
-        outputs = [_output_path(out, source, method) for method in methods]
-        if not args.overwrite and all(path.exists() for path in outputs):
-            rows.extend(_row(source, path, method, status="skipped (exists)") for path, method in zip(outputs, methods))
-        else:
-            todo.append(index)
-
-    volumes = [index for index in todo if is_volume(sources[index].path)]
-    images = [index for index in todo if not is_volume(sources[index].path)]
-    failures = _explain_all(sources, images, explainers, loaded, size, mean, std, target, args, rows)
-    failures += _explain_volumes(sources, volumes, explainers, loaded, target, args, rows)
-    write_manifest(out, rows, ranks)
-    written = int(distributed.total(sum(row["status"] == "ok" for row in rows), ranks))
-    skipped = int(distributed.total(sum(row["status"].startswith("skipped") for row in rows), ranks))
-    failures = int(distributed.total(failures, ranks))
-    if not args.quiet and ranks.is_main:
-        print(f"camkit: {written} overlays written, {skipped} skipped as already done, {failures} images failed; "
-              f"manifest: {out / 'manifest.csv'}", file=sys.stderr)
-    return 1 if failures else 0
-
-
-def _explain_all(sources, todo, explainers, loaded: LoadedModel, size, mean, std, target, args, rows) -> int:
-    dataset = torch.utils.data.Subset(Images(sources, size, mean, std), todo)
+        return
+    if len(checked.size) != 2:
+        for source in sources:
+            _fail(source, checked, manifest, tally, "a 2-D image, but the model takes 3-D volumes")
+        return
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=args.batch_size, num_workers=args.workers, collate_fn=list,
-        worker_init_fn=_single_thread, persistent_workers=False,
+        Images(sources, checked.size, checked.mean, checked.std), batch_size=checked.job.batch_size,
+        num_workers=checked.job.workers, collate_fn=list, worker_init_fn=_quiet_worker, persistent_workers=False,
     )
-    progress = _progress(len(todo), args.quiet)
-    choose_target = _TargetChooser(loaded.model, target)
-    failures = 0
-    device = next(iter(loaded.model.parameters()), torch.empty(0)).device
-    slots = BoundedSemaphore(4 * max(1, args.batch_size))  # bounds images waiting to be written
-    pending: list[tuple[Future, dict[str, Any]]] = []
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="camkit-writer") as writer:
+    policy = TargetPolicy(checked.loaded.model, checked.target)
+    device = _device_of(checked.loaded.model)
+    show = not checked.job.quiet and sys.stderr.isatty()
+    with tqdm(total=len(sources), unit="img", desc="camkit overlay", file=sys.stderr, disable=not show) as progress, \
+            Writers(manifest, tally, 4 * checked.job.batch_size) as writers:
         for batch in loader:
-            good = [item for item in batch if item.error is None]
             for item in batch:
                 if item.error is not None:
-                    failures += 1
-                    source = sources[item.index]
-                    print(f"camkit: {source.path}: {item.error}", file=sys.stderr)
-                    rows.extend(_row(source, "", method, status="error", error=item.error) for method in explainers)
-            if good:
-                x = torch.stack([item.pixels for item in good]).to(device)
-                batch_target = choose_target(x)
-                for method, explainer in explainers.items():
-                    result = explainer.explain(x, batch_target)
+                    _fail(sources[item.index], checked, manifest, tally, item.error)
+            good = [item for item in batch if item.error is None]
+            for items, target, results in _explained(checked, policy, good, device, sources, manifest, tally):
+                for method, result in results.items():
                     maps = result.maps.cpu()
-                    for row_index, item in enumerate(good):
+                    for row_index, item in enumerate(items):
                         source = sources[item.index]
-                        path = _output_path(args.output, source, method)
-                        row = _row(source, path, method, status="ok", result=result, row_index=row_index, loaded=loaded,
-                                   explained=_explained(batch_target, row_index))
-                        slots.acquire()
-                        future = writer.submit(_write, item.original, maps[row_index], path, args)
-                        future.add_done_callback(lambda _f: slots.release())
-                        pending.append((future, row))
+                        paths = checked.outputs(source, method)
+                        row = _row(source, paths[0], method, status="ok", result=result, row_index=row_index,
+                                   loaded=checked.loaded, explained=_explained_class(target, row_index))
+                        writers.submit(row, _write_image, item.original, maps[row_index], paths, checked.job)
             progress.update(len(batch))
-            pending = _collect(pending, rows, wait=False)
-        _collect(pending, rows, wait=True)
-    progress.close()
-    failed_writes = {row["input"] for row in rows if row["status"] == "error" and row["error"].startswith("cannot write")}
-    return failures + len(failed_writes)
 
 
-def _write(original: torch.Tensor, layer_map: torch.Tensor, path: Path, args: OverlayJob) -> None:
+def _explained(checked: Plan, policy: "TargetPolicy", items: list[Item], device: torch.device,
+               sources: list[Source], manifest: Manifest, tally: Tally
+               ) -> Iterator[tuple[list[Item], Any, dict[str, Explanation]]]:
+    """The batch explained by every method; if that fails, image by image, so one bad image loses only itself."""
+    if not items:
+        return
+    try:
+        x = torch.stack([item.pixels for item in items]).to(device)
+        target = policy(x)
+        yield items, target, {method: explainer.explain(x, target) for method, explainer in checked.explainers.items()}
+        return
+    except EXPLAIN_ERRORS as error:
+        if len(items) == 1:
+            _fail(sources[items[0].index], checked, manifest, tally, f"cannot explain: {_one_line(error)}")
+            return
+    for item in items:
+        yield from _explained(checked, policy, [item], device, sources, manifest, tally)
+
+
+def _write_image(original: torch.Tensor, image_map: torch.Tensor, paths: list[Path], job: OverlayJob) -> None:
     height, width = original.shape[1:]
-    full = F.interpolate(layer_map[None, None], size=(height, width), mode="bilinear", align_corners=False)[0]
-    blended = overlay(original[None].float() / 255, full, alpha=args.alpha, colormap=args.colormap)
-    write_atomically(path, encode_png(to_uint8_hwc(blended)[0].numpy()))
-    if args.save_maps == "npy":
-        write_atomically(path.with_name(path.stem + "_map.npy"), encode_npy(full[0].numpy()))
-    elif args.save_maps == "png16":
-        write_atomically(path.with_name(path.stem + "_map.png"),
-                         encode_png((full[0] * 65535).round().clamp(0, 65535).numpy().astype("uint16")))
+    full = F.interpolate(image_map[None, None], size=(height, width), mode="bilinear", align_corners=False)[0]
+    blended = overlay(original[None].float() / 255, full, alpha=job.alpha, colormap=job.colormap)
+    write_atomically(paths[0], encode_png(to_uint8_hwc(blended)[0].numpy()))
+    _write_map(full[0], paths, job)
 
 
-def _collect(pending, rows, wait: bool):
-    remaining = []
-    for future, row in pending:
-        if not wait and not future.done():
-            remaining.append((future, row))
+def _write_map(full: torch.Tensor, paths: list[Path], job: OverlayJob) -> None:
+    if job.save_maps == "npy":
+        write_atomically(paths[1], encode_npy(full.numpy()))
+    elif job.save_maps == "png16":
+        write_atomically(paths[1], encode_png((full * 65535).round().clamp(0, 65535).numpy().astype("uint16")))
+
+
+def _explain_volumes(checked: Plan, sources: list[Source], manifest: Manifest, tally: Tally) -> None:
+    """3-D volumes one at a time, each explained at the model's input size and drawn as a montage."""
+    device = _device_of(checked.loaded.model)
+    channels = input_channels(checked.loaded.model)
+    policy = TargetPolicy(checked.loaded.model, checked.target)
+    for source in sources:
+        if len(checked.loaded.input_size) != 3:
+            _fail(source, checked, manifest, tally,
+                  "a 3-D volume, but the model takes 2-D images; give a 3-D model with --model")
             continue
-        error = future.exception()
-        if error is not None:
-            row.update(status="error", error=f"cannot write output: {_one_line(error)}")
-            print(f"camkit: {row['output']}: {row['error']}", file=sys.stderr)
-        rows.append(row)
-    return remaining
+        try:
+            volume = read_volume(source.path)
+        except Exception as error:  # noqa: BLE001 - a bad file is reported, the run goes on
+            _fail(source, checked, manifest, tally, f"cannot read volume: {_one_line(error)}")
+            continue
+        try:
+            x = volumes.prepared(volume, channels, checked.loaded.input_size).to(device)
+            target = policy(x)
+            results = {method: explainer.explain(x, target) for method, explainer in checked.explainers.items()}
+        except EXPLAIN_ERRORS as error:
+            _fail(source, checked, manifest, tally, f"cannot explain: {_one_line(error)}")
+            continue
+        for method, result in results.items():
+            full = F.interpolate(result.maps[:, None].cpu(), size=tuple(volume.shape[1:]), mode="trilinear",
+                                 align_corners=False)[0, 0]
+            paths = checked.outputs(source, method)
+            picture = volumes.montage(volume[0], full, checked.job.alpha, checked.job.colormap)
+            write_atomically(paths[0], encode_png(to_uint8_hwc(picture)[0].numpy()))
+            if checked.job.save_maps == "npy":
+                write_atomically(paths[1], encode_npy(full.numpy()))
+            manifest.add(_row(source, paths[0], method, status="ok", result=result, loaded=checked.loaded,
+                              explained=_explained_class(target, 0)))
+            tally.written += 1
 
 
-def _row(source: Source, path: Path | str, method: str, *, status: str, error: str = "", result=None,
-         row_index: int = 0, loaded: LoadedModel | None = None, explained: int | None = None) -> dict[str, Any]:
+def _fail(source: Source, checked: Plan, manifest: Manifest, tally: Tally, message: str) -> None:
+    print(f"camkit: {source.path}: {message}", file=sys.stderr)
+    with tally.lock:
+        tally.failed.add(str(source.path))
+    for method in checked.explainers:
+        manifest.add(_row(source, "", method, status="error", error=message))
+
+
+def _row(source: Source, path: Path | str, method: str, *, status: str, error: str = "",
+         result: Explanation | None = None, row_index: int = 0, loaded: LoadedModel | None = None,
+         explained: int | None = None) -> dict[str, Any]:
     row = {"input": str(source.path), "output": str(path), "method": method, "predicted_class": "",
            "predicted_name": "", "score": "", "explained_class": "", "status": status, "error": error}
     if result is not None:
@@ -228,7 +420,7 @@ def _row(source: Source, path: Path | str, method: str, *, status: str, error: s
     return row
 
 
-class _TargetChooser:
+class TargetPolicy:
     """The CLI's ``--target`` per batch: a class for classifiers, a SegmentationTarget for segmenters.
 
     Whether the model is a segmenter is learnt from one forward pass on the
@@ -258,88 +450,26 @@ class _TargetChooser:
         return SegmentationTarget(areas.argmax(1))
 
 
-def _explained(batch_target: Any, row_index: int) -> int | None:
-    if isinstance(batch_target, SegmentationTarget):
-        category = batch_target.category
+def _explained_class(target: Any, row_index: int) -> int | None:
+    if isinstance(target, SegmentationTarget):
+        category = target.category
         return int(category[row_index]) if isinstance(category, torch.Tensor) and category.dim() else int(category)
     return None
 
 
-def _explain_volumes(sources, indices, explainers, loaded: LoadedModel, target, args, rows) -> int:
-    """3-D volumes one at a time: each explained at the model's input size, drawn as a montage of its middle slices."""
-    failures = 0
-    device = next(iter(loaded.model.parameters()), torch.empty(0)).device
-    channels = _input_channels(loaded.model)
-    choose_target = _TargetChooser(loaded.model, target)
-    for index in indices:
-        source = sources[index]
-        try:
-            volume = read_volume(source.path)
-        except Exception as error:  # noqa: BLE001 - a bad file is reported, the run goes on
-            failures += 1
-            message = f"cannot read volume: {_one_line(error)}"
-            print(f"camkit: {source.path}: {message}", file=sys.stderr)
-            rows.extend(_row(source, "", method, status="error", error=message) for method in explainers)
-            continue
-        # Each volume standardised by its own statistics, as is usual for scans.
-        standardised = (volume - volume.mean()) / volume.std().clamp_min(1e-6)
-        if channels and standardised.shape[0] == 1 and channels > 1:
-            standardised = standardised.expand(channels, -1, -1, -1)
-        size = loaded.input_size if len(loaded.input_size) == 3 else tuple(volume.shape[1:])
-        x = F.interpolate(standardised[None], size=size, mode="trilinear", align_corners=False).to(device)
-        batch_target = choose_target(x)
-        for method, explainer in explainers.items():
-            result = explainer.explain(x, batch_target)
-            full = F.interpolate(result.maps[:, None].cpu(), size=tuple(volume.shape[1:]), mode="trilinear",
-                                 align_corners=False)[0, 0]
-            path = _output_path(args.output, source, method)
-            shown = (volume[0] - volume[0].min()) / (volume[0].max() - volume[0].min()).clamp_min(1e-12)
-            write_atomically(path, encode_png(to_uint8_hwc(_montage(shown, full, args.alpha, args.colormap))[0].numpy()))
-            if args.save_maps == "npy":
-                write_atomically(path.with_name(path.stem + "_map.npy"), encode_npy(full.numpy()))
-            rows.append(_row(source, path, method, status="ok", result=result, loaded=loaded,
-                             explained=_explained(batch_target, 0)))
-    return failures
-
-
-def _montage(volume: torch.Tensor, heat: torch.Tensor, alpha: float, colormap: str) -> torch.Tensor:
-    """The middle axial, coronal and sagittal slices side by side, each overlaid, ``(1, 3, H', W')``."""
-    depth, height, width = volume.shape
-    slices = [(volume[depth // 2], heat[depth // 2]), (volume[:, height // 2], heat[:, height // 2]),
-              (volume[:, :, width // 2], heat[:, :, width // 2])]
-    tallest = max(image.shape[0] for image, _ in slices)
-    panels = []
-    for image, slice_map in slices:
-        panel = overlay(image[None, None], slice_map[None], alpha=alpha, colormap=colormap)
-        panels.append(F.pad(panel, (0, 2, 0, tallest - panel.shape[2])))  # 2-pixel gutter, top-aligned
-    return torch.cat(panels, dim=3)
-
-
-def _input_channels(model: torch.nn.Module) -> int | None:
-    for module in model.modules():
-        if isinstance(module, (torch.nn.Conv3d, torch.nn.Conv2d)):
-            return module.in_channels
-    return None
-
-
-def _output_path(out: Path, source: Source, method: str) -> Path:
-    safe = method.replace("+", "p")
-    return out / source.relative.parent / f"{source.relative.name}_{safe}.png"
-
-
-def _normalisation(spec: str | None, loaded: LoadedModel) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    if spec is None:
-        return loaded.mean, loaded.std
-    if spec in NORMALISATIONS:
-        return NORMALISATIONS[spec]
+def _normalisation(spec: str | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    if spec is None or spec in NORMALISATIONS:
+        return NORMALISATIONS[spec or "imagenet"]
     try:
         mean_text, std_text = spec.split(":")
         mean = tuple(float(value) for value in mean_text.split(","))
         std = tuple(float(value) for value in std_text.split(","))
     except ValueError:
         raise CamkitError(f"--normalize {spec!r}: use imagenet, none, or m1,m2,m3:s1,s2,s3") from None
-    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-        raise CamkitError(f"--normalize {spec!r}: give three means and three positive stds")
+    if len(mean) != 3 or len(std) != 3:
+        raise CamkitError(f"--normalize {spec!r}: give three means and three stds, m1,m2,m3:s1,s2,s3")
+    if not all(math.isfinite(value) for value in mean + std) or min(std) <= 0:
+        raise CamkitError(f"--normalize {spec!r}: means must be finite and stds finite and positive")
     return mean, std
 
 
@@ -353,25 +483,15 @@ def _class_index(text: str, loaded: LoadedModel) -> int:
         raise CamkitError(f"--target {text!r}: use top1, a class index, or a class name of this model") from None
 
 
-def _progress(total: int, quiet: bool):
-    if quiet or not sys.stderr.isatty():
-        return _NoProgress()
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="img", desc="camkit overlay", file=sys.stderr)
+def _device_of(model: torch.nn.Module) -> torch.device:
+    return next(iter(model.parameters()), torch.empty(0)).device
 
 
-class _NoProgress:
-    def update(self, _count: int) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
-
-
-def _single_thread(_worker: int) -> None:
-    # Decoding workers share the machine with the model: one thread each.
+def _quiet_worker(_worker: int) -> None:
+    # Decoding workers share the machine with the model: one thread each. Ctrl-C is the main
+    # process's to handle; a worker that also caught it would print its own traceback.
     torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _one_line(error: BaseException) -> str:

@@ -1,8 +1,10 @@
 """The ``camkit`` command: argparse only, one module per command.
 
 This is the one place that turns a :class:`camkit.CamkitError` into a
-one-line message and an exit code (2: the request was wrong); any other
-exception is a bug and keeps its traceback.
+one-line message and an exit code. Exit codes: 0 everything written, 1 some
+inputs failed (each reported), 2 bad usage (nothing was written), 130 Ctrl-C
+(one line; what finished is kept). Any other exception is a bug and keeps its
+traceback.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from ..explainers import METHODS
 from . import evaluate, layers, methods, overlay
 
 USAGE_ERROR = 2
+INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 def _version() -> str:
@@ -54,6 +57,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"camkit: error: {error}", file=sys.stderr)
         return USAGE_ERROR
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        where = getattr(args, "output", None)
+        saved = f"; what finished is in {where}/manifest.csv, and rerunning the command resumes" if where else ""
+        print(f"camkit: interrupted{saved}", file=sys.stderr)
+        return INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

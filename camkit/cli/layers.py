@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from ..errors import CamkitError
+from ..app.models import input_channels, model_for_listing
 from ..layers import auto_layer, dry_run
 
 
@@ -15,22 +16,29 @@ def register(commands: Any) -> None:
     parser = commands.add_parser(
         "layers", help="list a torchvision model's candidate target layers with their output shapes"
     )
-    parser.add_argument("model", help="torchvision model name, e.g. resnet50, vit_b_16, swin_t")
-    parser.add_argument("--input-size", type=int, default=224, help="side of the square dry-run input (224)")
+    parser.add_argument("model", nargs="?", default="demo",
+                        help="a torchvision name (resnet50, vit_b_16, swin_t; no weights are downloaded), 'demo' "
+                        "(the bundled CNN, the default), a torch.export .pt2 file, or package.module:factory")
+    parser.add_argument("--input-size", type=int, default=None,
+                        help="side of the square dry-run input (default: the model's own, 224 for torchvision)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torchvision
-
+    if args.input_size is not None and args.input_size < 1:
+        raise CamkitError(f"--input-size must be a positive number of pixels, got {args.input_size}")
+    model, size = model_for_listing(args.model)
+    if args.input_size is not None:
+        size = (args.input_size,) * len(size)
+    channels = 3 if len(size) == 2 else (input_channels(model) or 1)
+    x = torch.zeros(1, channels, *size)
     try:
-        model = torchvision.models.get_model(args.model, weights=None)
-    except ValueError:
-        names = ", ".join(sorted(torchvision.models.list_models(module=torchvision.models))[:12])
-        raise CamkitError(f"unknown torchvision model {args.model!r}; examples: {names}, ...") from None
-    x = torch.zeros(1, 3, args.input_size, args.input_size)
-    chosen, _ = auto_layer(model, x)
-    rows = [info for info in dry_run(model, x) if info.layout is not None]
+        chosen, _ = auto_layer(model, x)
+        rows = [info for info in dry_run(model, x) if info.layout is not None]
+    except RuntimeError as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+        raise CamkitError(f"{args.model} cannot run on a {channels}x{'x'.join(map(str, size))} input ({first}); "
+                          "try another --input-size") from None
     width = max(len(info.name) for info in rows)
     print(f"{'layer':<{width}}  {'type':<22} output shape       layout")
     for info in rows:

@@ -84,7 +84,11 @@ def test_a_killed_rank_leaves_the_rest_and_a_rerun_finishes(folder, tmp_path) ->
     done = {path.parent / path.name.rsplit("_", 1)[0] for path in partial}
     done = {stem for stem in done if all(stem.parent.joinpath(f"{stem.name}_{m}.png") in partial for m in ("gradcam", "eigencam"))}
     statuses = [row["status"] for row in rows]
-    assert statuses.count("skipped (exists)") == 2 * len(done) and statuses.count("ok") == 40 - 2 * len(done)
+    # redone images are "ok"; finished ones keep the row the crashed run recorded (its rank parts are merged),
+    # and are "skipped" only where the crash came before that row reached the disk
+    assert set(statuses) <= {"ok", "skipped (exists)"} and statuses.count("ok") >= 40 - 2 * len(done)
+    assert all(row["predicted_class"] != "" for row in rows if row["status"] == "ok")
+    assert not list(out.glob(".manifest-part-*"))
 
 
 def test_evaluate_reduces_metrics_across_ranks() -> None:

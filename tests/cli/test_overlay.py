@@ -95,12 +95,17 @@ def test_resume_skips_finished_images_and_overwrite_redoes_them(images, resnet_w
             "--input-size", "32", "--workers", "0", "--target", "2"]
     assert main(args) == 0
     first = {path.name: path.stat().st_mtime_ns for path in out.glob("*.png")}
+    rows_before = {row["input"]: row for row in _manifest(out)}
     (out / "gray_gradcam.png").unlink()  # as if the run had been interrupted
     assert main(args) == 0
-    statuses = {Path(row["input"]).name: row["status"] for row in _manifest(out)}
-    assert statuses == {"colour.png": "skipped (exists)", "gray.bmp": "ok", "scan.tiff": "skipped (exists)"}
+    # the manifest is upserted: the skipped images keep their first run's row, predictions and scores included
+    rows_after = {row["input"]: row for row in _manifest(out)}
+    assert rows_after.keys() == rows_before.keys()
+    assert all(rows_after[key] == row for key, row in rows_before.items() if not key.endswith("gray.bmp"))
+    assert (out / "gray_gradcam.png").exists()
     assert (out / "colour_gradcam.png").stat().st_mtime_ns == first["colour_gradcam.png"]
-    assert all(row["explained_class"] in ("2", "") for row in _manifest(out))
+    assert (out / "gray_gradcam.png").stat().st_mtime_ns != first["gray_gradcam.png"]
+    assert all(row["explained_class"] == "2" and row["score"] for row in _manifest(out))
     assert main(args + ["--overwrite"]) == 0
     assert {row["status"] for row in _manifest(out)} == {"ok"}
 
