@@ -13,6 +13,18 @@ from .results import Explanation
 from .targets import DetectionTarget, MultiLabelTarget, SegmentationTarget
 from .viz import compare, interactive
 
+
+
+def __getattr__(name: str) -> object:
+    # load_images reads files, so it lives in the application storey; imported on first use only,
+    # which keeps `import camkit` free of the application and of PIL.
+    if name == "load_images":
+        from .app.io import load_images
+
+        return load_images
+    raise AttributeError(f"module 'camkit' has no attribute {name!r}")
+
+
 try:
     __version__ = version("camkit")
 except PackageNotFoundError:  # running from a source tree that was never installed
@@ -38,6 +50,7 @@ __all__ = [
     "compare",
     "create",
     "interactive",
+    "load_images",
     "metrics",
     "modes",
     "register",

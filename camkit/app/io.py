@@ -10,6 +10,7 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -220,7 +221,9 @@ def read_rgb(path: Path) -> torch.Tensor:
 def read_volume(path: Path) -> torch.Tensor:
     """A 3-D volume as float32 ``(C, D, H, W)``: ``.npy`` arrays (D, H, W) or (C, D, H, W), or NIfTI.
 
-    NIfTI needs nibabel (``pip install 'camkit[nifti]'``); its voxel axes are kept in file order.
+    NIfTI needs nibabel (``pip install 'camkit[nifti]'``); its voxels are reoriented to the closest
+    canonical (RAS+) orientation first, so that the montage's axial, coronal and sagittal slices are
+    those, whatever order the file stores its axes in.
     """
     if path.name.lower().endswith(".npy"):
         array = np.load(path, allow_pickle=False)
@@ -229,7 +232,8 @@ def read_volume(path: Path) -> torch.Tensor:
             import nibabel
         except ImportError:
             raise MissingDependency("reading NIfTI volumes needs nibabel: pip install 'camkit[nifti]'") from None
-        array = np.asarray(nibabel.load(str(path)).get_fdata(), dtype=np.float32)
+        canonical = nibabel.as_closest_canonical(nibabel.load(str(path)))
+        array = np.asarray(canonical.get_fdata(), dtype=np.float32)
     if array.ndim == 3:
         array = array[None]
     if array.ndim != 4 or min(array.shape) < 1:
@@ -289,3 +293,52 @@ def encode_npy(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array)
     return buffer.getvalue()
+
+
+def load_images(
+    paths: str | Path | list[str | Path],
+    size: int | tuple[int, int] = 224,
+    normalize: Any = "imagenet",
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Image files (or folders and globs) to a model-ready batch, and the originals to draw overlays on.
+
+    Returns ``(batch, originals)``: ``batch`` is float32 ``(B, 3, *size)``,
+    resized with antialiasing and normalised; ``originals`` are the uint8
+    ``(3, H, W)`` images at their own size, in the same (sorted) order.
+    ``normalize`` is ``"imagenet"``, ``"none"``, ``(mean, std)``, or a
+    torchvision weights enum member (``ResNet50_Weights.DEFAULT``), whose own
+    preprocessing (resize, crop, normalise) is then used and ``size`` ignored.
+    """
+    import torch.nn.functional as F
+
+    entries = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    sources = discover([str(entry) for entry in entries])
+    if not sources:
+        raise CamkitError(f"no images found in {', '.join(map(str, entries))}")
+    originals = [read_rgb(source.path) for source in sources if not is_volume(source.path)]
+    transforms = getattr(normalize, "transforms", None)
+    if callable(transforms):  # a torchvision weights enum: its own resize, crop and normalisation
+        preprocess = transforms()
+        return torch.stack([preprocess(image) for image in originals]), originals
+    mean, std = _mean_std(normalize)
+    side = (size, size) if isinstance(size, int) else tuple(size)
+    if len(side) != 2 or min(side) < 1:
+        raise CamkitError(f"size must be a positive int or (height, width), got {size!r}")
+    resized = torch.cat([F.interpolate(image[None].float() / 255, size=side, mode="bilinear", antialias=True,
+                                       align_corners=False) for image in originals])
+    return (resized - mean.reshape(1, 3, 1, 1)) / std.reshape(1, 3, 1, 1), originals
+
+
+def _mean_std(normalize: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    named = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), "none": ((0.0,) * 3, (1.0,) * 3)}
+    if isinstance(normalize, str):
+        if normalize not in named:
+            raise CamkitError(f"normalize={normalize!r}: use 'imagenet', 'none', (mean, std) or a torchvision weights enum")
+        normalize = named[normalize]
+    try:
+        mean, std = (torch.as_tensor(values, dtype=torch.float32).reshape(3) for values in normalize)
+    except (TypeError, ValueError, RuntimeError):
+        raise CamkitError("normalize=(mean, std) needs three means and three stds") from None
+    if not bool(torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
+        raise CamkitError("normalize=(mean, std): means must be finite and stds finite and positive")
+    return mean, std

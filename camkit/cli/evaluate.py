@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..app.evaluation import EvaluationJob, run
+from .formatting import HelpFormatter
 
 
 def register(commands: Any) -> None:
@@ -17,17 +18,18 @@ def register(commands: Any) -> None:
         description="Print a method x metric table (and write it as CSV). Lower is better for deletion, average "
         "drop, class sensitivity (1 = the map ignores the class) and model randomisation (1 = the map ignores "
         "the weights); higher for the rest.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("inputs", nargs="*", metavar="INPUT", help="images/folders/globs (default: the demo set with boxes)")
     parser.add_argument("--methods", default="all", help="comma-separated method names, or 'all'")
     parser.add_argument("--model", default=None, help="as for `camkit overlay` (default: the demo CNN)")
-    parser.add_argument("--weights", default=None)
-    parser.add_argument("--layer", default=None)
+    parser.add_argument("--weights", default=None, help="as for `camkit overlay`: a local weights file or a "
+                        "torchvision weight set name")
+    parser.add_argument("--layer", default=None, help="dotted target layer name (default: automatic)")
     parser.add_argument("--n-images", type=int, default=64, help="demo images to evaluate on")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=16, help="images per model pass")
     parser.add_argument("--steps", type=int, default=32, help="deletion/insertion steps")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ...")
     parser.add_argument("--csv", type=Path, default=None, help="also write the table here")
     parser.set_defaults(run=_run)
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..app.runner import OverlayJob, run
 from ..explainers import METHODS
+from .formatting import HelpFormatter
 
 
 def register(commands: Any) -> None:
@@ -18,7 +19,7 @@ def register(commands: Any) -> None:
         help="write heatmap overlays for image files, folders or globs",
         description="Explain every image with one or more methods and write overlays at each image's own size. "
         "The output tree mirrors the input tree; OUT/manifest.csv lists every image, method and outcome.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (searched recursively) or globs; "
                         "3-D volumes (.npy, .nii/.nii.gz with nibabel) become montages of their middle slices")
@@ -36,7 +37,7 @@ def register(commands: Any) -> None:
     parser.add_argument("--alpha", type=float, default=0.5, help="heatmap opacity in [0, 1]")
     parser.add_argument("--colormap", default="jet", help="any matplotlib colormap name")
     parser.add_argument("--save-maps", choices=("npy", "png16"), default=None, help="also write raw maps at image size")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=16, help="images per model pass")
     parser.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ...")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="decoding processes (0: in-process)")
     parser.add_argument("--overwrite", action="store_true", help="redo images whose outputs already exist")

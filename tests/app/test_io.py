@@ -35,3 +35,40 @@ def test_names_mirror_the_tree_and_stay_unique(tmp_path) -> None:
         Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(long / f"{stem}.png")
     names = [source.relative.name for source in discover([str(long)])]
     assert len(set(names)) == 2 and all(len(name.encode()) <= MAX_STEM_BYTES for name in names)
+
+
+def test_nifti_volumes_are_read_in_canonical_orientation(tmp_path) -> None:
+    nibabel = __import__("pytest").importorskip("nibabel")
+    from camkit.app.io import read_volume
+
+    voxels = np.arange(4 * 3 * 2, dtype=np.float32).reshape(4, 3, 2)
+    flipped = np.diag([-1.0, 1.0, 1.0, 1.0])  # the file's first axis runs right to left
+    nibabel.save(nibabel.Nifti1Image(voxels, flipped), tmp_path / "scan.nii.gz")
+    volume = read_volume(tmp_path / "scan.nii.gz")
+    assert volume.shape == (1, 4, 3, 2)
+    np.testing.assert_array_equal(volume[0].numpy(), voxels[::-1])
+
+
+def test_load_images_gives_a_batch_and_the_originals(tmp_path) -> None:
+    import torch
+    import torchvision
+
+    import camkit
+
+    rng = np.random.default_rng(0)
+    for name, shape in (("b.png", (30, 40, 3)), ("a.jpg", (50, 20, 3))):
+        Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(tmp_path / name)
+    batch, originals = camkit.load_images(tmp_path, size=32)
+    assert batch.shape == (2, 3, 32, 32) and batch.dtype == torch.float32
+    assert [tuple(image.shape) for image in originals] == [(3, 50, 20), (3, 30, 40)]  # sorted: a.jpg, b.png
+    plain, _ = camkit.load_images([tmp_path / "b.png"], size=(16, 24), normalize="none")
+    assert plain.shape == (1, 3, 16, 24) and 0 <= float(plain.min()) and float(plain.max()) <= 1
+    custom, _ = camkit.load_images(tmp_path / "b.png", size=16, normalize=((0.5,) * 3, (0.5,) * 3))
+    torch.testing.assert_close(custom, plain_16 := (camkit.load_images(tmp_path / "b.png", size=16,
+                                                                       normalize="none")[0] - 0.5) / 0.5)
+    assert plain_16.shape == (1, 3, 16, 16)
+    weights = torchvision.models.ResNet18_Weights.DEFAULT  # its transforms only; nothing is downloaded
+    prepared, _ = camkit.load_images(tmp_path / "b.png", normalize=weights)
+    assert prepared.shape == (1, 3, 224, 224)
+    with __import__("pytest").raises(camkit.CamkitError, match="finite and positive"):
+        camkit.load_images(tmp_path, normalize=((0, 0, 0), (1, 0, 1)))
