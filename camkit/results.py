@@ -94,7 +94,8 @@ class Explanation:
         self._render("show")(self, **options)
 
     def save(self, path: str | Path, **options: Any) -> Path:
-        """Save the figure as PNG (or any format matplotlib infers from the suffix)."""
+        """``"x.png"``: the figure (any format matplotlib infers). ``"folder/"``: per-image maps (npy),
+        overlays (PNG) and ``explanation.json`` (method, layer, targets, predictions, versions)."""
         return self._render("save")(self, Path(path), **options)
 
     @staticmethod

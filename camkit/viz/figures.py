@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import io
+import json
+import warnings
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -133,25 +136,81 @@ def explanation_figure(result: Explanation, alpha: float = 0.5, colormap: str = 
 
 
 def show_explanation(result: Explanation, **options: Any) -> None:
-    """Inline in IPython/Jupyter, else in a matplotlib window."""
-    png = explanation_figure(result, **options)._repr_png_()
-    try:
+    """Inline in Jupyter; in a plain script, a matplotlib window (or a clear warning where none can open)."""
+    figure = explanation_figure(result, **options)
+    if _in_notebook():
         from IPython.display import Image, display
-    except ImportError:
-        import matplotlib.pyplot as plt
 
-        plt.figure()
-        plt.imshow(plt.imread(io.BytesIO(png)))
-        plt.axis("off")
-        plt.show()
+        display(Image(figure._repr_png_()))
         return
-    display(Image(png))
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    backend = matplotlib.get_backend().lower()
+    if backend in ("agg", "pdf", "ps", "svg", "cairo", "template") or backend.startswith("module://matplotlib_inline"):
+        warnings.warn(
+            f"Explanation.show(): matplotlib's backend {backend!r} cannot open a window (no display?); "
+            "use .save('explanation.png') or .save('folder/') instead.", stacklevel=3,
+        )
+        return
+    shown = plt.figure(figsize=figure.get_size_inches())
+    shown.figimage(plt.imread(io.BytesIO(figure._repr_png_())), resize=True)
+    plt.show()
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
 
 
 def save_explanation(result: Explanation, path: Path, **options: Any) -> Path:
-    """The figure as PNG (or any format matplotlib infers from the suffix)."""
-    explanation_figure(result, **options).savefig(path, dpi=100)
+    """A file with a suffix: the figure (PNG, or any format matplotlib infers). A folder: everything, per image.
+
+    The folder gets, for image ``i``, ``{i:04d}_map.npy`` (the float32 map),
+    ``{i:04d}_overlay.png`` (over the display images) and one
+    ``explanation.json`` with the method, layer, targets, predictions,
+    probabilities, scores and the camkit and torch versions.
+    """
+    if path.suffix and not path.is_dir():
+        explanation_figure(result, **options).savefig(path, dpi=100)
+        return path
+    import numpy as np
+    from PIL import Image
+
+    path.mkdir(parents=True, exist_ok=True)
+    images = result.display if result.display is not None else display_images(result.images)
+    blended = to_uint8_hwc(overlay(images.detach().float(), result.maps.detach(),
+                                   options.get("alpha", 0.5), options.get("colormap", "jet"))).cpu().numpy()
+    maps = result.maps.detach().float().cpu().numpy()
+    files = []
+    for index in range(len(result)):
+        np.save(path / f"{index:04d}_map.npy", maps[index])
+        Image.fromarray(blended[index]).save(path / f"{index:04d}_overlay.png")
+        files.append({"map": f"{index:04d}_map.npy", "overlay": f"{index:04d}_overlay.png"})
+
+    def listed(values: torch.Tensor | None) -> list | None:
+        return None if values is None else values.detach().cpu().tolist()
+
+    record = {
+        "camkit": _version("camkit"), "torch": torch.__version__, "method": result.method, "layer": result.layer,
+        "uses_gradients": result.uses_gradients, "targets": listed(result.targets),
+        "predictions": listed(result.predictions), "probabilities": listed(result.probabilities),
+        "scores": listed(result.scores), "class_names": list(result.class_names) if result.class_names else None,
+        "images": files,
+    }
+    (path / "explanation.json").write_text(json.dumps(record, indent=2, allow_nan=True) + "\n")
     return path
+
+
+def _version(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "0.0.0"
 
 
 set_renderer(figure=explanation_figure, show=show_explanation, save=save_explanation)
