@@ -6,7 +6,8 @@ from importlib.metadata import PackageNotFoundError, version
 from . import cluster, metrics, modes, viz
 from .errors import CamkitError, CamkitTypeError, MissingDependency
 from .explainers import (
-    CFCAM, METHODS, ChannelWeightedExplainer, EigenCAM, Explainer, GradCAM, GradCAMPlusPlus, SmoothGradCAMPlusPlus,
+    CAM, CFCAM, KPCACAM, METHODS, ChannelWeightedExplainer, EigenCAM, EigenGradCAM, ElementWiseExplainer, Explainer,
+    FinerCAM, GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM, SmoothGradCAMPlusPlus, XGradCAM,
     create, register,
 )
 from .results import Explanation
@@ -31,21 +32,30 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0"
 
 __all__ = [
+    "CAM",
     "CFCAM",
-    "METHODS",
     "CamkitError",
     "CamkitTypeError",
     "ChannelWeightedExplainer",
     "DetectionTarget",
     "EigenCAM",
+    "EigenGradCAM",
+    "ElementWiseExplainer",
     "Explainer",
     "Explanation",
+    "FinerCAM",
     "GradCAM",
+    "GradCAMElementWise",
     "GradCAMPlusPlus",
+    "HiResCAM",
+    "KPCACAM",
+    "LayerCAM",
+    "METHODS",
     "MissingDependency",
     "MultiLabelTarget",
     "SegmentationTarget",
     "SmoothGradCAMPlusPlus",
+    "XGradCAM",
     "cluster",
     "compare",
     "create",

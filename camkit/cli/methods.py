@@ -28,20 +28,27 @@ def plain_table() -> str:
     name_width = max(map(len, METHODS))
     class_width = max(len(cls.__name__) for cls in METHODS.values())
     return "\n".join(
-        f"{name:<{name_width}}  {cls.__name__:<{class_width}}  {_uses(cls):<16}  {cls.paper}"
+        f"{name:<{name_width}}  {cls.__name__:<{class_width}}  {_uses(cls):<33}  {cls.paper}"
         for name, cls in METHODS.items()
     )
 
 
 def markdown_table() -> str:
-    rows = ["| name | class | uses | what it computes | paper |", "|---|---|---|---|---|"]
+    rows = ["| name | class | uses gradients | depends on the class | what it computes | paper |",
+            "|---|---|---|---|---|---|"]
     for name, cls in METHODS.items():
-        rows.append(f"| `{name}` | `{cls.__name__}` | {_uses(cls)} | {_summary(cls)} | {_linked(cls.paper)} |")
+        rows.append(f"| `{name}` | `{cls.__name__}` | {_yes(cls.uses_gradients)} | {_yes(cls.class_specific)} | "
+                    f"{_summary(cls)} | {_linked(cls.paper)} |")
     return "\n".join(rows)
 
 
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
 def _uses(cls: type) -> str:
-    return "gradients" if cls.uses_gradients else "activations only"
+    uses = "gradients" if cls.uses_gradients else "activations only"
+    return uses if cls.class_specific else f"{uses}, class-agnostic"
 
 
 def _summary(cls: type) -> str:

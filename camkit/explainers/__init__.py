@@ -1,7 +1,7 @@
 """The explainers. Importing this package registers every built-in method in ``METHODS``."""
 from __future__ import annotations
 
-from .base import ChannelWeightedExplainer, Explainer
+from .base import ChannelWeightedExplainer, ElementWiseExplainer, Explainer
 from .registry import METHODS, create, register
 
 # Each import registers its method; the order is the order of camkit.METHODS.
@@ -10,8 +10,17 @@ from .gradcampp import GradCAMPlusPlus  # noqa: E402
 from .smoothgradcampp import SmoothGradCAMPlusPlus  # noqa: E402
 from .eigencam import EigenCAM  # noqa: E402
 from .cfcam import CFCAM  # noqa: E402
+from .cam import CAM  # noqa: E402
+from .hirescam import HiResCAM  # noqa: E402
+from .gradcamelementwise import GradCAMElementWise  # noqa: E402
+from .xgradcam import XGradCAM  # noqa: E402
+from .layercam import LayerCAM  # noqa: E402
+from .eigengradcam import EigenGradCAM  # noqa: E402
+from .kpcacam import KPCACAM  # noqa: E402
+from .finercam import FinerCAM  # noqa: E402
 
 __all__ = [
-    "CFCAM", "ChannelWeightedExplainer", "EigenCAM", "Explainer", "GradCAM", "GradCAMPlusPlus", "METHODS",
-    "SmoothGradCAMPlusPlus", "create", "register",
+    "CAM", "CFCAM", "ChannelWeightedExplainer", "EigenCAM", "EigenGradCAM", "ElementWiseExplainer", "Explainer",
+    "FinerCAM", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus", "HiResCAM", "KPCACAM", "LayerCAM", "METHODS",
+    "SmoothGradCAMPlusPlus", "XGradCAM", "create", "register",
 ]

@@ -18,7 +18,9 @@ from ..errors import CamkitError, CamkitTypeError
 from ..layers import LayersSpec, auto_layer, find_layers
 from ..layouts import Reshape, patch_size_of
 from ..modes import explaining
-from ..ops.maps import fuse, normalised_at_size
+from ..ops.augment import COPIES, augmented_batch, identity_rows, merged_maps
+from ..ops.maps import fuse, min_max_normalise, normalised_at_size
+from ..ops.pca import principal_projection
 from ..ops.weighting import weighted_sum
 from ..results import Explanation
 from ..targets import TargetSpec, logits_of
@@ -49,6 +51,8 @@ class Explainer:
     name: ClassVar[str] = ""  # set by @camkit.register
     paper: ClassVar[str] = ""
     uses_gradients: ClassVar[bool] = True
+    # Whether the map changes with the explained class (False: the target only names it).
+    class_specific: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -57,6 +61,7 @@ class Explainer:
         *,
         reshape: Reshape | None = None,
         fuse: Fuse = "mean",
+        augment: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise CamkitTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
@@ -66,7 +71,10 @@ class Explainer:
             raise CamkitError(f"fuse must be 'mean' or 'max', got {fuse!r}.")
         self.model = model
         self.reshape = reshape
+        if not isinstance(augment, bool):
+            raise CamkitTypeError(f"augment must be True or False, got {augment!r}.")
         self.fuse: Fuse = fuse
+        self.augment = augment
         self.layers: list[tuple[str, nn.Module]] = find_layers(model, target_layer)
 
     @property
@@ -89,16 +97,35 @@ class Explainer:
             x = images.clone() if images.is_inference() else images
             if not self.layers:
                 self.layers = [auto_layer(self.model, x)]
+            if self.augment:
+                return self._augmented_explanation(images, x, target)
             captures = self.capture(x, target)
             layer_maps = [self.layer_map(captured).clamp_min(0) for captured in captures]
             maps = self.combine(layer_maps, tuple(x.shape[2:]))
-        predictions, probabilities = _top_class(captures[0].output)
+        return self._explanation(images, maps, layer_maps[0], captures[0])
+
+    def _augmented_explanation(self, images: torch.Tensor, x: torch.Tensor, target: TargetSpec) -> Explanation:
+        batch = x.shape[0]
+        if isinstance(target, torch.Tensor) or (not callable(target) and target is not None and not isinstance(target, int)):
+            target = torch.as_tensor(target, device=x.device).repeat(COPIES)  # one class per image: every copy's
+        captures = self.capture(augmented_batch(x), target)
+        layer_maps = [self.layer_map(captured).clamp_min(0) for captured in captures]
+        maps = min_max_normalise(merged_maps(self.combine(layer_maps, tuple(x.shape[2:])), batch))
+        first = captures[0]
+        classes = identity_rows(first.classes, batch) if first.classes is not None else None
+        unchanged = Capture(first.activations, first.gradients, _rows(first.output, batch),
+                            identity_rows(first.scores, batch), classes)
+        return self._explanation(images, maps, identity_rows(layer_maps[0], batch), unchanged)
+
+    def _explanation(self, images: torch.Tensor, maps: torch.Tensor, layer_maps: torch.Tensor,
+                     captured: Capture) -> Explanation:
+        predictions, probabilities = _top_class(captured.output)
         return Explanation(
             images=images,
             maps=maps,
-            layer_maps=layer_maps[0],
-            scores=captures[0].scores,
-            targets=captures[0].classes,
+            layer_maps=layer_maps,
+            scores=captured.scores,
+            targets=captured.classes,
             predictions=predictions,
             probabilities=probabilities,
             method=self.name or type(self).__name__,
@@ -137,14 +164,44 @@ class Explainer:
 
 
 class ChannelWeightedExplainer(Explainer):
-    """Maps that are a weighted sum of the layer's channels: sum_k w_k A_k."""
+    """Maps that are a weighted sum of the layer's channels: sum_k w_k A_k.
+
+    ``eigen_smooth=True`` replaces the sum by the first principal component
+    of the weighted channels w_k A_k (pytorch-grad-cam's option), its sign
+    chosen to correlate with their channel mean, as Eigen-CAM's.
+    """
+
+    def __init__(self, model: nn.Module, target_layer: LayersSpec = None, *, eigen_smooth: bool = False,
+                 **options: Any) -> None:
+        super().__init__(model, target_layer, **options)
+        if not isinstance(eigen_smooth, bool):
+            raise CamkitTypeError(f"eigen_smooth must be True or False, got {eigen_smooth!r}.")
+        self.eigen_smooth = eigen_smooth
 
     def channel_weights(self, captured: Capture) -> torch.Tensor:
         """One weight per image and channel, ``(B, K)``."""
         raise NotImplementedError(f"{type(self).__name__} must define channel_weights.")
 
+    def contributions(self, captured: Capture) -> torch.Tensor:
+        """Each channel's weighted activation w_k A_k, ``(B, K, *grid)``."""
+        weights = self.channel_weights(captured)
+        return weights.reshape(*weights.shape, *([1] * (captured.activations.dim() - 2))) * captured.activations
+
     def layer_map(self, captured: Capture) -> torch.Tensor:
+        if self.eigen_smooth:
+            return principal_projection(self.contributions(captured))
         return weighted_sum(self.channel_weights(captured), captured.activations)
+
+
+class ElementWiseExplainer(ChannelWeightedExplainer):
+    """Maps that sum per-position contributions over channels: sum_k c_k(i, j), no pooled weight."""
+
+    def contributions(self, captured: Capture) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must define contributions.")
+
+    def layer_map(self, captured: Capture) -> torch.Tensor:
+        contributions = self.contributions(captured)
+        return principal_projection(contributions) if self.eigen_smooth else contributions.sum(dim=1)
 
 
 def _checked_input(x: Any) -> torch.Tensor:
@@ -169,6 +226,18 @@ def _checked_input(x: Any) -> torch.Tensor:
     if not bool(torch.isfinite(x).all()):
         raise CamkitError("x contains NaN or infinite values; clean the input before explaining it.")
     return x
+
+
+def _rows(output: Any, batch: int) -> Any:
+    """The unchanged images' part of a model output over augmented copies."""
+    if isinstance(output, torch.Tensor):
+        return identity_rows(output, batch) if output.dim() and output.shape[0] == COPIES * batch else output
+    if isinstance(output, (tuple, list)):
+        return type(output)(_rows(item, batch) for item in output)
+    if isinstance(output, dict):
+        return {key: _rows(value, batch) for key, value in output.items()}
+    logits = getattr(output, "logits", None)
+    return identity_rows(logits, batch) if isinstance(logits, torch.Tensor) else output
 
 
 def _top_class(output: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:

@@ -20,6 +20,7 @@ class EigenCAM(Explainer):
     """
 
     uses_gradients = False
+    class_specific = False
 
     def layer_map(self, captured: Capture) -> torch.Tensor:
         return principal_projection(captured.activations)

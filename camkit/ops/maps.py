@@ -53,3 +53,20 @@ def fuse(layer_maps: Sequence[torch.Tensor], size: tuple[int, ...], how: Literal
     """
     stacked = torch.stack([upsample(_zero_flat(min_max_normalise(maps), is_flat(maps)), size) for maps in layer_maps])
     return min_max_normalise(stacked.mean(0) if how == "mean" else stacked.amax(0))
+
+
+def fuse_layercam(layer_maps: Sequence[torch.Tensor], size: tuple[int, ...], deepest: int) -> torch.Tensor:
+    """LayerCAM's fusion (eq. 9): every map but the deepest scaled to tanh(2 M / max M), then fused by max.
+
+    The deepest map is min-max normalised as in :func:`fuse`; maps flat at
+    their layer contribute zeros; the fused map is normalised again.
+    """
+    scaled = []
+    for index, maps in enumerate(layer_maps):
+        if index == deepest:
+            level = min_max_normalise(maps)
+        else:
+            peak = maps.flatten(1).amax(dim=1).reshape(-1, *([1] * (maps.dim() - 1)))
+            level = torch.tanh(2.0 * maps / torch.where(peak > 0, peak, 1.0))
+        scaled.append(upsample(_zero_flat(level, is_flat(maps)), size))
+    return min_max_normalise(torch.stack(scaled).amax(0))

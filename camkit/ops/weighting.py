@@ -39,3 +39,16 @@ def weighted_sum(channel_weights: torch.Tensor, activations: torch.Tensor) -> to
     batch, channels = activations.shape[:2]
     combined = torch.einsum("bk,bkp->bp", channel_weights, activations.reshape(batch, channels, -1))
     return combined.reshape(batch, *activations.shape[2:])
+
+
+def activation_normalised_weights(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    """XGrad-CAM's weights: sum_ij A g / sum_ij A per channel, 0 where sum_ij A is exactly 0, ``(B, K)``.
+
+    No epsilon: peers add 1e-7 / 1e-8 to the denominator, which changes the
+    weight of every channel whose activations sum to a small value (a ViT's
+    normalised tokens sum to ~0 in many channels).
+    """
+    spatial = _spatial(activations)
+    totals = activations.sum(dim=spatial)
+    defined = totals != 0
+    return torch.where(defined, (activations * gradients).sum(dim=spatial) / torch.where(defined, totals, 1.0), 0.0)

@@ -1,0 +1,55 @@
+"""CAM: w_k = W[c, k] of the linear classifier after global average pooling; gradient-free."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..capture import Capture
+from ..errors import CamkitError, CamkitTypeError
+from ..layers import LayersSpec, find_layer
+from ..targets import logits_of
+from .base import ChannelWeightedExplainer
+from .registry import register
+
+
+@register("cam", paper="Zhou et al., Learning Deep Features for Discriminative Localization, CVPR 2016 "
+                       "(arXiv:1512.04150)")
+class CAM(ChannelWeightedExplainer):
+    """Each channel weighted by the classifier's weight for the class; no backward pass.
+
+    ``fc_layer`` names the ``nn.Linear`` after the pooling (a name or the
+    module); None takes the last ``nn.Linear`` with as many inputs as the
+    layer has channels and as many outputs as the model has classes. On a
+    GAP + linear head the map equals Grad-CAM's. The target must be a class.
+    """
+
+    uses_gradients = False
+
+    def __init__(self, model: nn.Module, target_layer: LayersSpec = None, *, fc_layer: str | nn.Module | None = None,
+                 **options: Any) -> None:
+        super().__init__(model, target_layer, **options)
+        self.fc_layer = None if fc_layer is None else find_layer(model, fc_layer)[1]
+        if self.fc_layer is not None and not isinstance(self.fc_layer, nn.Linear):
+            raise CamkitTypeError(f"fc_layer must be an nn.Linear, got {type(self.fc_layer).__name__}.")
+
+    def channel_weights(self, captured: Capture) -> torch.Tensor:
+        if captured.classes is None:
+            raise CamkitError("CAM weighs channels by a class's classifier weights; pass target=None, "
+                              "a class index or one per image, not a callable.")
+        channels, classes = captured.activations.shape[1], logits_of(captured.output).shape[1]
+        fc = self.fc_layer or _last_linear(self.model, channels, classes)
+        if fc.weight.shape != (classes, channels):
+            raise CamkitError(f"fc_layer has weights {tuple(fc.weight.shape)}, but CAM needs (classes={classes}, "
+                              f"channels={channels}); name the classifier that follows the layer's pooling.")
+        return fc.weight.detach()[captured.classes].to(captured.activations)
+
+
+def _last_linear(model: nn.Module, channels: int, classes: int) -> nn.Linear:
+    found = [m for m in model.modules() if isinstance(m, nn.Linear) and (m.in_features, m.out_features) == (channels, classes)]
+    if not found:
+        raise CamkitError(f"CAM needs a linear classifier from the layer's {channels} channels to the {classes} "
+                          "classes (global average pooling + nn.Linear) and this model has none; pass fc_layer= "
+                          "or use Grad-CAM, which equals CAM on such a head.")
+    return found[-1]
