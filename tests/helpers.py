@@ -14,6 +14,12 @@ TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 
 
+# Methods that need more of the model than a layer and a score: CAM a linear classifier over the
+# layer's channels (GAP + nn.Linear), and both it and Finer-CAM a class of the logits, not a callable.
+NEEDS_LINEAR_HEAD = ("cam",)
+NEEDS_CLASS_LOGITS = ("cam", "finercam")
+
+
 def reference_capture(model: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor, classes) -> tuple[torch.Tensor, torch.Tensor]:
     """Activations and gradients (float64) from plain hooks, independent of camkit's capture."""
     store = {}
@@ -64,3 +70,153 @@ def user_code_on_path() -> Iterator[None]:
         yield
     finally:
         sys.path.remove(str(TESTS))
+
+
+def peer_maps(peer_cls, model: torch.nn.Module, layers, x: torch.Tensor, classes, **call_options) -> np.ndarray:
+    """A pytorch-grad-cam method's maps for explicit per-image classes, its hooks released afterwards."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    peer = peer_cls(model=model, target_layers=list(layers))
+    try:
+        return peer(input_tensor=x, targets=[ClassifierOutputTarget(int(c)) for c in classes], **call_options)
+    finally:
+        peer.activations_and_grads.release()
+
+
+def torchcam_maps(cls_name: str, model: torch.nn.Module, layers, x: torch.Tensor, classes, fuse: bool = False,
+                  **options) -> np.ndarray:
+    """A torchcam method's maps upsampled to the input as camkit does (bilinear, half-pixel), min-max per image."""
+    import torchcam.methods
+
+    with getattr(torchcam.methods, cls_name)(model, target_layer=list(layers), **options) as extractor:
+        scores = model(x)
+        # torchcam normalises without a ReLU; raw maps get camkit's ReLU, upsampling and min-max below.
+        cams = extractor(list(map(int, classes)), scores, normalized=fuse)
+        cam = extractor.fuse_cams(cams, tuple(x.shape[2:])) if fuse else cams[0]
+    model.zero_grad(set_to_none=True)
+    return reference_finish(cam.detach(), tuple(x.shape[2:]))
+
+
+def signed_projections(matrices: torch.Tensor, project) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image, ``project(positions x channels, float64 numpy) -> (positions,)``, with camkit's sign rule.
+
+    Returns the signed projections ``(B, *grid)`` and the raw (unsigned) ones, so a peer
+    that leaves the sign arbitrary can be matched against either.
+    """
+    signed, raw = [], []
+    for image in matrices.double().numpy():
+        positions = image.reshape(image.shape[0], -1).T
+        projection = project(positions)
+        channel_mean = positions.mean(axis=1)
+        agreement = float(((channel_mean - channel_mean.mean()) * projection).sum())
+        raw.append(projection.reshape(image.shape[1:]))
+        signed.append((projection if agreement >= 0 else -projection).reshape(image.shape[1:]))
+    return torch.from_numpy(np.stack(signed)), torch.from_numpy(np.stack(raw))
+
+
+def first_principal_component(positions: np.ndarray) -> np.ndarray:
+    """Centred positions projected on their first right singular vector (numpy's SVD)."""
+    centred = positions - positions.mean(axis=0)
+    return centred @ np.linalg.svd(centred, full_matrices=False)[2][0]
+
+
+def matches_up_to_sign(theirs: np.ndarray, signed: torch.Tensor, size: tuple[int, ...], atol: float = 1e-4) -> np.ndarray:
+    """Per image: 1 if the peer's map is the signed reference's, -1 if it is the inverted projection's, 0 if neither."""
+    plus, minus = reference_finish(signed, size), reference_finish(-signed, size)
+    verdicts = []
+    for b in range(len(theirs)):
+        if np.allclose(theirs[b], plus[b], atol=atol):
+            verdicts.append(1)
+        elif np.allclose(theirs[b], minus[b], atol=atol):
+            verdicts.append(-1)
+        else:
+            verdicts.append(0)
+    return np.array(verdicts)
+
+
+def tiny_cnn(classes: int = 5) -> torch.nn.Module:
+    """Two 8-channel conv stages, GAP and one linear head: every method, CAM included, applies to both stages."""
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, classes),
+    )
+
+
+def tiny_cnn3d(classes: int = 5) -> torch.nn.Module:
+    return torch.nn.Sequential(
+        torch.nn.Conv3d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool3d(1), torch.nn.Flatten(),
+        torch.nn.Linear(8, classes),
+    )
+
+
+def tiny_vit(classes: int = 5) -> torch.nn.Module:
+    import torchvision
+
+    return torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16,
+                                                mlp_dim=32, num_classes=classes)
+
+
+def check_method_contract(name: str, **options) -> None:
+    """One method on 4-D and 5-D inputs, ViT tokens, two fused layers, every target type; the model left as found."""
+    import camkit
+
+    cls = camkit.METHODS[name]
+    model = tiny_cnn()
+    model.train()
+    model[0].requires_grad_(False)
+    flags = [p.requires_grad for p in model.parameters()]
+    x = torch.randn(3, 3, 12, 10)
+    targets = [None, 2, [0, 1, 4], torch.tensor([4, 3, 2]), lambda out: out[:, 1] - out[:, 0]]
+    for target in targets:
+        for layers in ("3", ["1", "3"]):
+            for augment in (False, True):
+                explainer = cls(model, layers, augment=augment, **options)
+                if callable(target) and name in NEEDS_CLASS_LOGITS:
+                    with pytest_raises(camkit.CamkitError):
+                        explainer(x, target)
+                    continue
+                maps = explainer(x, target)
+                assert maps.shape == (3, 12, 10) and maps.dtype == torch.float32, (name, target, layers)
+                assert torch.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
+    assert all(m.training for m in model.modules()) and [p.requires_grad for p in model.parameters()] == flags
+    assert all(p.grad is None for p in model.parameters()) and no_hooks_left(model)
+
+    volumes = cls(tiny_cnn3d().eval(), "1", **options)(torch.randn(2, 1, 4, 6, 6), [1, 3])
+    assert volumes.shape == (2, 4, 6, 6) and torch.isfinite(volumes).all()
+
+    vit = tiny_vit().eval()
+    images = torch.randn(2, 3, 32, 32)
+    layer = "encoder.layers.encoder_layer_1.ln_1"
+
+    def by_hand(tokens: torch.Tensor) -> torch.Tensor:
+        return tokens[:, 1:].reshape(tokens.shape[0], 4, 4, tokens.shape[2]).permute(0, 3, 1, 2)
+
+    automatic = cls(vit, layer, **options)(images, [0, 3])
+    torch.testing.assert_close(automatic, cls(vit, layer, reshape=by_hand, **options)(images, [0, 3]))
+    assert automatic.shape == (2, 32, 32) and torch.isfinite(automatic).all()
+
+
+def pytest_raises(error):
+    import pytest
+
+    return pytest.raises(error)
+
+
+def check_against_float64_and_peer(name: str, peer_cls, layer: str, layer_map, **peer_options) -> torch.Tensor:
+    """A method on resnet18 (3 images, one class each) equals ``layer_map(A, g)`` in float64 and the peer, to 1e-4.
+
+    Returns camkit's maps for further checks.
+    """
+    import camkit
+    import torchvision
+
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x, classes = torch.randn(3, 3, 64, 96), [1, 7, 4]
+    module = dict(model.named_modules())[layer]
+    activations, gradients = reference_capture(model, module, x, classes)
+    ours = camkit.METHODS[name](model, layer)(x, classes)
+    np.testing.assert_allclose(ours.numpy(), reference_finish(layer_map(activations, gradients), (64, 96)), atol=1e-4)
+    if peer_cls is not None:
+        np.testing.assert_allclose(ours.numpy(), peer_maps(peer_cls, model, [module], x, classes, **peer_options),
+                                   atol=1e-4)
+    return ours

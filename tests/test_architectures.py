@@ -10,7 +10,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 import camkit
 
-from .helpers import no_hooks_left
+from .helpers import NEEDS_LINEAR_HEAD, no_hooks_left
 
 FAMILIES = {
     # model: (automatic layer, input size)
@@ -36,6 +36,8 @@ def _model(name: str) -> torch.nn.Module:
 
 
 OPTIONS = {"smoothgradcam++": {"n_samples": 2}}
+# Heads that do not start with GAP + one nn.Linear from the layer's channels to the classes.
+NO_LINEAR_HEAD = ("vgg16", "mobilenet_v3_large")
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
@@ -45,6 +47,10 @@ def test_every_method_on_every_family(name: str) -> None:
     x = torch.randn(1, 3, *size)
     for method, cls in camkit.METHODS.items():
         cam = cls(model, **OPTIONS.get(method, {}))
+        if method in NEEDS_LINEAR_HEAD and name in NO_LINEAR_HEAD:
+            with pytest.raises(camkit.CamkitError, match="linear classifier from the layer's"):
+                cam(x)
+            continue
         maps = cam(x)
         assert cam.target_layer_name == layer
         assert maps.shape == (1, *size) and torch.isfinite(maps).all(), method

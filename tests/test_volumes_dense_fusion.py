@@ -11,7 +11,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, Semanti
 
 import camkit
 
-from .helpers import no_hooks_left, reference_capture, user_code_on_path
+from .helpers import NEEDS_CLASS_LOGITS, NEEDS_LINEAR_HEAD, no_hooks_left, reference_capture, user_code_on_path
 
 
 def _peer(model, layers, x, targets):
@@ -75,6 +75,10 @@ def test_tiny_3d_unet_with_a_segmentation_target() -> None:
     mask[2:6, 4:12, 4:12] = 1
     for method, cls in camkit.METHODS.items():
         options = {"n_samples": 2} if method == "smoothgradcam++" else {}
+        if method in NEEDS_CLASS_LOGITS:  # a segmenter's callable target is no class of the logits
+            with pytest.raises(camkit.CamkitError, match="not a callable|compares class logits"):
+                cls(model, "bottleneck", **options)(x, camkit.SegmentationTarget(1, mask))
+            continue
         maps = cls(model, "bottleneck", **options)(x, camkit.SegmentationTarget(1, mask))
         assert maps.shape == (2, 8, 16, 16) and torch.isfinite(maps).all(), method
 
@@ -157,7 +161,12 @@ def test_multi_layer_fusion_equals_the_per_layer_maps_averaged() -> None:
     flat = stacked_max.flatten(1)
     expected = (stacked_max - flat.min(1).values[:, None, None]) / (flat.max(1).values - flat.min(1).values)[:, None, None]
     torch.testing.assert_close(maxed, expected, atol=1e-6, rtol=0)
-    for cls in camkit.METHODS.values():  # every explainer fuses, in one pass
+    for name, cls in camkit.METHODS.items():  # every explainer fuses, in one pass
+        if name in NEEDS_LINEAR_HEAD:  # no classifier reads layer3's 256 channels
+            with pytest.raises(camkit.CamkitError, match="256 channels"):
+                cls(model, layers)(x)
+            assert torch.isfinite(cls(model, ["layer4", "layer4.1.conv2"])(x)).all()
+            continue
         assert torch.isfinite(cls(model, layers)(x)).all()
 
 

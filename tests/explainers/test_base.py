@@ -10,7 +10,7 @@ import torchvision
 
 import camkit
 
-from ..helpers import no_hooks_left
+from ..helpers import NEEDS_LINEAR_HEAD, no_hooks_left
 
 
 def test_model_left_as_found() -> None:
@@ -38,8 +38,8 @@ def test_constant_map_is_zeros_not_nan() -> None:
     for cls in camkit.METHODS.values():
         maps = cls(model, "0")(torch.randn(2, 3, 16, 16))
         assert torch.isfinite(maps).all()
-        # Eigen-CAM ignores gradients; CF-CAM's softmax of all-zero weights is uniform.
-        if cls not in (camkit.EigenCAM, camkit.CFCAM):
+        # Eigen-CAM and KPCA-CAM ignore the class; CF-CAM's softmax of all-zero weights is uniform.
+        if cls.class_specific and cls is not camkit.CFCAM:
             assert torch.equal(maps, torch.zeros_like(maps))
 
 
@@ -114,7 +114,11 @@ def test_a_map_flat_at_the_layer_is_zeros_not_noise() -> None:
     # which min-max normalisation used to stretch into a {0, 0.5, 1} pattern.
     model = torchvision.models.vgg11(num_classes=10).eval()
     x = torch.randn(2, 3, 32, 32)
-    for cls in camkit.METHODS.values():
+    for name, cls in camkit.METHODS.items():
+        if name in NEEDS_LINEAR_HEAD:  # vgg's head takes 512 x 7 x 7 inputs, not the 512 channels
+            with pytest.raises(camkit.CamkitError, match="linear classifier from the layer's 512 channels"):
+                cls(model, "features")(x)
+            continue
         result = cls(model, "features").explain(x)
         assert result.layer_maps.shape[1:] == (1, 1)
         assert torch.equal(result.maps, torch.zeros_like(result.maps)), cls.__name__

@@ -1,0 +1,40 @@
+"""augment=True against pytorch-grad-cam's aug_smooth (flips x intensity scales, maps flipped back and averaged)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torchvision
+from pytorch_grad_cam import GradCAM as PeerGradCAM
+
+import camkit
+from camkit.ops.augment import COPIES, augmented_batch, merged_maps
+
+from ..helpers import peer_maps, reference_normalise
+
+
+def test_augment_equals_pytorch_grad_cam_aug_smooth() -> None:
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 96)
+    classes = [3, 8]
+    ours = camkit.GradCAM(model, "layer3", augment=True)(x, classes)
+    theirs = peer_maps(PeerGradCAM, model, [model.layer3], x, classes, aug_smooth=True)
+    # pytorch-grad-cam leaves the average un-normalised; camkit normalises it as every map.
+    np.testing.assert_allclose(ours.numpy(), reference_normalise(torch.from_numpy(theirs)).numpy(), atol=1e-4)
+
+
+def test_copies_map_back_onto_the_image() -> None:
+    x = torch.arange(24.0).reshape(2, 1, 3, 4)
+    copies = augmented_batch(x)
+    assert copies.shape == (COPIES * 2, 1, 3, 4) and torch.equal(copies[:2], x)
+    # a map that marks a pixel of each copy comes back onto the same pixel of the image
+    maps = copies[:, 0] / copies[:, 0].flatten(1).amax(1)[:, None, None]
+    torch.testing.assert_close(merged_maps(maps, 2), x[:, 0] / x[:, 0].flatten(1).amax(1)[:, None, None])
+
+
+def test_augment_keeps_the_explained_classes_and_the_model_as_found() -> None:
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    result = camkit.GradCAMPlusPlus(model, "layer4", augment=True).explain(x, [1, 2])
+    assert result.targets.tolist() == [1, 2] and result.layer_maps.shape == (2, 1, 1)
+    assert result.predictions.shape == (2,) and result.maps.shape == (2, 32, 32)
+    assert all(p.grad is None for p in model.parameters())
