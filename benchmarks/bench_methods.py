@@ -6,6 +6,7 @@ backward pass stopped at the target layer, the least any gradient method can do.
 
     python benchmarks/bench_methods.py                 # resnet50, batch 8, 224x224, CPU
     python benchmarks/bench_methods.py --rounds 5 --memory-calls 200
+    python benchmarks/bench_methods.py --model resnet18 --size 64 --batch 2 --rounds 1 --skip-authors --memory-calls 0
 """
 from __future__ import annotations
 
@@ -100,17 +101,29 @@ def authors_cfcam(model: torch.nn.Module, layer: torch.nn.Module, x: torch.Tenso
     return lambda: [one_image(x[b : b + 1]) for b in range(x.shape[0])]
 
 
-def pytorch_grad_cam_method(cls_name: str, model, layer, x) -> Callable[[], object]:
+# The methods of issue 14, timed against their peers in the same run.
+NEW_METHODS = ("cam", "hirescam", "gradcamelementwise", "xgradcam", "layercam", "eigengradcam", "kpcacam", "finercam")
+PYTORCH_GRAD_CAM_PEERS = {
+    "HiResCAM": {}, "GradCAMElementWise": {}, "XGradCAM": {}, "LayerCAM": {}, "EigenGradCAM": {},
+    "KPCA_CAM": {"kernel": "rbf"}, "FinerCAM": {},
+}
+
+
+def camkit_method(name: str, model, layer_name: str, x, **options) -> Callable[[], object]:
+    return lambda: camkit.create(name, model, layer_name, **options)(x)
+
+
+def pytorch_grad_cam_method(cls_name: str, model, layer, x, call: dict | None = None, **options) -> Callable[[], object]:
     import pytorch_grad_cam
 
     def run() -> object:
         # Built per call and released: its hooks would otherwise copy activations
         # and gradients during every other method's forward pass too.
-        cam = getattr(pytorch_grad_cam, cls_name)(model=model, target_layers=[layer])
+        cam = getattr(pytorch_grad_cam, cls_name)(model=model, target_layers=[layer], **options)
         try:
-            return cam(input_tensor=x, targets=None)  # None: each image's top class, like camkit
+            return cam(input_tensor=x, targets=None, **(call or {}))  # None: each image's top class, like camkit
         finally:
-            cam.activations_and_grads.release()
+            getattr(cam, "base_cam", cam).activations_and_grads.release()
 
     return run
 
@@ -155,6 +168,7 @@ def main() -> None:
     device = torch.device(args.device)
     model = torchvision.models.get_model(args.model, weights=None).eval().to(device)
     layer = dict(model.named_modules())[args.layer]
+    fc_name = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)][-1]
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
 
     def sync(fn: Callable[[], object]) -> Callable[[], object]:
@@ -172,11 +186,21 @@ def main() -> None:
     }
     if "cfcam" in camkit.METHODS:
         candidates["camkit cfcam"] = lambda: camkit.METHODS["cfcam"](model, args.layer)(x)
+    for name in NEW_METHODS:
+        candidates[f"camkit {name}"] = camkit_method(name, model, args.layer, x)
+    candidates["camkit gradcam eigen_smooth"] = camkit_method("gradcam", model, args.layer, x, eigen_smooth=True)
+    candidates["camkit gradcam augment (6 copies)"] = camkit_method("gradcam", model, args.layer, x, augment=True)
     if device.type == "cpu":
         candidates.update({
             "pytorch-grad-cam GradCAM": pytorch_grad_cam_method("GradCAM", model, layer, x),
             "pytorch-grad-cam GradCAMPlusPlus": pytorch_grad_cam_method("GradCAMPlusPlus", model, layer, x),
             "pytorch-grad-cam EigenCAM": pytorch_grad_cam_method("EigenCAM", model, layer, x),
+            **{f"pytorch-grad-cam {cls_name}": pytorch_grad_cam_method(cls_name, model, layer, x, **options)
+               for cls_name, options in PYTORCH_GRAD_CAM_PEERS.items()},
+            "pytorch-grad-cam GradCAM eigen_smooth": pytorch_grad_cam_method("GradCAM", model, layer, x,
+                                                                               call={"eigen_smooth": True}),
+            "pytorch-grad-cam GradCAM aug_smooth": pytorch_grad_cam_method("GradCAM", model, layer, x,
+                                                                             call={"aug_smooth": True}),
         })
     candidates.update({
         "torchcam GradCAM": torchcam_method("GradCAM", model, args.layer, x),
@@ -184,6 +208,9 @@ def main() -> None:
         "torchcam SmoothGradCAMpp (4 samples)": torchcam_method(
             "SmoothGradCAMpp", model, args.layer, x, num_samples=4, input_shape=tuple(x.shape[1:])
         ),
+        "torchcam CAM": torchcam_method("CAM", model, args.layer, x, fc_layer=fc_name),
+        "torchcam XGradCAM": torchcam_method("XGradCAM", model, args.layer, x),
+        "torchcam LayerCAM": torchcam_method("LayerCAM", model, args.layer, x),
     })
     if not args.skip_authors and device.type == "cpu":
         candidates["CF-CAM authors' per-image numpy/sklearn path"] = authors_cfcam(model, layer, x)
