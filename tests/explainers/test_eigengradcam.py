@@ -18,27 +18,27 @@ from ..helpers import (
 
 def test_eigengradcam_equals_float64_and_pytorch_grad_cam_up_to_its_sign() -> None:
     model = torchvision.models.resnet18(num_classes=10).eval()
-    x = torch.randn(6, 3, 96, 96)
-    classes = [1, 7, 4, 0, 2, 9]
+    x = torch.randn(4, 3, 64, 64)
+    classes = [1, 7, 4, 0]
     activations, gradients = reference_capture(model, model.layer3, x, classes)
     signed, _ = signed_projections(gradients * activations, first_principal_component)
     ours = camkit.EigenGradCAM(model, "layer3")(x, classes)
-    np.testing.assert_allclose(ours.numpy(), reference_finish(signed, (96, 96)), atol=1e-4)
+    np.testing.assert_allclose(ours.numpy(), reference_finish(signed, (64, 64)), atol=1e-4)
     theirs = peer_maps(PeerEigenGradCAM, model, [model.layer3], x, classes)
-    assert (matches_up_to_sign(theirs, signed, (96, 96)) != 0).all()  # the same map, or the inverted component's
+    assert (matches_up_to_sign(theirs, signed, (64, 64)) != 0).all()  # the same map, or the inverted component's
 
 
 def test_eigen_smooth_is_the_first_component_of_the_weighted_channels() -> None:
     model = torchvision.models.resnet18(num_classes=10).eval()
-    x = torch.randn(4, 3, 96, 96)
+    x = torch.randn(4, 3, 64, 64)
     classes = [1, 7, 4, 0]
     activations, gradients = reference_capture(model, model.layer3, x, classes)
     weighted = gradients.mean((2, 3))[:, :, None, None] * activations
     signed, _ = signed_projections(weighted, first_principal_component)
     ours = camkit.GradCAM(model, "layer3", eigen_smooth=True)(x, classes)
-    np.testing.assert_allclose(ours.numpy(), reference_finish(signed, (96, 96)), atol=1e-4)
+    np.testing.assert_allclose(ours.numpy(), reference_finish(signed, (64, 64)), atol=1e-4)
     theirs = peer_maps(PeerGradCAM, model, [model.layer3], x, classes, eigen_smooth=True)
-    assert (matches_up_to_sign(theirs, signed, (96, 96)) != 0).all()
+    assert (matches_up_to_sign(theirs, signed, (64, 64)) != 0).all()
     for name in ("hirescam", "layercam", "xgradcam", "cam"):  # every channel-weighted method takes the option
         assert camkit.create(name, model, "layer4", eigen_smooth=True)(x, classes).max() == 1
 

@@ -9,15 +9,15 @@ from pytorch_grad_cam import GradCAM as PeerGradCAM
 import camkit
 from camkit.ops.augment import COPIES, augmented_batch, merged_maps
 
-from ..helpers import peer_maps, reference_normalise
+from ..helpers import peer_maps, reference_normalise, tiny_cnn
 
 
 def test_augment_equals_pytorch_grad_cam_aug_smooth() -> None:
-    model = torchvision.models.resnet18(num_classes=10).eval()
-    x = torch.randn(2, 3, 64, 96)
-    classes = [3, 8]
-    ours = camkit.GradCAM(model, "layer3", augment=True)(x, classes)
-    theirs = peer_maps(PeerGradCAM, model, [model.layer3], x, classes, aug_smooth=True)
+    model = tiny_cnn().eval()
+    x = torch.randn(3, 3, 16, 20)
+    classes = [3, 0, 2]
+    ours = camkit.GradCAM(model, "3", augment=True)(x, classes)
+    theirs = peer_maps(PeerGradCAM, model, [model[3]], x, classes, aug_smooth=True)
     # pytorch-grad-cam leaves the average un-normalised; camkit normalises it as every map.
     np.testing.assert_allclose(ours.numpy(), reference_normalise(torch.from_numpy(theirs)).numpy(), atol=1e-4)
 
