@@ -106,8 +106,17 @@ class Explainer:
 
     def _augmented_explanation(self, images: torch.Tensor, x: torch.Tensor, target: TargetSpec) -> Explanation:
         batch = x.shape[0]
-        if isinstance(target, torch.Tensor) or (not callable(target) and target is not None and not isinstance(target, int)):
-            target = torch.as_tensor(target, device=x.device).repeat(COPIES)  # one class per image: every copy's
+        if target is not None and not isinstance(target, int) and not callable(target):
+            # One class per image: each of its copies explains the same class.
+            try:
+                per_image = torch.as_tensor(target, device=x.device).reshape(-1)
+            except (TypeError, ValueError) as error:
+                raise CamkitTypeError(f"target must be None, an int, one int per image, or a callable; "
+                                      f"got {type(target).__name__}.") from error
+            if per_image.numel() not in (1, batch):
+                raise CamkitError(f"target has {per_image.numel()} class indices for a batch of {batch} images; "
+                                  "give one int for all images or exactly one per image.")
+            target = per_image.expand(batch).repeat(COPIES)
         captures = self.capture(augmented_batch(x), target)
         layer_maps = [self.layer_map(captured).clamp_min(0) for captured in captures]
         maps = min_max_normalise(merged_maps(self.combine(layer_maps, tuple(x.shape[2:])), batch))
