@@ -83,6 +83,24 @@ def scores_for(output: Any, target: TargetSpec, batch_size: int) -> tuple[torch.
     return logits.gather(1, classes[:, None]).squeeze(1), classes
 
 
+def contrastive_scores(logits: torch.Tensor, classes: torch.Tensor, ranks: Sequence[int], alpha: float) -> torch.Tensor:
+    """Finer-CAM's score ``(B,)``: z_c - alpha * sum_i q_i z_i over the rivals at ``ranks`` of |z_i - z_c|.
+
+    q is the softmax over the rivals' logits, which equals the authors'
+    p_i / sum_j p_j (p the softmax over all classes) without their 1e-9.
+    Rank 0 is the target itself (first whatever ties); ranks past the last
+    class are dropped, and with none left the score is the target's logit.
+    """
+    target_logits = logits.gather(1, classes[:, None]).squeeze(1)
+    kept = [rank for rank in ranks if rank < logits.shape[1]]
+    if not kept:
+        return target_logits
+    distance = (logits.detach() - target_logits.detach()[:, None]).abs()
+    distance.scatter_(1, classes[:, None], -1.0)
+    rival_logits = logits.gather(1, distance.argsort(dim=1, stable=True)[:, kept])
+    return target_logits - alpha * (rival_logits.softmax(dim=1) * rival_logits).sum(dim=1)
+
+
 def class_indices(logits: torch.Tensor, target: TargetSpec) -> torch.Tensor:
     """``(B,)`` int64 class indices on the logits' device, validated."""
     batch_size, num_classes = logits.shape

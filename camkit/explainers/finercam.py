@@ -10,7 +10,7 @@ from torch import nn
 from ..capture import Capture
 from ..errors import CamkitError, CamkitTypeError
 from ..layers import LayersSpec
-from ..targets import TargetSpec, class_indices, logits_of
+from ..targets import TargetSpec, class_indices, contrastive_scores, logits_of
 from .base import Explainer
 from .gradcam import GradCAM
 from .registry import register
@@ -36,8 +36,11 @@ class FinerCAM(Explainer):
             raise CamkitTypeError(f"base must be a gradient method's class (e.g. camkit.GradCAM), got {base!r}.")
         if not reference_ranks or any(not isinstance(rank, int) or rank < 1 for rank in reference_ranks):
             raise CamkitError(f"reference_ranks must be ranks >= 1 (1: the nearest rival), got {reference_ranks!r}.")
-        super().__init__(model, target_layer, **{k: v for k, v in options.items() if k in ("reshape", "fuse", "augment")})
-        self.base = base(model, [name for name, _ in self.layers] or None, **options)
+        shared = {key: options.pop(key) for key in ("reshape", "fuse", "augment") if key in options}
+        super().__init__(model, target_layer, **shared)
+        # The base shares the layers, the layout and the fusion; augmentation runs around both.
+        self.base = base(model, [name for name, _ in self.layers] or None, reshape=self.reshape, fuse=self.fuse,
+                         **options)
         self.alpha, self.reference_ranks = float(alpha), tuple(reference_ranks)
 
     def capture(self, x: torch.Tensor, target: TargetSpec) -> list[Capture]:
@@ -58,12 +61,4 @@ class FinerCAM(Explainer):
         logits = logits_of(output)
         classes = class_indices(logits, target)
         explained.append(classes)
-        ranks = [rank for rank in self.reference_ranks if rank < logits.shape[1]]
-        if not ranks:
-            return logits.gather(1, classes[:, None]).squeeze(1)
-        distance = (logits.detach() - logits.detach().gather(1, classes[:, None])).abs()
-        # The target first, whatever ties: the authors' argsort puts it there unless another logit equals it.
-        distance.scatter_(1, classes[:, None], -1.0)
-        rivals = distance.argsort(dim=1, stable=True)[:, list(ranks)]
-        rival_logits = logits.gather(1, rivals)
-        return logits.gather(1, classes[:, None]).squeeze(1) - self.alpha * (rival_logits.softmax(1) * rival_logits).sum(1)
+        return contrastive_scores(logits, classes, self.reference_ranks, self.alpha)
