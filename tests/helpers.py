@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -167,17 +168,17 @@ def check_method_contract(name: str, **options) -> None:
     flags = [p.requires_grad for p in model.parameters()]
     x = torch.randn(3, 3, 12, 10)
     targets = [None, 2, [0, 1, 4], torch.tensor([4, 3, 2]), lambda out: out[:, 1] - out[:, 0]]
-    for target in targets:
-        for layers in ("3", ["1", "3"]):
-            for augment in (False, True):
-                explainer = cls(model, layers, augment=augment, **options)
-                if callable(target) and name in NEEDS_CLASS_LOGITS:
-                    with pytest_raises(camkit.CamkitError):
-                        explainer(x, target)
-                    continue
-                maps = explainer(x, target)
-                assert maps.shape == (3, 12, 10) and maps.dtype == torch.float32, (name, target, layers)
-                assert torch.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
+    runs = [(target, layers, False) for target in targets for layers in ("3", ["1", "3"])]
+    runs += [([0, 1, 4], ["1", "3"], True), (targets[-1], "3", True)]
+    for target, layers, augment in runs:
+        explainer = cls(model, layers, augment=augment, **options)
+        if callable(target) and name in NEEDS_CLASS_LOGITS:
+            with pytest.raises(camkit.CamkitError):
+                explainer(x, target)
+            continue
+        maps = explainer(x, target)
+        assert maps.shape == (3, 12, 10) and maps.dtype == torch.float32, (name, target, layers)
+        assert torch.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
     assert all(m.training for m in model.modules()) and [p.requires_grad for p in model.parameters()] == flags
     assert all(p.grad is None for p in model.parameters()) and no_hooks_left(model)
 
@@ -194,12 +195,6 @@ def check_method_contract(name: str, **options) -> None:
     automatic = cls(vit, layer, **options)(images, [0, 3])
     torch.testing.assert_close(automatic, cls(vit, layer, reshape=by_hand, **options)(images, [0, 3]))
     assert automatic.shape == (2, 32, 32) and torch.isfinite(automatic).all()
-
-
-def pytest_raises(error):
-    import pytest
-
-    return pytest.raises(error)
 
 
 def check_against_float64_and_peer(name: str, peer_cls, layer: str, layer_map, **peer_options) -> torch.Tensor:

@@ -24,7 +24,7 @@ def test_layercam_one_layer_equals_both_peers() -> None:
 
 def test_layercam_fuses_shallow_layers_scaled_by_tanh_by_max() -> None:
     model = torchvision.models.resnet18(num_classes=10).eval()
-    x = torch.randn(2, 3, 64, 96)
+    x = torch.randn(2, 3, 48, 64)
     classes = [3, 5]
     levels = []
     for layer, scaled in ((model.layer2, True), (model.layer4, False)):  # layer4 is the deepest
@@ -34,7 +34,7 @@ def test_layercam_fuses_shallow_layers_scaled_by_tanh_by_max() -> None:
             maps = torch.tanh(2 * maps / maps.flatten(1).max(1).values[:, None, None])
         else:
             maps = reference_normalise(maps)
-        levels.append(F.interpolate(maps[:, None], size=(64, 96), mode="bilinear", align_corners=False)[:, 0])
+        levels.append(F.interpolate(maps[:, None], size=(48, 64), mode="bilinear", align_corners=False)[:, 0])
     expected = reference_normalise(torch.stack(levels).amax(0))
     ours = camkit.LayerCAM(model, ["layer4", "layer2"])(x, classes)  # the order given does not matter
     np.testing.assert_allclose(ours.numpy(), expected.numpy(), atol=1e-4)
