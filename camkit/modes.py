@@ -67,4 +67,12 @@ def explaining(model: nn.Module) -> Iterator[None]:
         yield
 
 
-__all__ = ["evaluation", "explaining", "model_lock", "outside_inference_mode"]
+@contextlib.contextmanager
+def full_precision(device: torch.device) -> Iterator[None]:
+    """Autocast off for the block: maps are computed in float32 from the captured tensors, even when the
+    caller runs the model under ``torch.autocast`` (the forward keeps the caller's autocast)."""
+    with torch.autocast(device_type=device.type, enabled=False):
+        yield
+
+
+__all__ = ["evaluation", "explaining", "full_precision", "model_lock", "outside_inference_mode"]

@@ -17,7 +17,7 @@ from ..capture import Capture, capture
 from ..errors import CamkitError, CamkitTypeError
 from ..layers import LayersSpec, auto_layer, find_layers
 from ..layouts import Reshape, patch_size_of
-from ..modes import explaining
+from ..modes import explaining, full_precision
 from ..ops.augment import COPIES, augmented_batch, identity_rows, merged_maps
 from ..ops.maps import fuse, min_max_normalise, normalised_at_size
 from ..ops.pca import principal_projection
@@ -100,8 +100,9 @@ class Explainer:
             if self.augment:
                 return self._augmented_explanation(images, x, target)
             captures = self.capture(x, target)
-            layer_maps = [self.layer_map(captured).clamp_min(0) for captured in captures]
-            maps = self.combine(layer_maps, tuple(x.shape[2:]))
+            with full_precision(x.device):
+                layer_maps = [self.layer_map(captured).clamp_min(0) for captured in captures]
+                maps = self.combine(layer_maps, tuple(x.shape[2:]))
         return self._explanation(images, maps, layer_maps[0], captures[0])
 
     def _augmented_explanation(self, images: torch.Tensor, x: torch.Tensor, target: TargetSpec) -> Explanation:
@@ -118,8 +119,9 @@ class Explainer:
                                   "give one int for all images or exactly one per image.")
             target = per_image.expand(batch).repeat(COPIES)
         captures = self.capture(augmented_batch(x), target)
-        layer_maps = [self.layer_map(captured).clamp_min(0) for captured in captures]
-        maps = min_max_normalise(merged_maps(self.combine(layer_maps, tuple(x.shape[2:])), batch))
+        with full_precision(x.device):
+            layer_maps = [self.layer_map(captured).clamp_min(0) for captured in captures]
+            maps = min_max_normalise(merged_maps(self.combine(layer_maps, tuple(x.shape[2:])), batch))
         first = captures[0]
         classes = identity_rows(first.classes, batch) if first.classes is not None else None
         unchanged = Capture(first.activations, first.gradients, _rows(first.output, batch),
