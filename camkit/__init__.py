@@ -6,8 +6,8 @@ from importlib.metadata import PackageNotFoundError, version
 from . import cluster, metrics, modes, viz
 from .errors import CamkitError, CamkitTypeError, MissingDependency
 from .explainers import (
-    CFCAM, METHODS, ChannelWeightedExplainer, EigenCAM, Explainer, GradCAM, GradCAMPlusPlus, SmoothGradCAMPlusPlus,
-    create, register,
+    CFCAM, ISCAM, METHODS, SSCAM, AblationCAM, ChannelWeightedExplainer, EigenCAM, Explainer, GradCAM, GradCAMPlusPlus,
+    ScoreCAM, SmoothGradCAMPlusPlus, create, register,
 )
 from .results import Explanation
 from .targets import DetectionTarget, MultiLabelTarget, SegmentationTarget
@@ -19,7 +19,9 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0"
 
 __all__ = [
+    "AblationCAM",
     "CFCAM",
+    "ISCAM",
     "METHODS",
     "CamkitError",
     "CamkitTypeError",
@@ -32,6 +34,8 @@ __all__ = [
     "GradCAMPlusPlus",
     "MissingDependency",
     "MultiLabelTarget",
+    "SSCAM",
+    "ScoreCAM",
     "SegmentationTarget",
     "SmoothGradCAMPlusPlus",
     "cluster",

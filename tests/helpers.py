@@ -49,6 +49,22 @@ def reference_normalise(maps: torch.Tensor) -> torch.Tensor:
     return (maps.double() - low.reshape(shape)) / (high - low).reshape(shape)
 
 
+# Options that keep a loop over every method quick: few noisy samples, few scored channels
+# (the perturbation methods run one forward per scored channel and sample).
+QUICK_OPTIONS: dict[str, dict[str, int]] = {
+    "smoothgradcam++": {"n_samples": 2},
+    "scorecam": {"top_channels": 8},
+    "sscam": {"top_channels": 8, "n_samples": 2},
+    "iscam": {"top_channels": 8, "n_samples": 2},
+    "ablationcam": {"top_channels": 8},
+}
+
+
+def quick_options(cls: type) -> dict[str, int]:
+    """A method's options for a loop over ``camkit.METHODS`` that must stay fast."""
+    return dict(QUICK_OPTIONS.get(getattr(cls, "name", ""), {}))
+
+
 def no_hooks_left(model: torch.nn.Module) -> bool:
     return all(
         not module._forward_hooks and not module._forward_pre_hooks and not module._backward_hooks

@@ -10,7 +10,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 import camkit
 
-from .helpers import no_hooks_left
+from .helpers import no_hooks_left, quick_options
 
 FAMILIES = {
     # model: (automatic layer, input size)
@@ -35,7 +35,6 @@ def _model(name: str) -> torch.nn.Module:
     return model
 
 
-OPTIONS = {"smoothgradcam++": {"n_samples": 2}}
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
@@ -44,7 +43,7 @@ def test_every_method_on_every_family(name: str) -> None:
     model = _model(name)
     x = torch.randn(1, 3, *size)
     for method, cls in camkit.METHODS.items():
-        cam = cls(model, **OPTIONS.get(method, {}))
+        cam = cls(model, **quick_options(cls))
         maps = cam(x)
         assert cam.target_layer_name == layer
         assert maps.shape == (1, *size) and torch.isfinite(maps).all(), method

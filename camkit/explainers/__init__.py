@@ -10,8 +10,12 @@ from .gradcampp import GradCAMPlusPlus  # noqa: E402
 from .smoothgradcampp import SmoothGradCAMPlusPlus  # noqa: E402
 from .eigencam import EigenCAM  # noqa: E402
 from .cfcam import CFCAM  # noqa: E402
+from .scorecam import ScoreCAM  # noqa: E402
+from .sscam import SSCAM  # noqa: E402
+from .iscam import ISCAM  # noqa: E402
+from .ablationcam import AblationCAM  # noqa: E402
 
 __all__ = [
-    "CFCAM", "ChannelWeightedExplainer", "EigenCAM", "Explainer", "GradCAM", "GradCAMPlusPlus", "METHODS",
-    "SmoothGradCAMPlusPlus", "create", "register",
+    "AblationCAM", "CFCAM", "ChannelWeightedExplainer", "EigenCAM", "Explainer", "GradCAM", "GradCAMPlusPlus", "ISCAM",
+    "METHODS", "SSCAM", "ScoreCAM", "SmoothGradCAMPlusPlus", "create", "register",
 ]
