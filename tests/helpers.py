@@ -65,6 +65,28 @@ def quick_options(cls: type) -> dict[str, int]:
     return dict(QUICK_OPTIONS.get(getattr(cls, "name", ""), {}))
 
 
+@contextlib.contextmanager
+def quick_defaults() -> Iterator[None]:
+    """``QUICK_OPTIONS`` as the methods' defaults for the block: for code that builds explainers itself (the CLI)."""
+    import functools
+
+    import camkit
+
+    originals = {}
+    for name, options in QUICK_OPTIONS.items():
+        cls = camkit.METHODS[name]
+        originals[cls] = cls.__dict__.get("__init__")
+        cls.__init__ = functools.partialmethod(cls.__init__, **options)
+    try:
+        yield
+    finally:
+        for cls, init in originals.items():
+            if init is None:
+                del cls.__init__
+            else:
+                cls.__init__ = init
+
+
 def tiny_cnn(channels: int = 12, classes: int = 5) -> torch.nn.Module:
     """A two-conv CNN with a global-pooling head: few channels, so per-channel loops stay fast.
 

@@ -41,7 +41,8 @@ def markdown_table() -> str:
 
 
 def _uses(cls: type) -> str:
-    return "gradients" if cls.uses_gradients else "activations only"
+    # A method may name what it uses beyond one pass (the perturbation methods: forwards of perturbed copies).
+    return getattr(cls, "uses", None) or ("gradients" if cls.uses_gradients else "activations only")
 
 
 def _summary(cls: type) -> str:

@@ -12,7 +12,7 @@ from ..capture import Capture
 from ..errors import CamkitError
 from ..layers import LayersSpec
 from ..ops.perturbation import rows_of, scattered, strongest_channels
-from .perturbation import PerturbationExplainer, output_replaced, row_scores
+from .perturbation import PerturbationExplainer, Probe, output_replaced, row_scores
 from .registry import register
 
 logger = logging.getLogger("camkit")
@@ -55,18 +55,20 @@ class AblationCAM(PerturbationExplainer):
         self.path_used: str | None = None
 
     def score_channels(
-        self, x: torch.Tensor, captured: Capture, layer: nn.Module, raw_shape: tuple[int, ...],
-        target: torch.Tensor | Callable[[Any], torch.Tensor], chunk_rows: int,
+        self, x: torch.Tensor, captured: Capture, layer: nn.Module, probe: Probe,
+        target: torch.Tensor | Callable[[Any], torch.Tensor],
     ) -> torch.Tensor:
         activations, clean_scores = captured.activations, captured.scores
         batch, channels = activations.shape[:2]
-        channel_dim = _channel_dim(raw_shape, activations.shape)
+        channel_dim = _channel_dim(probe.layer_shape, activations.shape)
         image_index, channel_index = rows_of(strongest_channels(activations, self.top_channels))
         ablated: torch.Tensor | None = None
         if self.path != "full":
             try:
+                # Only the layer's output and what follows it are held per copy.
                 ablated = self._ablated_scores(x, layer, channel_dim, image_index, channel_index, target,
-                                               clean_scores, chunk_rows, downstream=True)
+                                               clean_scores, self.rows_per_chunk(x, probe.largest_downstream),
+                                               downstream=True)
                 self.path_used = "downstream"
             except (_DownstreamRefused, RuntimeError) as error:
                 if self.path == "downstream":
@@ -77,7 +79,7 @@ class AblationCAM(PerturbationExplainer):
                 logger.info("Ablation-CAM: downstream-only pass refused (%s); running full forwards.", error)
         if ablated is None:
             ablated = self._ablated_scores(x, layer, channel_dim, image_index, channel_index, target,
-                                           clean_scores, chunk_rows, downstream=False)
+                                           clean_scores, self.rows_per_chunk(x, probe.largest), downstream=False)
             self.path_used = "full"
         logger.info("Ablation-CAM ran the %s path on %d ablated copies.", self.path_used, len(image_index))
         reference = clean_scores.double()[image_index]

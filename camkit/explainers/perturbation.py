@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -58,6 +58,7 @@ class PerturbationExplainer(ChannelWeightedExplainer):
     """
 
     uses_gradients = False
+    uses: ClassVar[str] = "perturbed forwards"  # what `camkit methods` lists
 
     def __init__(
         self,
@@ -91,12 +92,11 @@ class PerturbationExplainer(ChannelWeightedExplainer):
             )
         # Every perturbed copy is scored for the class chosen on the clean image.
         row_target = target if is_callable else cleans[0].classes
-        largest, layer_shapes = self._probe(x[:1])
-        chunk_rows = rows_per_chunk(self.memory_budget, self._bytes_per_row(x, largest))
+        probes = self._probe(x[:1])
         scored = []
         for clean, (name, module) in zip(cleans, self.layers):
             with torch.no_grad():
-                weights = self.score_channels(x, clean, module, layer_shapes[name], row_target, chunk_rows)
+                weights = self.score_channels(x, clean, module, probes[name], row_target)
             values = {field.name: getattr(clean, field.name) for field in fields(Capture)}
             scored.append(ScoredCapture(**values, channel_weights=weights))
         return scored
@@ -107,10 +107,10 @@ class PerturbationExplainer(ChannelWeightedExplainer):
         return captured.channel_weights.float()
 
     def score_channels(
-        self, x: torch.Tensor, captured: Capture, layer: nn.Module, raw_shape: tuple[int, ...],
-        target: torch.Tensor | Callable[[Any], torch.Tensor], chunk_rows: int,
+        self, x: torch.Tensor, captured: Capture, layer: nn.Module, probe: Probe,
+        target: torch.Tensor | Callable[[Any], torch.Tensor],
     ) -> torch.Tensor:
-        """``(B, K)`` channel weights from perturbed forwards, ``chunk_rows`` rows at a time."""
+        """``(B, K)`` channel weights from perturbed forwards, in chunks that fit ``memory_budget``."""
         raise NotImplementedError(f"{type(self).__name__} must define score_channels.")
 
     # Helpers for the methods.
@@ -122,22 +122,28 @@ class PerturbationExplainer(ChannelWeightedExplainer):
             if self.progress is not None:
                 self.progress(stop, total_rows)
 
-    def _bytes_per_row(self, x: torch.Tensor, largest_per_image: int) -> int:
-        # The masked copy and its mask, plus the forward's live tensors.
-        return 2 * x[0].numel() * x.element_size() + _LIVE_TENSORS * largest_per_image
+    def rows_per_chunk(self, x: torch.Tensor, largest_per_image: int) -> int:
+        """Perturbed copies per forward within ``memory_budget``: the copy and its mask, and the forward's live tensors."""
+        return rows_per_chunk(self.memory_budget, 2 * x[0].numel() * x.element_size() + _LIVE_TENSORS * largest_per_image)
 
-    def _probe(self, image: torch.Tensor) -> tuple[int, dict[str, tuple[int, ...]]]:
-        """Bytes of the largest tensor any module outputs for one image, and each target layer's raw output shape."""
-        largest = [0]
+    def _probe(self, image: torch.Tensor) -> dict[str, Probe]:
+        """One image through the model with every module watched: tensor sizes overall and from each target layer on."""
         names = {id(module): name for name, module in self.layers}
+        largest = [0]
         shapes: dict[str, tuple[int, ...]] = {}
+        after: dict[str, int] = {}
 
         def record(module: nn.Module, _inputs: Any, output: Any) -> None:
             tensor = first_tensor(output)
-            if tensor is not None:
-                largest[0] = max(largest[0], tensor.numel() * tensor.element_size())
-                if id(module) in names:
-                    shapes[names[id(module)]] = tuple(tensor.shape)
+            if tensor is None:
+                return
+            size = tensor.numel() * tensor.element_size()
+            largest[0] = max(largest[0], size)
+            if id(module) in names:
+                shapes[names[id(module)]] = tuple(tensor.shape)
+                after.setdefault(names[id(module)], 0)
+            for name in after:  # every module that finishes after a target layer is downstream of it
+                after[name] = max(after[name], size)
 
         handles = [module.register_forward_hook(record) for module in self.model.modules()]
         try:
@@ -146,7 +152,16 @@ class PerturbationExplainer(ChannelWeightedExplainer):
         finally:
             for handle in handles:
                 handle.remove()
-        return largest[0], shapes
+        return {name: Probe(largest[0], shapes[name], after[name]) for name in shapes}
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Sizes from one image's forward: the largest tensor anywhere, the layer's raw output shape, the largest from the layer on."""
+
+    largest: int
+    layer_shape: tuple[int, ...]
+    largest_downstream: int
 
 
 def first_tensor(output: Any) -> torch.Tensor | None:
@@ -192,5 +207,5 @@ def row_scores(
     return scores.gather(1, target[image_index][:, None]).squeeze(1)
 
 
-__all__ = ["DEFAULT_MEMORY_BUDGET", "PerturbationExplainer", "Progress", "ScoredCapture", "first_tensor",
+__all__ = ["DEFAULT_MEMORY_BUDGET", "PerturbationExplainer", "Probe", "Progress", "ScoredCapture", "first_tensor",
            "output_replaced", "row_scores"]

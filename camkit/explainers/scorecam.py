@@ -10,7 +10,7 @@ from torch import nn
 from ..capture import Capture
 from ..ops.maps import min_max_normalise, upsample
 from ..ops.perturbation import rows_of, scattered, strongest_channels, varying_channels
-from .perturbation import PerturbationExplainer, row_scores
+from .perturbation import PerturbationExplainer, Probe, row_scores
 from .registry import register
 
 
@@ -42,8 +42,8 @@ class ScoreCAM(PerturbationExplainer):
         return masks
 
     def score_channels(
-        self, x: torch.Tensor, captured: Capture, layer: nn.Module, raw_shape: tuple[int, ...],
-        target: torch.Tensor | Callable[[Any], torch.Tensor], chunk_rows: int,
+        self, x: torch.Tensor, captured: Capture, layer: nn.Module, probe: Probe,
+        target: torch.Tensor | Callable[[Any], torch.Tensor],
     ) -> torch.Tensor:
         activations = captured.activations
         batch, channels = activations.shape[:2]
@@ -53,7 +53,7 @@ class ScoreCAM(PerturbationExplainer):
         totals = torch.zeros(pairs, dtype=torch.float64, device=x.device)
         size = tuple(x.shape[2:])
         # Row r is copy r // pairs of pair r % pairs; each chunk makes only its own masks.
-        for row in self.chunks(pairs * variants, chunk_rows):
+        for row in self.chunks(pairs * variants, self.rows_per_chunk(x, probe.largest)):
             row = row.to(x.device)
             pair, variant = row % pairs, row // pairs
             images, chunk_channels = image_index[pair], channel_index[pair]
