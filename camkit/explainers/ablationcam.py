@@ -67,10 +67,11 @@ class AblationCAM(PerturbationExplainer):
             try:
                 # Only the layer's output and what follows it are held per copy.
                 ablated = self._ablated_scores(x, layer, channel_dim, image_index, channel_index, target,
-                                               clean_scores, self.rows_per_chunk(x, probe.largest_downstream),
+                                               clean_scores, self.rows_per_chunk(x, probe.largest_downstream,
+                                                                                 with_input=False),
                                                downstream=True)
                 self.path_used = "downstream"
-            except (_DownstreamRefused, RuntimeError) as error:
+            except (_DownstreamRefused, RuntimeError, CamkitError) as error:  # a real error recurs on the full path
                 if self.path == "downstream":
                     raise CamkitError(
                         f"The network after the layer cannot run on a batch of ablated copies ({error}); "
@@ -122,12 +123,10 @@ def _ablation(fan_out: torch.Tensor, ablated_channels: torch.Tensor,
     """The layer output's rows ``fan_out``, row i with channel ``ablated_channels[i]`` zeroed (rows past them kept whole)."""
 
     def ablate(tensor: torch.Tensor) -> torch.Tensor:
-        copies = tensor.index_select(0, fan_out)
-        keep = torch.ones((len(fan_out), tensor.shape[channel_dim]), dtype=tensor.dtype, device=tensor.device)
-        keep[torch.arange(len(ablated_channels), device=tensor.device), ablated_channels] = 0
-        shape = [len(fan_out)] + [1] * (tensor.dim() - 1)
-        shape[channel_dim] = tensor.shape[channel_dim]
-        return copies * keep.reshape(shape)
+        copies = tensor.index_select(0, fan_out)  # a fresh tensor, so zeroing in place is safe
+        rows = torch.arange(len(ablated_channels), device=tensor.device)
+        copies.movedim(channel_dim, 1)[rows, ablated_channels] = 0
+        return copies
 
     return ablate
 

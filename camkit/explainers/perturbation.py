@@ -82,8 +82,9 @@ class PerturbationExplainer(ChannelWeightedExplainer):
 
     def capture(self, x: torch.Tensor, target: TargetSpec) -> list[Capture]:
         """The clean pass, then each layer's channel weights from its perturbed forwards."""
-        cleans = capture(self.model, self.layers, x, target, with_gradients=False,
-                         reshape=self.reshape, patch_size=patch_size_of(self.model))
+        with self._watching_sizes(x.shape[0]) as probes:  # the clean pass doubles as the memory probe
+            cleans = capture(self.model, self.layers, x, target, with_gradients=False,
+                             reshape=self.reshape, patch_size=patch_size_of(self.model))
         is_callable = callable(target) and not isinstance(target, torch.Tensor)
         if cleans[0].classes is None and not is_callable:
             raise CamkitError(
@@ -92,7 +93,6 @@ class PerturbationExplainer(ChannelWeightedExplainer):
             )
         # Every perturbed copy is scored for the class chosen on the clean image.
         row_target = target if is_callable else cleans[0].classes
-        probes = self._probe(x[:1])
         scored = []
         for clean, (name, module) in zip(cleans, self.layers):
             with torch.no_grad():
@@ -122,12 +122,15 @@ class PerturbationExplainer(ChannelWeightedExplainer):
             if self.progress is not None:
                 self.progress(stop, total_rows)
 
-    def rows_per_chunk(self, x: torch.Tensor, largest_per_image: int) -> int:
-        """Perturbed copies per forward within ``memory_budget``: the copy and its mask, and the forward's live tensors."""
-        return rows_per_chunk(self.memory_budget, 2 * x[0].numel() * x.element_size() + _LIVE_TENSORS * largest_per_image)
+    def rows_per_chunk(self, x: torch.Tensor, largest_per_image: int, *, with_input: bool = True) -> int:
+        """Perturbed copies per forward within ``memory_budget``: the masked copy and its mask, and the forward's live tensors."""
+        copy_bytes = 2 * x[0].numel() * x.element_size() if with_input else 0
+        return rows_per_chunk(self.memory_budget, copy_bytes + _LIVE_TENSORS * largest_per_image)
 
-    def _probe(self, image: torch.Tensor) -> dict[str, Probe]:
-        """One image through the model with every module watched: tensor sizes overall and from each target layer on."""
+    @contextlib.contextmanager
+    def _watching_sizes(self, batch: int) -> Iterator[dict[str, Probe]]:
+        """Every module watched for the block: per-image tensor sizes overall and from each target layer on."""
+        probes: dict[str, Probe] = {}
         names = {id(module): name for name, module in self.layers}
         largest = [0]
         shapes: dict[str, tuple[int, ...]] = {}
@@ -137,7 +140,7 @@ class PerturbationExplainer(ChannelWeightedExplainer):
             tensor = first_tensor(output)
             if tensor is None:
                 return
-            size = tensor.numel() * tensor.element_size()
+            size = tensor.numel() * tensor.element_size() // batch
             largest[0] = max(largest[0], size)
             if id(module) in names:
                 shapes[names[id(module)]] = tuple(tensor.shape)
@@ -147,12 +150,11 @@ class PerturbationExplainer(ChannelWeightedExplainer):
 
         handles = [module.register_forward_hook(record) for module in self.model.modules()]
         try:
-            with torch.no_grad():
-                self.model(image)
+            yield probes
+            probes.update({name: Probe(largest[0], shapes[name], after[name]) for name in shapes})
         finally:
             for handle in handles:
                 handle.remove()
-        return {name: Probe(largest[0], shapes[name], after[name]) for name in shapes}
 
 
 @dataclass(frozen=True)
