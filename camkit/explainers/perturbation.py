@@ -49,7 +49,7 @@ class PerturbationExplainer(ChannelWeightedExplainer):
 
     Args:
         memory_budget: bytes the perturbed copies of one chunk may take
-            (estimated from a one-image probe of the model); a smaller budget
+            (estimated from the tensor sizes of the clean pass); a smaller budget
             gives more, smaller chunks and the same maps.
         top_channels: score only each image's ``top_channels`` channels of
             largest activation norm (the others get weight 0); None scores all.
@@ -159,7 +159,7 @@ class PerturbationExplainer(ChannelWeightedExplainer):
 
 @dataclass(frozen=True)
 class Probe:
-    """Sizes from one image's forward: the largest tensor anywhere, the layer's raw output shape, the largest from the layer on."""
+    """Per-image sizes seen in the clean pass: the largest tensor anywhere, the layer's raw output shape, the largest from the layer on."""
 
     largest: int
     layer_shape: tuple[int, ...]
