@@ -6,9 +6,9 @@ from importlib.metadata import PackageNotFoundError, version
 from . import cluster, metrics, modes, viz
 from .errors import CamkitError, CamkitTypeError, MissingDependency
 from .explainers import (
-    CAM, CFCAM, KPCACAM, METHODS, ChannelWeightedExplainer, EigenCAM, EigenGradCAM, ElementWiseExplainer, Explainer,
-    FinerCAM, GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM, SmoothGradCAMPlusPlus, XGradCAM,
-    create, register,
+    CAM, CFCAM, ISCAM, KPCACAM, METHODS, SSCAM, AblationCAM, ChannelWeightedExplainer, EigenCAM, EigenGradCAM,
+    ElementWiseExplainer, Explainer, FinerCAM, GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM,
+    ScoreCAM, SmoothGradCAMPlusPlus, XGradCAM, create, register,
 )
 from .results import Explanation
 from .targets import DetectionTarget, MultiLabelTarget, SegmentationTarget
@@ -32,8 +32,10 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0"
 
 __all__ = [
+    "AblationCAM",
     "CAM",
     "CFCAM",
+    "ISCAM",
     "CamkitError",
     "CamkitTypeError",
     "ChannelWeightedExplainer",
@@ -53,6 +55,8 @@ __all__ = [
     "METHODS",
     "MissingDependency",
     "MultiLabelTarget",
+    "SSCAM",
+    "ScoreCAM",
     "SegmentationTarget",
     "SmoothGradCAMPlusPlus",
     "XGradCAM",

@@ -10,7 +10,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 import camkit
 
-from .helpers import NEEDS_LINEAR_HEAD, no_hooks_left
+from .helpers import NEEDS_LINEAR_HEAD, no_hooks_left, quick_options
 
 FAMILIES = {
     # model: (automatic layer, input size)
@@ -35,7 +35,6 @@ def _model(name: str) -> torch.nn.Module:
     return model
 
 
-OPTIONS = {"smoothgradcam++": {"n_samples": 2}}
 # Heads that do not start with GAP + one nn.Linear from the layer's channels to the classes.
 NO_LINEAR_HEAD = ("vgg11", "mobilenet_v3_small")
 
@@ -46,7 +45,7 @@ def test_every_method_on_every_family(name: str) -> None:
     model = _model(name)
     x = torch.randn(1, 3, *size)
     for method, cls in camkit.METHODS.items():
-        cam = cls(model, **OPTIONS.get(method, {}))
+        cam = cls(model, **quick_options(cls))
         if method in NEEDS_LINEAR_HEAD and name in NO_LINEAR_HEAD:
             with pytest.raises(camkit.CamkitError, match="linear classifier from the layer's"):
                 cam(x)

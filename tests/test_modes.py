@@ -13,7 +13,7 @@ from camkit import metrics
 from camkit.layers import auto_layer, dry_run
 from camkit.modes import evaluation, model_lock
 
-from .helpers import ROOT
+from .helpers import ROOT, quick_options
 
 
 def _fine_tuning_model() -> torch.nn.Module:
@@ -36,7 +36,7 @@ def test_every_method_keeps_each_submodules_own_flag() -> None:
     assert any(before) and not all(before)
     x = torch.randn(2, 3, 64, 64)
     for cls in camkit.METHODS.values():
-        cls(model)(x)
+        cls(model, **quick_options(cls))(x)
         assert _flags(model) == before, cls.__name__
 
 

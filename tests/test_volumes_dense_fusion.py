@@ -11,7 +11,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, Semanti
 
 import camkit
 
-from .helpers import NEEDS_CLASS_LOGITS, NEEDS_LINEAR_HEAD, no_hooks_left, reference_capture, user_code_on_path
+from .helpers import NEEDS_CLASS_LOGITS, NEEDS_LINEAR_HEAD, no_hooks_left, quick_options, reference_capture, user_code_on_path
 
 
 def _peer(model, layers, x, targets):
@@ -46,8 +46,7 @@ def test_every_method_on_video_models(name: str) -> None:
     model = torchvision.models.get_model(name, weights=None, num_classes=4).eval()
     x = torch.randn(1, 3, 8, 64, 64)
     for method, cls in camkit.METHODS.items():
-        options = {"n_samples": 2} if method == "smoothgradcam++" else {}
-        maps = cls(model, **options)(x)
+        maps = cls(model, **quick_options(cls))(x)
         assert maps.shape == (1, 8, 64, 64) and torch.isfinite(maps).all() and maps.max() <= 1, method
     assert no_hooks_left(model)
 
@@ -74,7 +73,7 @@ def test_tiny_3d_unet_with_a_segmentation_target() -> None:
     mask = torch.zeros(8, 16, 16)
     mask[2:6, 4:12, 4:12] = 1
     for method, cls in camkit.METHODS.items():
-        options = {"n_samples": 2} if method == "smoothgradcam++" else {}
+        options = quick_options(cls)
         if method in NEEDS_CLASS_LOGITS:  # a segmenter's callable target is no class of the logits
             with pytest.raises(camkit.CamkitError, match="not a callable|compares class logits"):
                 cls(model, "bottleneck", **options)(x, camkit.SegmentationTarget(1, mask))
@@ -164,10 +163,10 @@ def test_multi_layer_fusion_equals_the_per_layer_maps_averaged() -> None:
     for name, cls in camkit.METHODS.items():  # every explainer fuses, in one pass
         if name in NEEDS_LINEAR_HEAD:  # no classifier reads layer3's 256 channels
             with pytest.raises(camkit.CamkitError, match="256 channels"):
-                cls(model, layers)(x)
+                cls(model, layers, **quick_options(cls))(x)
             assert torch.isfinite(cls(model, ["layer4", "layer4.1.conv2"])(x)).all()
             continue
-        assert torch.isfinite(cls(model, layers)(x)).all()
+        assert torch.isfinite(cls(model, layers, **quick_options(cls))(x)).all()
 
 
 def test_overlay_cli_volumes_and_segmenters(tmp_path) -> None:

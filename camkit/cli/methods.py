@@ -34,11 +34,11 @@ def plain_table() -> str:
 
 
 def markdown_table() -> str:
-    rows = ["| name | class | uses gradients | depends on the class | what it computes | paper |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| name | class | uses gradients | depends on the class | cost | what it computes | paper |",
+            "|---|---|---|---|---|---|---|"]
     for name, cls in METHODS.items():
         rows.append(f"| `{name}` | `{cls.__name__}` | {_yes(cls.uses_gradients)} | {_yes(cls.class_specific)} | "
-                    f"{_summary(cls)} | {_linked(cls.paper)} |")
+                    f"{_cost(cls)} | {_summary(cls)} | {_linked(cls.paper)} |")
     return "\n".join(rows)
 
 
@@ -46,8 +46,15 @@ def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
 
 
+def _cost(cls: type) -> str:
+    if getattr(cls, "uses", None):
+        return "a forward per channel (and sample)"
+    return "forward + backward" if cls.uses_gradients else "forward"
+
+
 def _uses(cls: type) -> str:
-    uses = "gradients" if cls.uses_gradients else "activations only"
+    # A method may name what it uses beyond one pass (the perturbation methods: forwards of perturbed copies).
+    uses = getattr(cls, "uses", None) or ("gradients" if cls.uses_gradients else "activations only")
     return uses if cls.class_specific else f"{uses}, class-agnostic"
 
 

@@ -19,8 +19,14 @@ from .eigengradcam import EigenGradCAM  # noqa: E402
 from .kpcacam import KPCACAM  # noqa: E402
 from .finercam import FinerCAM  # noqa: E402
 
+from .scorecam import ScoreCAM  # noqa: E402
+from .sscam import SSCAM  # noqa: E402
+from .iscam import ISCAM  # noqa: E402
+from .ablationcam import AblationCAM  # noqa: E402
+
+
 __all__ = [
-    "CAM", "CFCAM", "ChannelWeightedExplainer", "EigenCAM", "EigenGradCAM", "ElementWiseExplainer", "Explainer",
-    "FinerCAM", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus", "HiResCAM", "KPCACAM", "LayerCAM", "METHODS",
-    "SmoothGradCAMPlusPlus", "XGradCAM", "create", "register",
+    "AblationCAM", "CAM", "CFCAM", "ChannelWeightedExplainer", "EigenCAM", "EigenGradCAM", "ElementWiseExplainer",
+    "Explainer", "FinerCAM", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus", "HiResCAM", "ISCAM", "KPCACAM",
+    "LayerCAM", "METHODS", "SSCAM", "ScoreCAM", "SmoothGradCAMPlusPlus", "XGradCAM", "create", "register",
 ]

@@ -10,7 +10,7 @@ import torchvision
 
 import camkit
 
-from ..helpers import NEEDS_LINEAR_HEAD, no_hooks_left
+from ..helpers import NEEDS_LINEAR_HEAD, no_hooks_left, quick_options
 
 
 def test_model_left_as_found() -> None:
@@ -21,7 +21,7 @@ def test_model_left_as_found() -> None:
     bn_stats = model.bn1.running_mean.clone()
     x = torch.randn(2, 3, 64, 64)
     for cls in camkit.METHODS.values():
-        cls(model)(x)
+        cls(model, **quick_options(cls))(x)
         assert model.training and all(m.training for m in model.modules())
         assert [p.requires_grad for p in model.parameters()] == flags
         assert all(p.grad is None for p in model.parameters())
@@ -36,10 +36,11 @@ def test_constant_map_is_zeros_not_nan() -> None:
     )
     torch.nn.init.zeros_(model[3].weight)  # every gradient is zero
     for cls in camkit.METHODS.values():
-        maps = cls(model, "0")(torch.randn(2, 3, 16, 16))
+        maps = cls(model, "0", **quick_options(cls))(torch.randn(2, 3, 16, 16))
         assert torch.isfinite(maps).all()
-        # Eigen-CAM and KPCA-CAM ignore the class; CF-CAM's softmax of all-zero weights is uniform.
-        if cls.class_specific and cls is not camkit.CFCAM:
+        # Eigen-CAM and KPCA-CAM ignore the class; CF-CAM's softmax of all-zero weights is uniform, and so
+        # are the Score-CAM family's class probabilities when every logit is the bias alone.
+        if cls.class_specific and cls not in (camkit.CFCAM, camkit.ScoreCAM, camkit.SSCAM, camkit.ISCAM):
             assert torch.equal(maps, torch.zeros_like(maps))
 
 
@@ -117,9 +118,9 @@ def test_a_map_flat_at_the_layer_is_zeros_not_noise() -> None:
     for name, cls in camkit.METHODS.items():
         if name in NEEDS_LINEAR_HEAD:  # vgg's head takes 512 x 7 x 7 inputs, not the 512 channels
             with pytest.raises(camkit.CamkitError, match="linear classifier from the layer's 512 channels"):
-                cls(model, "features")(x)
+                cls(model, "features", **quick_options(cls))(x)
             continue
-        result = cls(model, "features").explain(x)
+        result = cls(model, "features", **quick_options(cls)).explain(x)
         assert result.layer_maps.shape[1:] == (1, 1)
         assert torch.equal(result.maps, torch.zeros_like(result.maps)), cls.__name__
     # the same rule inside a fusion: the flat layer contributes nothing, the other its own map

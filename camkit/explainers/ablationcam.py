@@ -1,0 +1,144 @@
+"""Ablation-CAM: each channel weighted by the relative drop of the score when it is zeroed."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from ..capture import Capture
+from ..errors import CamkitError
+from ..layers import LayersSpec
+from ..ops.perturbation import rows_of, scattered, strongest_channels
+from .perturbation import PerturbationExplainer, Probe, output_replaced, row_scores
+from .registry import register
+
+logger = logging.getLogger("camkit")
+
+Path = Literal["auto", "downstream", "full"]
+
+
+class _DownstreamRefused(Exception):
+    """The downstream-only pass gave a result that a plain forward would not."""
+
+
+@register("ablationcam", paper="Desai & Ramaswamy, Ablation-CAM: Visual Explanations for Deep Convolutional "
+                               "Network via Gradient-free Localization, WACV 2020")
+class AblationCAM(PerturbationExplainer):
+    """Each channel weighted by the relative drop of the score when it is zeroed; gradient-free.
+
+    w_k = (S - S_k) / S, S the explained score (raw logit) and S_k the score
+    with channel k of the layer set to zero; map = ReLU(sum_k w_k A_k). Where
+    S is exactly 0 the formula is undefined and the weights are 0.
+
+    Only the network after the layer depends on the ablation. With
+    ``path="auto"`` (default) a hook on the layer replaces its output of the
+    chunk's images by the ablated copies, so the upstream part runs once per
+    chunk on the images alone and only the downstream part runs on the
+    copies. Each chunk also carries one unablated copy per image; if their
+    scores differ from S, or the downstream part fails on the larger batch
+    (a skip connection from before the layer, code that reads the batch
+    size), camkit falls back to full forwards of the ablated copies.
+    ``path_used`` says which ran ("downstream" or "full"), also logged on the
+    ``camkit`` logger. ``path="full"`` forces full forwards,
+    ``path="downstream"`` refuses the fallback.
+    """
+
+    def __init__(self, model: nn.Module, target_layer: LayersSpec = None, *, path: Path = "auto",
+                 **options: Any) -> None:
+        super().__init__(model, target_layer, **options)
+        if path not in ("auto", "downstream", "full"):
+            raise CamkitError(f"path must be 'auto', 'downstream' or 'full', got {path!r}.")
+        self.path: Path = path
+        self.path_used: str | None = None
+
+    def score_channels(
+        self, x: torch.Tensor, captured: Capture, layer: nn.Module, probe: Probe,
+        target: torch.Tensor | Callable[[Any], torch.Tensor],
+    ) -> torch.Tensor:
+        activations, clean_scores = captured.activations, captured.scores
+        batch, channels = activations.shape[:2]
+        channel_dim = _channel_dim(probe.layer_shape, activations.shape)
+        image_index, channel_index = rows_of(strongest_channels(activations, self.top_channels))
+        ablated: torch.Tensor | None = None
+        if self.path != "full":
+            try:
+                # Only the layer's output and what follows it are held per copy.
+                ablated = self._ablated_scores(x, layer, channel_dim, image_index, channel_index, target,
+                                               clean_scores, self.rows_per_chunk(x, probe.largest_downstream,
+                                                                                 with_input=False),
+                                               downstream=True)
+                self.path_used = "downstream"
+            except (_DownstreamRefused, RuntimeError, CamkitError) as error:  # a real error recurs on the full path
+                if self.path == "downstream":
+                    raise CamkitError(
+                        f"The network after the layer cannot run on a batch of ablated copies ({error}); "
+                        "use path='auto' or 'full'."
+                    ) from None
+                logger.info("Ablation-CAM: downstream-only pass refused (%s); running full forwards.", error)
+        if ablated is None:
+            ablated = self._ablated_scores(x, layer, channel_dim, image_index, channel_index, target,
+                                           clean_scores, self.rows_per_chunk(x, probe.largest), downstream=False)
+            self.path_used = "full"
+        logger.info("Ablation-CAM ran the %s path on %d ablated copies.", self.path_used, len(image_index))
+        reference = clean_scores.double()[image_index]
+        defined = reference != 0
+        drops = torch.where(defined, (reference - ablated) / torch.where(defined, reference, 1.0), 0.0)
+        return scattered(drops, image_index, channel_index, (batch, channels))
+
+    def _ablated_scores(
+        self, x: torch.Tensor, layer: nn.Module, channel_dim: int, image_index: torch.Tensor,
+        channel_index: torch.Tensor, target: torch.Tensor | Callable[[Any], torch.Tensor],
+        clean_scores: torch.Tensor, chunk_rows: int, *, downstream: bool,
+    ) -> torch.Tensor:
+        """``(R,)`` float64 scores with each row's channel zeroed, by downstream-only or full forwards."""
+        found = torch.empty(image_index.shape[0], dtype=torch.float64, device=x.device)
+        for row in self.chunks(image_index.shape[0], chunk_rows):
+            row = row.to(x.device)
+            images, ablated_channels = image_index[row], channel_index[row]
+            if downstream:
+                # The chunk's images go in once; the hook fans their layer output out to the copies,
+                # plus one unablated copy per image to check the pass against the clean scores.
+                inputs, local = torch.unique(images, return_inverse=True)
+                check = torch.arange(len(inputs), device=x.device)
+                fan_out = torch.cat((local, check))
+                row_images = torch.cat((images, inputs))
+            else:
+                inputs, fan_out, row_images = images, torch.arange(len(images), device=x.device), images
+            with output_replaced(layer, _ablation(fan_out, ablated_channels, channel_dim)):
+                output = self.model(x[inputs])
+            scores = row_scores(output, target, row_images, probabilities=False).double()
+            if downstream:
+                unablated, expected = scores[len(row):], clean_scores.double()[inputs]
+                if not bool(((unablated - expected).abs() <= 1e-4 * (1 + expected.abs())).all()):
+                    raise _DownstreamRefused("the unablated copies did not reproduce the clean scores")
+            found[row] = scores[: len(row)]
+        return found
+
+
+def _ablation(fan_out: torch.Tensor, ablated_channels: torch.Tensor,
+              channel_dim: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The layer output's rows ``fan_out``, row i with channel ``ablated_channels[i]`` zeroed (rows past them kept whole)."""
+
+    def ablate(tensor: torch.Tensor) -> torch.Tensor:
+        copies = tensor.index_select(0, fan_out)  # a fresh tensor, so zeroing in place is safe
+        rows = torch.arange(len(ablated_channels), device=tensor.device)
+        copies.movedim(channel_dim, 1)[rows, ablated_channels] = 0
+        return copies
+
+    return ablate
+
+
+def _channel_dim(raw_shape: tuple[int, ...], grid_shape: torch.Size) -> int:
+    """Where the channels sit in the layer's own output: dim 1 (B, K, ...) or last (tokens, channels-last)."""
+    channels = grid_shape[1]
+    if len(raw_shape) == len(grid_shape) and tuple(raw_shape[1:]) == tuple(grid_shape[1:]):
+        return 1
+    if raw_shape[-1] == channels:
+        return len(raw_shape) - 1
+    raise CamkitError(
+        f"Ablation-CAM zeroes channels of the layer's own output {tuple(raw_shape)}, but cannot find the "
+        f"{channels} channels of the explained map in it; choose a layer whose output has them in dim 1 or last."
+    )
