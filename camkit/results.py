@@ -48,6 +48,7 @@ class Explanation:
     method: str
     layer: str
     uses_gradients: bool = True
+    class_specific: bool = True  # False: the map ignores the target, which only names a class
 
     class_names: Sequence[str] | None = None
     display: torch.Tensor | None = None  # (B, 3, H, W) in [0, 1], what to draw under the maps

@@ -142,6 +142,7 @@ class Explainer:
             method=self.name or type(self).__name__,
             layer=self.target_layer_name or "",
             uses_gradients=self.uses_gradients,
+            class_specific=self.class_specific,
         )
 
     # The pipeline's steps: a method overrides one of them.

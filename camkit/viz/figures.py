@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import warnings
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -31,10 +32,21 @@ def _figure_class() -> type:
         def _repr_png_(self) -> bytes:
 
             buffer = io.BytesIO()
-            self.savefig(buffer, format="png", dpi=80)
+            self.savefig(buffer, format="png", dpi=100)
             return buffer.getvalue()
 
     return DisplayedFigure
+
+
+def _wrapped(text: str, panel_size: float) -> str:
+    """Lines of at most ~11 characters per inch of panel, broken after spaces and after the dots of layer names."""
+    width = max(8, int(panel_size * 11))
+    lines = [""]
+    for token in re.split(r"(?<=[.\s])", text):
+        if lines[-1] and len(lines[-1]) + len(token) > width:
+            lines.append("")
+        lines[-1] += token
+    return "\n".join(line.strip() for line in lines)
 
 
 def overlay_grid(
@@ -44,12 +56,13 @@ def overlay_grid(
     *,
     alpha: float = 0.5,
     colormap: str = "jet",
-    colorbar: bool = False,
-    panel_size: float = 2.2,
+    colorbar: bool = True,
+    panel_size: float = 2.6,
 ) -> "Figure":
     """A figure with one row per image: the image, then one overlay per ``(title, maps)`` column.
 
     ``captions[row][column]`` (``column`` 0 is the image) go under each panel.
+    Titles are wrapped to the panel's width rather than cut at the figure's edge.
     """
     rows = images.shape[0]
     width = len(columns) + 1
@@ -66,9 +79,9 @@ def overlay_grid(
             axis.set_xticks([])
             axis.set_yticks([])
             if row == 0:
-                axis.set_title("image" if column == 0 else columns[column - 1][0], fontsize=9)
+                axis.set_title(_wrapped("image" if column == 0 else columns[column - 1][0], panel_size), fontsize=9)
             if captions is not None:
-                axis.set_xlabel(captions[row][column], fontsize=8)
+                axis.set_xlabel(_wrapped(captions[row][column], panel_size), fontsize=8)
     if colorbar:
         import matplotlib
         from matplotlib.cm import ScalarMappable
@@ -91,7 +104,7 @@ def compare(
     std: Sequence[float] | None = None,
     alpha: float = 0.5,
     colormap: str = "jet",
-    colorbar: bool = False,
+    colorbar: bool = True,
     method_options: dict[str, dict[str, Any]] | None = None,
 ) -> "Figure":
     """Images in rows, methods in columns (after the original), as a matplotlib figure.
@@ -102,15 +115,15 @@ def compare(
     """
     shown = images if images is not None else (unnormalize(x, mean, std) if mean is not None and std is not None else display_images(x))
     columns: list[tuple[str, torch.Tensor]] = []
-    result = None
+    results = []
     for method in methods:
         result = create(method, model, layer, **(method_options or {}).get(method, {})).explain(x, target)
-        columns.append((method, result.maps))
+        results.append(result.with_display(class_names=class_names))
+        columns.append((f"{result.method} @ {result.layer}", result.maps))
 
     captions = None
-    if result is not None and result.predictions is not None:
-        named = result.with_display(class_names=class_names)
-        captions = [[predicted_caption(named, row)] + [explained_caption(named, row)] * len(columns)
+    if results and results[0].predictions is not None:
+        captions = [[predicted_caption(results[0], row)] + [explained_caption(result, row) for result in results]
                     for row in range(x.shape[0])]
     return overlay_grid(shown, columns, captions, alpha=alpha, colormap=colormap, colorbar=colorbar)
 
@@ -123,11 +136,13 @@ def predicted_caption(result: Explanation, row: int) -> str:
 
 
 def explained_caption(result: Explanation, row: int) -> str:
-    """What the map explains: a class, a callable target's score."""
+    """What the map explains: a class, a callable target's score, or nothing class-specific."""
+    if not result.class_specific:
+        return "class-agnostic"
     return f"explains {result.class_name(int(result.targets[row]))}" if result.targets is not None else "explains target"
 
 
-def explanation_figure(result: Explanation, alpha: float = 0.5, colormap: str = "jet", colorbar: bool = False) -> "Figure":
+def explanation_figure(result: Explanation, alpha: float = 0.5, colormap: str = "jet", colorbar: bool = True) -> "Figure":
     """Each image of ``result`` beside its overlay, captioned with classes and probability."""
     images = result.display if result.display is not None else display_images(result.images)
     captions = [[predicted_caption(result, row), explained_caption(result, row)] for row in range(len(result))]

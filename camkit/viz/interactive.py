@@ -53,7 +53,11 @@ def interact(
     with torch.no_grad(), evaluation(model):
         logits = model(x)
     classes = list(range(logits.shape[1]))
-    label = (lambda c: f"{c}: {class_names[c]}") if class_names else str  # noqa: E731
+    def label(index: int) -> str:
+        # "3: tabby cat", but just "3" where the class's name is its number (no "3: 3")
+        name = class_names[index] if class_names and index < len(class_names) else str(index)
+        return name if name == str(index) else f"{index}: {name}"
+
     controls = {
         "image": widgets.IntSlider(value=0, min=0, max=x.shape[0] - 1, description="image"),
         "method": widgets.Dropdown(options=methods, value=methods[0], description="method"),
@@ -72,8 +76,12 @@ def interact(
         if key not in cache:
             explainer = explainers.setdefault(method, create(method, model, layer))
             cache[key] = explainer(x[index : index + 1], explained)
-        caption = [[f"predicted {label(int(logits[index].argmax()))}", f"explains {label(explained)}"]]
-        figure = overlay_grid(shown[index : index + 1], [(method, cache[key])], caption, alpha=controls["alpha"].value)
+        probabilities = logits[index].float().softmax(dim=0)
+        predicted = int(probabilities.argmax())
+        explains = f"explains {label(explained)}" if explainers[method].class_specific else "class-agnostic"
+        caption = [[f"predicted {label(predicted)} ({float(probabilities[predicted]):.0%})", explains]]
+        title = f"{method} @ {explainers[method].target_layer_name}"
+        figure = overlay_grid(shown[index : index + 1], [(title, cache[key])], caption, alpha=controls["alpha"].value)
         output.clear_output(wait=True)
         with output:
             from IPython.display import display

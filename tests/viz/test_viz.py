@@ -61,17 +61,22 @@ def test_result_shows_itself_as_png(shapes_model) -> None:
     assert png.startswith(b"\x89PNG")
     assert Image.open(io.BytesIO(png)).size[0] > 100
     figure = result.figure()
-    assert len(figure.axes) == 3 * 2
+    assert len(figure.axes) == 3 * 2 + 1  # panels and the colour bar
+    assert len(result.figure(colorbar=False).axes) == 3 * 2
     assert any(CLASSES[int(labels[0])] in axis.get_xlabel() for axis in figure.axes)
 
 
 def test_compare_grid_layout() -> None:
     model = torchvision.models.resnet18(num_classes=4).eval()
     x = torch.randn(2, 3, 64, 64)
-    figure = camkit.compare(model, x, methods=["gradcam", "eigencam", "cfcam"], class_names=["a", "b", "c", "d"])
+    figure = camkit.compare(model, x, methods=["gradcam", "eigencam", "cfcam"], class_names=["a", "b", "c", "d"],
+                            colorbar=False)
     assert len(figure.axes) == 2 * 4
-    assert [axis.get_title() for axis in figure.axes[:4]] == ["image", "gradcam", "eigencam", "cfcam"]
-    with_bar = camkit.compare(model, x, methods=["gradcam"], colorbar=True)
+    # each column names its method and layer; a class-agnostic map says so instead of a class
+    assert [axis.get_title() for axis in figure.axes[:4]] == ["image", "gradcam @ layer4", "eigencam @ layer4",
+                                                              "cfcam @ layer4"]
+    assert figure.axes[2].get_xlabel() == "class-agnostic" and figure.axes[1].get_xlabel().startswith("explains")
+    with_bar = camkit.compare(model, x, methods=["gradcam"])  # the colour bar is on by default
     assert len(with_bar.axes) == 2 * 2 + 1
 
 
