@@ -229,8 +229,13 @@ def main() -> None:
                        f"{peak_rss_mb():.0f} MB (+{peak_rss_mb() - before:.1f} MB), measured before any other method ran")
 
     runs = {name: sync(fn) for name, fn in candidates.items()}
-    for fn in runs.values():  # warm-up
-        fn()
+    failed: dict[str, str] = {}
+    for name, fn in list(runs.items()):  # warm-up; a peer that cannot run this input is reported, not fatal
+        try:
+            fn()
+        except Exception as error:  # noqa: BLE001 - peers raise anything
+            failed[name] = f"{type(error).__name__}: {str(error).splitlines()[0][:100]}"
+            del runs[name]
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.rounds):
         for name, fn in runs.items():
@@ -247,6 +252,8 @@ def main() -> None:
     if "camkit cfcam" in times and "CF-CAM authors' per-image numpy/sklearn path" in times:
         speedup = statistics.median(times["CF-CAM authors' per-image numpy/sklearn path"]) / statistics.median(times["camkit cfcam"])
         print(f"\ncamkit CF-CAM is {speedup:.1f}x faster than the authors' per-image path")
+    for name, error in failed.items():
+        print(f"\n{name} could not run on this input: {error}")
     if memory_line:
         print(f"\n{memory_line}")
 
