@@ -10,7 +10,8 @@ from torch import nn
 from ..capture import Capture
 from ..errors import CamkitError
 from ..layers import LayersSpec
-from ..ops.dbscan import dbscan, pairwise_distances
+from ..ops.dbscan import dbscan
+from ..ops.distances import PairwiseDistances
 from ..ops.filters import authors_kernels, filter_maps, gaussian_kernel
 from ..ops.quantiles import pair_quantile
 from ..ops.weighting import mean_gradient_weights
@@ -85,7 +86,7 @@ class CFCAM(ChannelWeightedExplainer):
         valid = torch.arange(width_rest, device=activations.device) < rest_count[:, None]
         points = features.gather(1, rest_index[:, :, None].expand(-1, -1, positions))
 
-        distances = pairwise_distances(points)
+        distances = PairwiseDistances(points, valid)
         eps = pair_quantile(distances, valid, self.eps_quantile).clamp_min(1e-5)
         min_samples = torch.clamp(torch.floor(rest_count * self.min_samples_fraction), min=2).long()
         labels = dbscan(points, eps, min_samples, distances=distances, valid=valid)

@@ -11,16 +11,20 @@ does not pick the nearest core point); the rest is noise (-1). Clusters are
 numbered in the order of their lowest-index core point, as scikit-learn
 numbers them.
 
-Connected components come from min-label propagation with pointer jumping,
-each round one masked reduction over the (B, N, N) neighbour matrix.
+Neighbourhoods come from :class:`camkit.ops.distances.PairwiseDistances`:
+one float32 matrix product, with the few pairs whose float32 value is too
+close to eps to decide recomputed exactly in float64. Connected components
+come from min-label propagation with pointer jumping, each round one masked
+reduction over the (B, N, N) neighbour matrix.
 """
 from __future__ import annotations
 
 import torch
 
 from ..errors import CamkitError, CamkitTypeError
+from .distances import PairwiseDistances, row_counts
 
-# Per chunk of batch items, B_chunk * N * N float64 distances: 2**26 is 512 MB.
+# Per chunk of batch items, B_chunk * N * N float32 distances: 2**26 is 256 MB.
 DEFAULT_CHUNK_ELEMENTS = 2**26
 
 
@@ -46,7 +50,7 @@ def dbscan(
     eps: float | torch.Tensor,
     min_samples: int | torch.Tensor,
     *,
-    distances: torch.Tensor | None = None,
+    distances: torch.Tensor | PairwiseDistances | None = None,
     valid: torch.Tensor | None = None,
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
 ) -> torch.Tensor:
@@ -57,8 +61,9 @@ def dbscan(
         eps: neighbourhood radius, a float or one per batch item ``(B,)``.
         min_samples: neighbourhood size (the point included) that makes a core
             point, an int or one per batch item ``(B,)``.
-        distances: precomputed ``(B, N, N)`` distances (e.g. reused to choose
-            eps, so that eps and the neighbourhoods see the same numbers).
+        distances: precomputed distances: a :class:`PairwiseDistances` of the
+            points (e.g. the one that chose eps), or a ``(B, N, N)`` tensor
+            of distances, compared with eps as they are.
         valid: ``(B, N)`` bool, the points that take part; the others are
             nobody's neighbour and get -1 (lets items of different sizes share
             one padded batch).
@@ -77,7 +82,7 @@ def dbscan(
         valid = torch.ones(batch, count, dtype=torch.bool, device=device)
     elif valid.shape != (batch, count) or valid.dtype != torch.bool:
         raise CamkitError(f"valid must be a bool tensor of shape {(batch, count)}, got {tuple(valid.shape)} {valid.dtype}.")
-    if distances is not None and distances.shape != (batch, count, count):
+    if distances is not None and tuple(distances.shape) != (batch, count, count):
         raise CamkitError(f"distances must have shape {(batch, count, count)}, got {tuple(distances.shape)}.")
 
     labels = torch.full((batch, count), -1, dtype=torch.long, device=device)
@@ -86,49 +91,99 @@ def dbscan(
     step = max(1, chunk_elements // max(1, count * count))
     for start in range(0, batch, step):
         chunk = slice(start, min(start + step, batch))
-        chunk_distances = distances[chunk] if distances is not None else pairwise_distances(points[chunk])
-        labels[chunk] = _cluster(chunk_distances, eps_per_item[chunk], samples_per_item[chunk], valid[chunk])
+        if isinstance(distances, torch.Tensor):
+            within = distances[chunk] <= eps_per_item[chunk].to(distances.dtype)[:, None, None]
+            within &= within.transpose(1, 2).clone()  # a precomputed matrix need not be bitwise symmetric
+        else:
+            exact = distances if distances is not None and step >= batch else PairwiseDistances(points[chunk], valid[chunk])
+            within = exact.within(eps_per_item[chunk])
+        labels[chunk] = _cluster(within, samples_per_item[chunk], valid[chunk])
     return labels.squeeze(0) if squeeze else labels
 
 
-def _cluster(distances: torch.Tensor, eps: torch.Tensor, min_samples: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    batch, count, _ = distances.shape
-    device = distances.device
-    within = distances <= eps.to(distances.dtype)[:, None, None]
-    # The Gram formula is not bitwise symmetric; the neighbour relation must be.
-    neighbours = within & within.transpose(1, 2)
+# Above this many provisional roots per item, the root graph costs more than propagation rounds.
+MAX_ROOTS = 256
+
+
+def _cluster(neighbours: torch.Tensor, min_samples: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Labels from the symmetric eps-neighbour relation ``(B, N, N)`` (the diagonal included)."""
+    batch, count, _ = neighbours.shape
+    device = neighbours.device
     if not bool(valid.all()):
-        neighbours &= valid[:, :, None] & valid[:, None, :]
-    core = valid & (neighbours.sum(dim=2, dtype=torch.int32) >= min_samples[:, None])
+        neighbours = neighbours & valid[:, :, None] & valid[:, None, :]
+    core = valid & (row_counts(neighbours) >= min_samples[:, None])
     # Rows: every point; columns: its core neighbours only.
     core_neighbours = neighbours & core[:, None, :]
 
-    # Narrow labels: each masked reduction below moves B*N*N of them.
     label_dtype = torch.int16 if count < 2**15 - 1 else torch.int32
     sentinel = count  # larger than any index: "no core label"
     index = torch.arange(count, device=device, dtype=label_dtype).expand(batch, count)
-    # First round for free: a core point's lowest-index core neighbour is its
-    # first True column (argmax returns the first maximum).
+    # A core point's lowest-index core neighbour is its first True column
+    # (argmax returns the first maximum); following those links to their end
+    # (pointer jumping) puts every core point under a provisional root, the
+    # lowest index of its group, in one pass over the matrix.
     first = core_neighbours.view(torch.uint8).argmax(dim=2).to(label_dtype)
-    component = torch.where(core, first, sentinel).to(label_dtype)
-    while True:
-        component = _jump(component, sentinel)
-        # Min-label propagation: core rows check that they agree with every core
-        # neighbour; the same reduction gives border rows their cluster.
-        reached = torch.where(core_neighbours, component[:, None, :], sentinel).amin(dim=2)
-        updated = torch.where(core, torch.minimum(component, reached), component)
-        if torch.equal(updated, component):
-            break
-        component = updated
-    # Border points join one of their core neighbours' clusters (scikit-learn
-    # takes whichever expansion reaches them first; here, the lowest root).
-    component = torch.where(core, component, reached)
+    component = _jump(torch.where(core, first, sentinel).to(label_dtype), sentinel)
+    is_root = core & (component == index)
+    roots = int(is_root.sum(dim=1).max()) if count else 0
+    if roots <= MAX_ROOTS:
+        component = _merged_roots(neighbours, core, component, is_root, roots, sentinel)
+    else:
+        component = _propagated(core_neighbours, core, component, sentinel)
 
     # Number clusters by their lowest-index core point (the component's root).
     is_root = core & (component == index)
     cluster_of_root = torch.cumsum(is_root.long(), dim=1) - 1
     labelled = component < sentinel
     return torch.where(labelled, cluster_of_root.gather(1, component.long().clamp_max(count - 1)), -1)
+
+
+def _merged_roots(
+    neighbours: torch.Tensor, core: torch.Tensor, component: torch.Tensor, is_root: torch.Tensor, roots: int,
+    sentinel: int,
+) -> torch.Tensor:
+    """Exact components when the provisional roots are few: one matrix product links points to root groups.
+
+    ``linked[i, r]``: point i has a core neighbour in root group r. Two groups
+    belong to one cluster when a core point of one is linked to the other, a
+    small (roots x roots) graph; a border point takes the lowest cluster root
+    among the groups it is linked to. bfloat16 holds the 0/1 entries exactly and
+    a sum of non-negative terms is > 0 exactly when one of them is.
+    """
+    batch, count = core.shape
+    if roots == 0:  # no core point: all noise
+        return torch.full_like(component, sentinel)
+    slot_of_root = torch.cumsum(is_root.long(), dim=1) - 1
+    slot = slot_of_root.gather(1, component.long().clamp_max(count - 1))
+    membership = torch.nn.functional.one_hot(torch.where(core, slot, roots), roots + 1)[..., :roots]
+    membership = membership.to(torch.bfloat16)
+    linked = torch.bmm(neighbours.to(torch.bfloat16), membership) > 0  # (B, N, roots)
+    group_links = torch.bmm(membership.transpose(1, 2), linked.to(torch.bfloat16)) > 0  # (B, roots, roots)
+    root_index = torch.full((batch, roots), sentinel, dtype=component.dtype, device=core.device)
+    root_index[is_root.nonzero(as_tuple=True)[0], slot_of_root[is_root]] = component[is_root]
+    merged = root_index
+    while True:  # min-label propagation on the small root graph
+        updated = torch.where(group_links, merged[:, None, :], sentinel).amin(dim=2).minimum(merged)
+        if torch.equal(updated, merged):
+            break
+        merged = updated
+    lowest_linked = torch.where(linked, merged[:, None, :], sentinel).amin(dim=2)
+    return torch.where(core, merged.gather(1, slot.clamp(0, roots - 1)), lowest_linked)
+
+
+def _propagated(core_neighbours: torch.Tensor, core: torch.Tensor, component: torch.Tensor, sentinel: int) -> torch.Tensor:
+    """Exact components by min-label propagation over the full matrix (many provisional roots)."""
+    while True:
+        # Core rows check that they agree with every core neighbour; the same
+        # reduction gives border rows their cluster.
+        reached = torch.where(core_neighbours, component[:, None, :], sentinel).amin(dim=2)
+        updated = torch.where(core, torch.minimum(component, reached), component)
+        if torch.equal(updated, component):
+            break
+        component = _jump(updated, sentinel)
+    # Border points join one of their core neighbours' clusters (scikit-learn
+    # takes whichever expansion reaches them first; here, the lowest root).
+    return torch.where(core, component, reached)
 
 
 def _jump(component: torch.Tensor, sentinel: int) -> torch.Tensor:
