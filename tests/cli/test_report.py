@@ -17,7 +17,8 @@ from ..helpers import ROOT, ReportPage
 FAST = ["--workers", "0", "--quiet"]
 SAMPLES = ROOT / "assets" / "samples"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage"]  # containers often have a tiny /dev/shm
 
 
 @pytest.fixture(scope="module")
