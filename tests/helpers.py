@@ -279,3 +279,66 @@ def check_against_float64_and_peer(name: str, peer_cls, layer: str, layer_map, *
         np.testing.assert_allclose(ours.numpy(), peer_maps(peer_cls, model, [module], x, classes, **peer_options),
                                    atol=1e-4)
     return ours
+
+
+class ReportPage:
+    """A camkit report.html (as written, or as a browser's --dump-dom left it), parsed with the standard library.
+
+    ``rows``: one dict per table row of the body, with its attributes, whether it is hidden, its input
+    text and its cells (text, <img> attributes); ``headers``: the column titles; ``tags``: every
+    (tag, attributes) in document order, to look for anything that would reach outside the page.
+    """
+
+    def __init__(self, text: str) -> None:
+        from html.parser import HTMLParser
+
+        page = self
+        self.rows: list[dict] = []
+        self.headers: list[str] = []
+        self.tags: list[tuple[str, dict[str, str]]] = []
+        self.body: dict[str, str] = {}
+
+        class Parser(HTMLParser):
+            def __init__(self) -> None:
+                super().__init__(convert_charrefs=True)
+                self.section, self.cell = "", None
+
+            def handle_starttag(self, tag: str, attrs: list) -> None:
+                attributes = {key: value if value is not None else "" for key, value in attrs}
+                page.tags.append((tag, attributes))
+                if tag == "body":
+                    page.body = attributes
+                elif tag in ("thead", "tbody"):
+                    self.section = tag
+                elif tag == "tr" and self.section == "tbody":
+                    page.rows.append({"attrs": attributes, "hidden": "hidden" in attributes, "cells": []})
+                elif tag in ("th", "td") and self.section:
+                    self.cell = {"tag": tag, "attrs": attributes, "text": "", "imgs": []}
+                    if self.section == "tbody":
+                        page.rows[-1]["cells"].append(self.cell)
+                elif tag == "img" and self.cell is not None:
+                    self.cell["imgs"].append(attributes)
+
+            def handle_endtag(self, tag: str) -> None:
+                if tag in ("th", "td") and self.cell is not None:
+                    if self.section == "thead":
+                        page.headers.append(self.cell["text"])
+                    self.cell = None
+                elif tag in ("thead", "tbody"):
+                    self.section = ""
+
+            def handle_data(self, data: str) -> None:
+                if self.cell is not None:
+                    self.cell["text"] += data
+
+        Parser().feed(text)
+        for row in self.rows:
+            row["input"] = row["cells"][0]["text"]
+
+    @property
+    def visible(self) -> list[dict]:
+        return [row for row in self.rows if not row["hidden"]]
+
+    @property
+    def images(self) -> list[dict[str, str]]:
+        return [image for row in self.rows for cell in row["cells"] for image in cell["imgs"]]

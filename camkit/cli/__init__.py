@@ -61,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         where = getattr(args, "output", None)
-        saved = f"; what finished is in {where}/manifest.csv, and rerunning the command resumes" if where else ""
+        report = " and report.html" if getattr(args, "report", False) else ""
+        saved = f"; what finished is in {where}/manifest.csv{report}, and rerunning the command resumes" if where else ""
         print(f"camkit: interrupted{saved}", file=sys.stderr)
         return INTERRUPTED
 

@@ -42,6 +42,10 @@ def register(commands: Any) -> None:
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="decoding processes (0: in-process)")
     parser.add_argument("--overwrite", action="store_true", help="redo images whose outputs already exist")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--report", action="store_true", help="also write OUT/report.html: every image and method "
+                        "of the manifest in one page, filtered by class and sorted by score (static, works offline)")
+    parser.add_argument("--label-from-folder", action="store_true", help="with --report: each image's folder name "
+                        "is its label (a class name or index), and the report can show where the prediction differs")
     parser.set_defaults(run=_run)
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ..helpers import TESTS, user_code_on_path
+from ..helpers import TESTS, ReportPage, user_code_on_path
 
 
 
@@ -54,7 +54,7 @@ def _manifest(out: Path) -> list[dict[str, str]]:
 def test_two_ranks_write_the_same_pixels_as_one_process(folder, tmp_path) -> None:
     single, double = tmp_path / "single", tmp_path / "double"
     assert _run([sys.executable, *_overlay(folder, single)]).returncode == 0
-    process = _run([*_torchrun(2), *_overlay(folder, double)])
+    process = _run([*_torchrun(2), *_overlay(folder, double), "--report"])
     assert process.returncode == 0, process.stderr[-2000:]
     expected = sorted(path.relative_to(single) for path in single.rglob("*.png"))
     assert len(expected) == 40
@@ -65,6 +65,9 @@ def test_two_ranks_write_the_same_pixels_as_one_process(folder, tmp_path) -> Non
     assert len(rows) == 40 and len({(row["input"], row["method"]) for row in rows}) == 40
     assert {row["status"] for row in rows} == {"ok"}
     assert not list(double.glob(".manifest-part-*"))
+    # rank 0 wrote the report after merging the parts: every rank's images are in it
+    page = ReportPage((double / "report.html").read_text(encoding="utf-8"))
+    assert len(page.rows) == 20 and len(page.images) == 40 and not (single / "report.html").exists()
 
 
 def test_a_killed_rank_leaves_the_rest_and_a_rerun_finishes(folder, tmp_path) -> None:
