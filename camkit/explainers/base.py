@@ -51,8 +51,9 @@ class Explainer:
     name: ClassVar[str] = ""  # set by @camkit.register
     paper: ClassVar[str] = ""
     uses_gradients: ClassVar[bool] = True
-    # Whether the map changes with the explained class (False: the target only names it).
-    class_specific: ClassVar[bool] = True
+    # Whether the map changes with the explained class (False: the target only names it). A method whose
+    # options decide it (CF-CAM's weighting) sets it per instance.
+    class_specific: bool = True
 
     def __init__(
         self,

@@ -40,6 +40,10 @@ class CFCAM(ChannelWeightedExplainer):
     Everything, DBSCAN included, runs batched on the activations' device.
     """
 
+    # In effect, with the default softmax weighting (class sensitivity 1.000 in README.md); an instance
+    # with weighting="linear" is class-specific.
+    class_specific = False
+
     def __init__(
         self,
         model: nn.Module,
@@ -66,6 +70,7 @@ class CFCAM(ChannelWeightedExplainer):
         if not sigma > 0:
             raise CamkitError(f"sigma must be > 0, got {sigma!r}.")
         self.filter, self.sigma, self.weighting = filter, float(sigma), weighting
+        self.class_specific = weighting == "linear"
         self.importance_quantile, self.eps_quantile = float(importance_quantile), float(eps_quantile)
         self.min_samples_fraction = float(min_samples_fraction)
 

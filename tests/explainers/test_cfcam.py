@@ -196,3 +196,6 @@ def test_softmax_weighting_ignores_the_class_and_linear_does_not(shapes_model) -
     linear = CFCAM(shapes_model, weighting="linear")
     assert _pearson(softmax(x, labels), softmax(x, other)).min() > 0.999
     assert _pearson(linear(x, labels), linear(x, other)).mean() < 0.5
+    # so the softmax default declares itself class-agnostic (figures caption it so) and linear does not
+    assert not softmax.class_specific and not CFCAM.class_specific and linear.class_specific
+    assert not softmax.explain(x[:2]).class_specific and linear.explain(x[:2]).class_specific
