@@ -130,17 +130,23 @@ def _conjugate_gradients(operator, right: torch.Tensor, start: torch.Tensor, tol
     residual_norm = (residual * residual).sum(dim=dims, keepdim=True)
     # Relative to the right-hand side, not to the first residual: a good start must not tighten the target.
     threshold = tolerance**2 * (right * right).sum(dim=dims, keepdim=True)
-    # Convergence is checked on the host every few iterations, not every one: each check is a sync.
+    # A system stops moving once it has converged (its own step 0 from then on): its answer does not
+    # depend on the others in the batch, and its residual never decays into slow denormal numbers.
+    # Whether all have stopped is checked on the host every few iterations, not every one: each check is a sync.
+    active = residual_norm > threshold
+    direction = torch.where(active, direction, 0.0)
     for iteration in range(max_iterations):
         product = operator(direction)
         curvature = (direction * product).sum(dim=dims, keepdim=True)
-        step = torch.where(curvature > 0, residual_norm / torch.where(curvature > 0, curvature, 1.0), 0.0)
+        moving = active & (curvature > 0)
+        step = torch.where(moving, residual_norm / torch.where(moving, curvature, 1.0), 0.0)
         solution = solution + step * direction
         residual = residual - step * product
         new_norm = (residual * residual).sum(dim=dims, keepdim=True)
-        ratio = torch.where(residual_norm > 0, new_norm / torch.where(residual_norm > 0, residual_norm, 1.0), 0.0)
-        direction = residual + ratio * direction
+        active = moving & (new_norm > threshold)
+        ratio = torch.where(active, new_norm / torch.where(active, residual_norm, 1.0), 0.0)
+        direction = torch.where(active, residual + ratio * direction, 0.0)
         residual_norm = new_norm
-        if iteration % 8 == 7 and not bool((residual_norm > threshold).any()):
+        if iteration % 8 == 7 and not bool(active.any()):
             break
     return solution
