@@ -342,3 +342,61 @@ class ReportPage:
     @property
     def images(self) -> list[dict[str, str]]:
         return [image for row in self.rows for cell in row["cells"] for image in cell["imgs"]]
+
+
+def linear_imputation_reference(image: np.ndarray, removed: np.ndarray) -> np.ndarray:
+    """ROAD's linear imputation in float64 by a sparse direct solve (scipy), one image ``(C, *S)``, 2-D or 3-D.
+
+    Written from the paper's equations: each removed pixel equals the mean of
+    its in-bounds neighbours weighted 2^-k (k = axes of the offset: 1/6 and
+    1/12 in 2-D), the known pixels fixed.
+    """
+    import itertools
+
+    import scipy.sparse
+    import scipy.sparse.linalg
+
+    shape = removed.shape
+    unknown = np.flatnonzero(removed)
+    slot = np.full(removed.size, -1)
+    slot[unknown] = np.arange(unknown.size)
+    coordinates = np.stack(np.unravel_index(unknown, shape), axis=1)
+    flat_image = image.reshape(image.shape[0], -1)
+    rows, columns, entries = [], [], []
+    right = np.zeros((unknown.size, image.shape[0]))
+    degree = np.zeros(unknown.size)
+    for offset in itertools.product((-1, 0, 1), repeat=len(shape)):
+        axes = sum(1 for step in offset if step)
+        if not axes:
+            continue
+        weight = 2.0**-axes
+        neighbour = coordinates + np.array(offset)
+        inside = np.all((neighbour >= 0) & (neighbour < np.array(shape)), axis=1)
+        flat = np.ravel_multi_index(tuple(neighbour[inside].T), shape)
+        degree[inside] += weight
+        is_unknown = removed.reshape(-1)[flat]
+        equations = np.flatnonzero(inside)
+        rows += list(equations[is_unknown])
+        columns += list(slot[flat[is_unknown]])
+        entries += [-weight] * int(is_unknown.sum())
+        right[equations[~is_unknown]] += weight * flat_image[:, flat[~is_unknown]].T
+    rows += list(range(unknown.size))
+    columns += list(range(unknown.size))
+    entries += list(degree)
+    matrix = scipy.sparse.csc_matrix((entries, (rows, columns)), shape=(unknown.size, unknown.size))
+    solution = scipy.sparse.linalg.spsolve(matrix, right).reshape(unknown.size, -1)
+    result = flat_image.astype(np.float64).copy()
+    result[:, unknown] = solution.T
+    return result.reshape(image.shape)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """torch on one thread for the test: an iterative solver's many small ops each pay a thread barrier, and on
+    a shared, oversubscribed CPU two threads made ROAD's tests 20-40x slower, not faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

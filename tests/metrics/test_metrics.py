@@ -166,3 +166,105 @@ def test_on_cuda(shapes_model) -> None:
             assert value.device.type == "cuda"
     finally:
         shapes_model.cpu()
+
+
+def test_a_callable_target_gives_the_same_as_its_class_when_it_returns_the_probability() -> None:
+    x = torch.rand(3, 1, 4, 4)
+    maps = torch.rand(3, 4, 4)
+    classes = torch.tensor([0, 1, 0])
+
+    def probability(output: torch.Tensor) -> torch.Tensor:
+        return output.softmax(dim=1).gather(1, classes[:, None]).squeeze(1)
+
+    for metric in (metrics.deletion, metrics.insertion, metrics.average_drop, metrics.increase_in_confidence):
+        torch.testing.assert_close(metric(PixelModel(), x, maps, probability), metric(PixelModel(), x, maps, classes))
+
+
+def test_a_callable_target_sees_whole_batches_in_order() -> None:
+    # A per-image target (here: the logit of each image's own class, picked by batch position) only makes
+    # sense if every pass it scores is the B images in their order.
+    from ..helpers import forward_batch_sizes
+
+    model = PixelModel()
+    classes = torch.tensor([1, 0, 1, 1, 0])
+    x, maps = torch.rand(5, 1, 4, 4), torch.rand(5, 4, 4)
+    sizes, stop = forward_batch_sizes(model)
+    try:
+        area, curves = metrics.deletion(model, x, maps, lambda out: out.gather(1, classes[:, None]).squeeze(1),
+                                        steps=4, chunk_size=2, return_curves=True)
+    finally:
+        stop()
+    assert set(sizes) == {5} and len(sizes) == 1 + 5
+    with torch.no_grad():
+        assert curves[:, 0].tolist() == model(x).gather(1, classes[:, None]).squeeze(1).tolist()
+
+
+def test_average_drop_is_nan_where_the_clean_score_is_not_positive() -> None:
+    x = torch.ones(2, 1, 2, 2)
+    x[1] = -1  # image 1's logits are negative: a drop relative to them is undefined
+    maps = torch.full((2, 2, 2), 0.5)
+    drop = metrics.average_drop(PixelModel(), x, maps, lambda out: out[:, 0])
+    assert drop[0].item() == pytest.approx(50.0) and torch.isnan(drop[1])
+
+
+def test_a_callable_baseline_is_called_on_the_images() -> None:
+    x, maps = torch.rand(2, 1, 4, 4), torch.rand(2, 4, 4)
+    half = lambda images: images / 2  # noqa: E731
+    torch.testing.assert_close(metrics.deletion(PixelModel(), x, maps, baseline=half),
+                               metrics.deletion(PixelModel(), x, maps, baseline=x / 2))
+    # average drop blends the image into the baseline by the map: x * m + b * (1 - m)
+    blended = x * maps[:, None] + (x / 2) * (1 - maps[:, None])
+    with torch.no_grad():
+        clean, kept = PixelModel()(x).softmax(1)[:, 0], PixelModel()(blended).softmax(1)[:, 0]
+    torch.testing.assert_close(metrics.average_drop(PixelModel(), x, maps, 0, baseline=half),
+                               100 * (clean - kept).clamp_min(0) / clean)
+    with pytest.raises(camkit.CamkitError, match=r"baseline of shape \(2, 1, 4\) does not fit"):
+        metrics.insertion(PixelModel(), x, maps, baseline=lambda images: images[..., 0])
+    with pytest.raises(camkit.CamkitTypeError, match="baseline callable returned float"):
+        metrics.insertion(PixelModel(), x, maps, baseline=lambda images: 0.0)
+
+
+class VoxelModel(nn.Module):
+    """Two classes scored by the first and the last voxel of a volume: softmax by hand, as PixelModel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack((x[:, 0, 0, 0, 0] * 4, x[:, 0, -1, -1, -1] * 4), dim=1)
+
+
+def test_volumes_deletion_average_drop_and_pointing_by_hand() -> None:
+    x = torch.ones(1, 1, 2, 2, 2)
+    maps = torch.zeros(1, 2, 2, 2)
+    maps[0, 0, 0, 0], maps[0, 1, 1, 1] = 1.0, 0.5  # remove the first voxel, then the last
+    area, curves = metrics.deletion(VoxelModel(), x, maps, target=0, steps=8, return_curves=True)
+    p = lambda a, b: 1 / (1 + math.exp(4 * (b - a)))  # noqa: E731 - softmax of class 0
+    expected = [p(1, 1), p(0, 1)] + [p(0, 0)] * 7
+    torch.testing.assert_close(curves[0], torch.tensor(expected))
+    assert area.item() == pytest.approx(sum((expected[i] + expected[i + 1]) / 2 for i in range(8)) / 8, abs=1e-6)
+    # average drop: masked logits (4 * 1, 4 * 0.5) -> O = 1 / (1 + e^-2), Y = 0.5, no drop
+    assert metrics.average_drop(VoxelModel(), x, maps, 0).item() == 0.0
+    assert metrics.increase_in_confidence(VoxelModel(), x, maps, 0).item() == 100.0
+    masks = torch.zeros(1, 2, 2, 2, dtype=torch.bool)
+    masks[0, 0, 0, 0] = True
+    assert metrics.pointing_game(maps, masks).tolist() == [1.0]
+    assert metrics.energy_pointing_game(maps, masks).item() == pytest.approx(1 / 1.5)
+
+
+def test_blurred_volume_constant_along_depth_equals_the_blurred_slices() -> None:
+    from camkit.metrics.faithfulness import reference_images
+
+    image = torch.rand(2, 3, 16, 16)
+    volume = image[:, :, None].expand(2, 3, 5, 16, 16).contiguous()
+    blurred = reference_images(volume, "blur")
+    for depth in range(5):
+        torch.testing.assert_close(blurred[:, :, depth], reference_images(image, "blur"))
+    torch.testing.assert_close(reference_images(volume, "mean"), volume.mean(dim=(2, 3, 4), keepdim=True).expand_as(volume))
+
+
+def test_volume_shapes_that_do_not_match_are_clear_errors() -> None:
+    volume = torch.rand(2, 1, 3, 4, 4)
+    with pytest.raises(camkit.CamkitError, match=r"maps must have shape \(B, D, H, W\) = \(2, 3, 4, 4\)"):
+        metrics.deletion(VoxelModel(), volume, torch.rand(2, 4, 4))
+    with pytest.raises(camkit.CamkitError, match=r"x must have shape \(B, C, H, W\), or \(B, C, D, H, W\)"):
+        metrics.average_drop(VoxelModel(), torch.rand(2, 3, 4), torch.rand(2, 3, 4))
+    with pytest.raises(camkit.CamkitError, match="match the maps"):
+        metrics.pointing_game(torch.rand(2, 3, 4, 4), torch.ones(2, 3, 4, 5, dtype=torch.bool))
