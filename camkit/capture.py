@@ -144,6 +144,19 @@ def to_captures(
     ]
 
 
+def concatenated(parts: Sequence[Capture]) -> Capture:
+    """One layer's captures of consecutive passes as one (rows in pass order); the output is the first pass's."""
+    if len(parts) == 1:
+        return parts[0]
+
+    def joined(name: str) -> torch.Tensor | None:
+        tensors = [getattr(part, name) for part in parts]
+        return None if tensors[0] is None else torch.cat(tensors, dim=0)
+
+    return Capture(joined("activations"), joined("gradients"), parts[0].output, joined("scores"), joined("classes"),
+                   joined("squared_gradients"), joined("cubed_gradients"))
+
+
 def check_finite(layers: Layers, tensors: Sequence[torch.Tensor | None], what: str) -> None:
     """Refuse NaN or infinite activations / gradients, naming the layer."""
     for (layer_name, _), tensor in zip(layers, tensors):
@@ -212,4 +225,4 @@ def _detached(output: Any) -> Any:
     return output
 
 
-__all__ = ["Capture", "capture", "check_finite", "explained_scores", "hooked_forward", "layer_gradients", "to_captures"]
+__all__ = ["Capture", "capture", "check_finite", "concatenated", "explained_scores", "hooked_forward", "layer_gradients", "to_captures"]

@@ -36,7 +36,7 @@ class FinerCAM(Explainer):
             raise CamkitTypeError(f"base must be a gradient method's class (e.g. camkit.GradCAM), got {base!r}.")
         if not reference_ranks or any(not isinstance(rank, int) or rank < 1 for rank in reference_ranks):
             raise CamkitError(f"reference_ranks must be ranks >= 1 (1: the nearest rival), got {reference_ranks!r}.")
-        shared = {key: options.pop(key) for key in ("reshape", "fuse", "augment") if key in options}
+        shared = {key: options.pop(key) for key in ("reshape", "fuse", "augment", "batch_size") if key in options}
         super().__init__(model, target_layer, **shared)
         # The base shares the layers, the layout and the fusion; augmentation runs around both.
         self.base = base(model, [name for name, _ in self.layers] or None, reshape=self.reshape, fuse=self.fuse,

@@ -28,9 +28,10 @@ class SmoothGradCAMPlusPlus(GradCAMPlusPlus):
     Defaults: ``noise_level=0.15`` is the middle of the 10-20 % of the input
     range that SmoothGrad (Smilkov et al.) found to sharpen maps without
     washing them out; ``n_samples=8`` keeps the cost at about eight Grad-CAM
-    passes while averaging out most of the noise's variance; the copies of all
-    images run ``batch_size=32`` at a time, which bounds memory. ``seed`` makes
-    the noise reproducible and independent of ``batch_size``.
+    passes while averaging out most of the noise's variance. The copies run
+    ``batch_size`` images per pass (default: as many as the input batch, one
+    noisy copy of each image per pass). ``seed`` makes the noise reproducible
+    and independent of ``batch_size``.
     """
 
     def __init__(
@@ -40,7 +41,6 @@ class SmoothGradCAMPlusPlus(GradCAMPlusPlus):
         *,
         n_samples: int = 8,
         noise_level: float = 0.15,
-        batch_size: int = 32,
         seed: int = 0,
         **options: Any,
     ) -> None:
@@ -49,9 +49,7 @@ class SmoothGradCAMPlusPlus(GradCAMPlusPlus):
             raise CamkitError(f"n_samples must be a positive int, got {n_samples!r}.")
         if not noise_level >= 0:
             raise CamkitError(f"noise_level must be >= 0 (a fraction of each image's value range), got {noise_level!r}.")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise CamkitError(f"batch_size must be a positive int, got {batch_size!r}.")
-        self.n_samples, self.noise_level, self.batch_size, self.seed = n_samples, float(noise_level), batch_size, seed
+        self.n_samples, self.noise_level, self.seed = n_samples, float(noise_level), seed
 
     def capture(self, x: torch.Tensor, target: TargetSpec) -> list[Capture]:
         """The clean image's activations with the gradient moments of the noisy copies."""
@@ -75,8 +73,9 @@ class SmoothGradCAMPlusPlus(GradCAMPlusPlus):
         generator = torch.Generator(device=x.device)
         totals: list[torch.Tensor] | None = None
         rows = batch * self.n_samples  # copy-major: row r is copy r // B of image r % B
-        for start in range(0, rows, self.batch_size):
-            row = torch.arange(start, min(start + self.batch_size, rows), device=x.device)
+        per_pass = self.batch_size or batch
+        for start in range(0, rows, per_pass):
+            row = torch.arange(start, min(start + per_pass, rows), device=x.device)
             copy_index, image_index = row // batch, row % batch
             noise = self._noise(x, generator, copy_index, image_index)
             noisy = x[image_index] + noise * sigma[image_index].reshape(-1, *([1] * (x.dim() - 1)))

@@ -38,3 +38,21 @@ def test_augment_keeps_the_explained_classes_and_the_model_as_found() -> None:
     assert result.targets.tolist() == [1, 2] and result.layer_maps.shape == (2, 1, 1)
     assert result.predictions.shape == (2,) and result.maps.shape == (2, 32, 32)
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_augment_in_passes_of_batch_size_equals_one_pass() -> None:
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    seen = []
+    handle = model.register_forward_pre_hook(lambda _m, inputs: seen.append(inputs[0].shape[0]))
+    try:
+        default = camkit.GradCAM(model, "layer3", augment=True).explain(x, [1, 2])
+        one_pass = camkit.GradCAM(model, "layer3", augment=True, batch_size=COPIES * 2).explain(x, [1, 2])
+        odd = camkit.GradCAM(model, "layer3", augment=True, batch_size=5)(x, lambda out: out[:, 3])
+    finally:
+        handle.remove()
+    # default: one copy of the batch per pass; batch_size=12: one pass; 5: whole copies, two per pass
+    assert seen == [2] * COPIES + [COPIES * 2] + [4, 4, 4]
+    torch.testing.assert_close(default.maps, one_pass.maps, atol=1e-5, rtol=0)
+    assert torch.equal(default.predictions, one_pass.predictions) and default.targets.tolist() == [1, 2]
+    assert odd.shape == (2, 32, 32) and torch.isfinite(odd).all()
