@@ -161,15 +161,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--memory-calls", type=int, default=200, help="consecutive Grad-CAM calls for the RSS check (0 skips)")
     parser.add_argument("--skip-authors", action="store_true", help="skip the slow per-image CF-CAM baseline")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="the model's and the input's precision (maps are float32 whatever it is)")
+    parser.add_argument("--only", default="", help="comma-separated substrings: time only candidates whose name has one")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
-    model = torchvision.models.get_model(args.model, weights=None).eval().to(device)
+    dtype = getattr(torch, args.dtype)
+    model = torchvision.models.get_model(args.model, weights=None).eval().to(device, dtype)
     layer = dict(model.named_modules())[args.layer]
     fc_name = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)][-1]
-    x = torch.randn(args.batch, 3, args.size, args.size, device=device)
+    x = torch.randn(args.batch, 3, args.size, args.size, device=device, dtype=dtype)
 
     def sync(fn: Callable[[], object]) -> Callable[[], object]:
         if device.type != "cuda":
@@ -183,6 +187,7 @@ def main() -> None:
         "camkit gradcam++": lambda: camkit.GradCAMPlusPlus(model, args.layer)(x),
         "camkit eigencam": lambda: camkit.EigenCAM(model, args.layer)(x),
         "camkit smoothgradcam++ (4 samples)": lambda: camkit.SmoothGradCAMPlusPlus(model, args.layer, n_samples=4)(x),
+        "camkit smoothgradcam++ (16 samples)": lambda: camkit.SmoothGradCAMPlusPlus(model, args.layer, n_samples=16)(x),
     }
     if "cfcam" in camkit.METHODS:
         candidates["camkit cfcam"] = lambda: camkit.METHODS["cfcam"](model, args.layer)(x)
@@ -208,12 +213,20 @@ def main() -> None:
         "torchcam SmoothGradCAMpp (4 samples)": torchcam_method(
             "SmoothGradCAMpp", model, args.layer, x, num_samples=4, input_shape=tuple(x.shape[1:])
         ),
+        "torchcam SmoothGradCAMpp (16 samples)": torchcam_method(
+            "SmoothGradCAMpp", model, args.layer, x, num_samples=16, input_shape=tuple(x.shape[1:])
+        ),
         "torchcam CAM": torchcam_method("CAM", model, args.layer, x, fc_layer=fc_name),
         "torchcam XGradCAM": torchcam_method("XGradCAM", model, args.layer, x),
         "torchcam LayerCAM": torchcam_method("LayerCAM", model, args.layer, x),
     })
     if not args.skip_authors and device.type == "cpu":
         candidates["CF-CAM authors' per-image numpy/sklearn path"] = authors_cfcam(model, layer, x)
+
+    if args.only:
+        wanted = [part.strip() for part in args.only.split(",") if part.strip()]
+        candidates = {name: fn for name, fn in candidates.items()
+                      if name.startswith("floor") or any(part in name for part in wanted)}
 
     # Memory first: the peers and the authors' path raise the peak RSS later.
     memory_line = ""
@@ -243,7 +256,7 @@ def main() -> None:
             model.zero_grad(set_to_none=True)  # peers write parameter grads; keep rounds comparable
 
     floor = statistics.median(times["floor: forward + backward to layer"])
-    print(f"# {args.model} {args.layer}, batch {args.batch}, {args.size}x{args.size}, {device}, "
+    print(f"# {args.model} {args.layer}, batch {args.batch}, {args.size}x{args.size}, {device}, {args.dtype}, "
           f"{args.threads} threads, torch {torch.__version__}, {platform.machine()}, median of {args.rounds} rounds")
     print(f"| method | median s | x floor |\n|---|---:|---:|")
     for name, values in times.items():
