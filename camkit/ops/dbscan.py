@@ -147,8 +147,9 @@ def _merged_roots(
     ``linked[i, r]``: point i has a core neighbour in root group r. Two groups
     belong to one cluster when a core point of one is linked to the other, a
     small (roots x roots) graph; a border point takes the lowest cluster root
-    among the groups it is linked to. bfloat16 holds the 0/1 entries exactly and
-    a sum of non-negative terms is > 0 exactly when one of them is.
+    among the groups it is linked to. bfloat16 (float32 on a CPU without native
+    bfloat16 products) holds the 0/1 entries exactly and a sum of non-negative
+    terms is > 0 exactly when one of them is.
     """
     batch, count = core.shape
     if roots == 0:  # no core point: all noise
@@ -156,9 +157,10 @@ def _merged_roots(
     slot_of_root = torch.cumsum(is_root.long(), dim=1) - 1
     slot = slot_of_root.gather(1, component.long().clamp_max(count - 1))
     membership = torch.nn.functional.one_hot(torch.where(core, slot, roots), roots + 1)[..., :roots]
-    membership = membership.to(torch.bfloat16)
-    linked = torch.bmm(neighbours.to(torch.bfloat16), membership) > 0  # (B, N, roots)
-    group_links = torch.bmm(membership.transpose(1, 2), linked.to(torch.bfloat16)) > 0  # (B, roots, roots)
+    dtype = _product_dtype(core.device)
+    membership = membership.to(dtype)
+    linked = torch.bmm(neighbours.to(dtype), membership) > 0  # (B, N, roots)
+    group_links = torch.bmm(membership.transpose(1, 2), linked.to(dtype)) > 0  # (B, roots, roots)
     root_index = torch.full((batch, roots), sentinel, dtype=component.dtype, device=core.device)
     root_index[is_root.nonzero(as_tuple=True)[0], slot_of_root[is_root]] = component[is_root]
     merged = root_index
@@ -169,6 +171,17 @@ def _merged_roots(
         merged = updated
     lowest_linked = torch.where(linked, merged[:, None, :], sentinel).amin(dim=2)
     return torch.where(core, merged.gather(1, slot.clamp(0, roots - 1)), lowest_linked)
+
+
+def _product_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 where its matrix products are native (GPUs, CPUs with AMX / AVX-512 BF16), else float32."""
+    if device.type != "cpu":
+        return torch.bfloat16
+    try:
+        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        native = False
+    return torch.bfloat16 if native else torch.float32
 
 
 def _propagated(core_neighbours: torch.Tensor, core: torch.Tensor, component: torch.Tensor, sentinel: int) -> torch.Tensor:
