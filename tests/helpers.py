@@ -22,16 +22,23 @@ NEEDS_CLASS_LOGITS = ("cam", "finercam")
 
 
 def reference_capture(model: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor, classes) -> tuple[torch.Tensor, torch.Tensor]:
-    """Activations and gradients (float64) from plain hooks, independent of camkit's capture."""
+    """Activations and gradients (float64) from plain hooks, independent of camkit's capture.
+
+    ``classes``: one class per image of a model returning logits, or a function of the
+    model's output giving one score per image. A layer returning a tuple is read at its first item.
+    """
     store = {}
 
     def hook(_module, _inputs, out) -> None:
-        store["a"] = out
-        out.register_hook(lambda g: store.__setitem__("g", g))
+        tensor = out[0] if isinstance(out, tuple) else out
+        store["a"] = tensor
+        tensor.register_hook(lambda g: store.__setitem__("g", g))
 
     handle = layer.register_forward_hook(hook)
     try:
-        model(x).gather(1, torch.as_tensor(classes)[:, None]).sum().backward()
+        output = model(x)
+        scores = classes(output) if callable(classes) else output.gather(1, torch.as_tensor(classes)[:, None])
+        scores.sum().backward()
     finally:
         handle.remove()
         model.zero_grad(set_to_none=True)
