@@ -144,7 +144,8 @@ def auto_layer(model: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module]:
             if _grid_area(info) > 1:
                 grids[index] = (0, "a spatial grid")
         elif info.shape[2] > 1:
-            found = token_layout(info.shape[1], input_size, patch_size, prefix_tokens)
+            # No guessing of undeclared special tokens here: a wrong guess would pick a wrong layer silently.
+            found = token_layout(info.shape[1], input_size, patch_size, prefix_tokens, guess=False)
             if found is None:
                 unlaid.append(index)
             elif found[1] * found[2] > 1:

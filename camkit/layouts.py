@@ -168,12 +168,11 @@ def token_layout(
 ) -> tuple[int, int, int] | None:
     """``(special tokens, grid h, grid w)`` for ``num_tokens`` tokens of an ``input_size`` image, or None.
 
-    In order: the patch size's grid (after the model's special tokens, or
-    none); then, for hierarchical models whose grid shrinks stage by stage
-    (Swin, LeViT), a grid the input's size divided by one stride rounds to,
-    after the model's special tokens or none; then (``guess``) after up to 16
-    unknown special tokens, where the grid must also keep the input's aspect
-    ratio.
+    In order: the patch size's grid (after at most 16 special tokens); then,
+    for hierarchical models whose grid shrinks stage by stage (Swin, LeViT), a
+    grid the input's size divided by one stride rounds to, after the model's
+    special tokens or none; then (``guess``) after up to 16 special tokens the
+    model did not declare, where the grid must also keep the input's aspect ratio.
     """
     if len(input_size) != 2 or num_tokens < 2:
         return None
@@ -182,7 +181,7 @@ def token_layout(
     if patch_size is not None:
         grid_h, grid_w = height // patch_size[0], width // patch_size[1]
         extra = num_tokens - grid_h * grid_w
-        if grid_h * grid_w > 0 and (extra in known or (guess and 0 <= extra <= _MAX_GUESSED_PREFIX)):
+        if grid_h * grid_w > 0 and (extra in known or 0 <= extra <= _MAX_GUESSED_PREFIX):
             return extra, grid_h, grid_w
     for prefix in known:
         grid = _strided_grid(num_tokens - prefix, height, width, max_mismatch=None)

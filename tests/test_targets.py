@@ -70,3 +70,14 @@ def test_numpy_integers_and_int_tensors_are_class_indices() -> None:
     torch.testing.assert_close(cam(x, np.array([1, 3])), expected)
     torch.testing.assert_close(cam(x, [np.int64(1), np.int32(3)]), expected)
     torch.testing.assert_close(cam(x, torch.tensor([1, 3], dtype=torch.int32)), expected)
+
+
+def test_zero_shot_and_embedding_outputs() -> None:
+    """CLIP's ``logits_per_image`` are class scores (one per text); embeddings alone need a callable target."""
+    from camkit.targets import logits_of
+
+    logits = torch.randn(2, 4)
+    assert logits_of({"logits_per_image": logits, "logits_per_text": logits.T, "image_embeds": torch.randn(2, 8)}) is logits
+    assert logits_of(type("Output", (), {"logits_per_image": logits})()) is logits
+    with pytest.raises(camkit.CamkitTypeError, match=r"embeddings \(image_embeds\).*target=callable"):
+        logits_of({"image_embeds": torch.randn(2, 8)})
