@@ -65,12 +65,13 @@ def load_model(spec: str | None, weights: str | None = None, device: torch.devic
     return _torchvision(spec, weights, device)
 
 
-def model_for_listing(spec: str) -> tuple[nn.Module, tuple[int, ...]]:
+def model_for_listing(spec: str, input_size: int | None = None) -> tuple[nn.Module, tuple[int, ...]]:
     """A model to list layers of, and its input size, without downloading anything.
 
     A torchvision or timm name gives the architecture with random weights
-    (``pretrained=False``); anything else (``demo``, a ``.pt2`` file,
-    ``package.module:factory``) loads as for ``camkit overlay``.
+    (``pretrained=False``; a timm model that takes ``img_size`` is built for
+    ``input_size``, so a ViT accepts it); anything else (``demo``, a ``.pt2``
+    file, ``package.module:factory``) loads as for ``camkit overlay``.
     """
     import torchvision
 
@@ -78,7 +79,13 @@ def model_for_listing(spec: str) -> tuple[nn.Module, tuple[int, ...]]:
         return torchvision.models.get_model(spec, weights=None).eval(), (224, 224)
     timm_name = _timm_name(spec)
     if timm_name is not None:
-        model = _timm_model(timm_name)
+        model = None
+        if input_size is not None:
+            try:
+                model = _timm_model(timm_name, img_size=input_size)
+            except TypeError:  # a CNN takes any size and no img_size argument
+                model = None
+        model = model if model is not None else _timm_model(timm_name)
         return model.eval(), _timm_input_size(model)
     if spec in ("demo", None) or ":" in spec or Path(spec).suffix or Path(spec).exists():
         loaded = load_model(spec, None, "cpu")
@@ -228,6 +235,9 @@ def _timm_model(name: str, **options: Any) -> nn.Module:
 
 def _timm_input_size(model: nn.Module) -> tuple[int, int]:
     size = dict(getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224))
+    built = getattr(getattr(model, "patch_embed", None), "img_size", None)  # a ViT built for another size
+    if isinstance(built, (tuple, list)) and len(built) == 2:
+        return int(built[0]), int(built[1])
     return int(size[-2]), int(size[-1])
 
 

@@ -23,14 +23,14 @@ def register(commands: Any) -> None:
                         "torch.export .pt2 file, or package.module:factory; no weights are downloaded")
     parser.add_argument("--input-size", type=int, default=None,
                         help="side of the square dry-run input (default: the model's own, 224 for torchvision; "
-                        "timm's from its configuration)")
+                        "timm's from its configuration; a timm ViT is built for this size)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.input_size is not None and args.input_size < 1:
         raise CamkitError(f"--input-size must be a positive number of pixels, got {args.input_size}")
-    model, size = model_for_listing(args.model)
+    model, size = model_for_listing(args.model, args.input_size)
     if args.input_size is not None:
         size = (args.input_size,) * len(size)
     channels = 3 if len(size) == 2 else (input_channels(model) or 1)
