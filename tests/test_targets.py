@@ -81,3 +81,14 @@ def test_zero_shot_and_embedding_outputs() -> None:
     assert logits_of(type("Output", (), {"logits_per_image": logits})()) is logits
     with pytest.raises(camkit.CamkitTypeError, match=r"embeddings \(image_embeds\).*target=callable"):
         logits_of({"image_embeds": torch.randn(2, 8)})
+
+
+def test_a_negated_score_gives_the_counterfactual_map() -> None:
+    """``target=lambda out: -out[:, c]``: Grad-CAM of the evidence against class c, ReLU(-sum_k w_k A_k)."""
+    from .helpers import reference_capture, reference_finish, tiny_strided_cnn
+
+    model = tiny_strided_cnn()
+    x = torch.randn(2, 3, 16, 12)
+    activations, gradients = reference_capture(model, model[3], x, [2, 2])
+    against = reference_finish(-(gradients.mean(dim=(2, 3), keepdim=True) * activations).sum(1), (16, 12))
+    np.testing.assert_allclose(camkit.GradCAM(model, "3")(x, lambda out: -out[:, 2]).numpy(), against, atol=1e-5)
