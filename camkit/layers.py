@@ -99,8 +99,8 @@ def dry_run(model: nn.Module, x: torch.Tensor) -> list[LayerInfo]:
         shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else None
         name = names[module]
         same = None
-        if previous and previous[0][1] is tensor and isinstance(tensor, torch.Tensor) and previous[0][0].startswith(name + "."):
-            same = previous[0][0]
+        if previous and isinstance(tensor, torch.Tensor) and previous[0][1] is tensor:
+            same = previous[0][0] if previous[0][0].startswith(name + ".") else None
         seen.append(LayerInfo(name, type(module).__name__, shape, output_layout(output, input_hw), same))
         previous[:] = [(name, tensor)]
 
@@ -160,7 +160,8 @@ def auto_layer(model: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module]:
         )
     last = stages[-1]
     if grids[last][0] > 0:
-        norms = [infos[index].name for index in grids if grids[index][0] > 0 and _is_token_norm(modules[infos[index].name])]
+        norms = [infos[index].name for index in grids
+                 if grids[index][0] > 0 and _is_token_norm(modules[infos[index].name])]
         if not norms:
             raise CamkitError(
                 f"The model's last grid {infos[last].name!r} carries {grids[last][0]} special token(s) (class, "
@@ -185,15 +186,15 @@ def _refuse_unlaid_tokens(
 ) -> None:
     # Token outputs after the last grid, several of one length: a transformer body camkit cannot lay
     # out. Explaining the early grid (a stem) instead would be a silent, useless map.
-    later = [infos[index] for index in unlaid if index > last]
-    lengths = [info.shape[1] for info in later if info.shape]
-    body = [info for info in later if info.shape and lengths.count(info.shape[1]) >= 2]
+    later = [(infos[index].name, infos[index].shape or ()) for index in unlaid if index > last]
+    lengths = [shape[1] for _, shape in later]
+    body = [(name, shape) for name, shape in later if lengths.count(shape[1]) >= 2]
     if not body:
         return
-    shape = "x".join(map(str, body[-1].shape or ()))
+    name, shape = body[-1]
     raise CamkitError(
-        f"The model goes on with tokens after its last grid {infos[last].name!r} ({body[-1].name!r} gives {shape}), "
-        f"and camkit cannot lay {body[-1].shape[1]} tokens on a grid for a "  # type: ignore[index]
+        f"The model goes on with tokens after its last grid {infos[last].name!r} ({name!r} gives "
+        f"{'x'.join(map(str, shape))}), and camkit cannot lay {shape[1]} tokens on a grid for a "
         f"{'x'.join(map(str, input_size))} input (counting {prefix_tokens} special token(s)). Explaining "
         f"{infos[last].name!r} would show an early layer. Pass target_layer= the layer to explain and reshape= "
         "a function from its (B, N, D) output to (B, D, h, w); `camkit layers MODEL` lists the candidates."

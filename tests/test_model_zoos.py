@@ -103,7 +103,8 @@ def test_every_method_runs_on_special_tokens(name: str) -> None:
 
 def test_clip_without_a_target_says_to_pass_a_similarity() -> None:
     entry = ZOO["hf-clip-similarity"]
-    with pytest.raises(camkit.CamkitError, match=r"returned embeddings \(image_embeds.*cosine similarity of output.image_embeds"):
+    expected = r"returned embeddings \(image_embeds.*cosine similarity of output.image_embeds"
+    with pytest.raises(camkit.CamkitError, match=expected):
         camkit.GradCAM(entry.build().eval())(torch.randn(1, 3, *entry.size))
 
 

@@ -77,7 +77,8 @@ def test_zero_shot_and_embedding_outputs() -> None:
     from camkit.targets import logits_of
 
     logits = torch.randn(2, 4)
-    assert logits_of({"logits_per_image": logits, "logits_per_text": logits.T, "image_embeds": torch.randn(2, 8)}) is logits
+    clip_output = {"logits_per_image": logits, "logits_per_text": logits.T, "image_embeds": torch.randn(2, 8)}
+    assert logits_of(clip_output) is logits
     assert logits_of(type("Output", (), {"logits_per_image": logits})()) is logits
     with pytest.raises(camkit.CamkitTypeError, match=r"embeddings \(image_embeds\).*target=callable"):
         logits_of({"image_embeds": torch.randn(2, 8)})

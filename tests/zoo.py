@@ -90,7 +90,8 @@ def clip_similarity() -> Callable[[Any], torch.Tensor]:
     return lambda output: torch.nn.functional.cosine_similarity(output.image_embeds, reference[None], dim=1)
 
 
-VIT_RULE = "a ViT's class token carries the prediction: the last block's first norm, where attention still mixes patches into it"
+VIT_RULE = ("a ViT's class token carries the prediction: the last block's first norm, where attention still mixes "
+            "the patches into it")
 STAGE_RULE = "no special tokens: the last stage's output, as for a CNN"
 
 ZOO: dict[str, ZooModel] = {

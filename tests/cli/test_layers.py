@@ -75,7 +75,7 @@ def test_unknown_names_suggest_torchvision_and_timm_names(capsys) -> None:
 def test_the_command_downloads_nothing(tmp_path) -> None:
     """The console entry point with empty caches: the listing works and the caches stay empty."""
     pytest.importorskip("timm")
-    caches = {name: tmp_path / name for name in ("TORCH_HOME", "HF_HOME", "XDG_CACHE_HOME")}
+    caches = {name: tmp_path / name for name in ("TORCH_HOME", "HF_HOME")}  # where torch hub and timm put weights
     for folder in caches.values():
         folder.mkdir()
     environment = {**os.environ, **{name: str(folder) for name, folder in caches.items()}, "HF_HUB_OFFLINE": "1"}
