@@ -248,6 +248,9 @@ def _timm(name: str, weights: str | None, device: torch.device) -> LoadedModel:
             "a local checkpoint (for example torch.save(model.state_dict(), 'model.pt') after "
             "timm.create_model(..., pretrained=True) on a machine that may download)."
         )
+    if not Path(weights).is_file():
+        raise CamkitError(f"--weights {weights} is not a file; for timm's {name} camkit loads weights from a local "
+                          "checkpoint only (it never downloads them).")
     state = _state_dict(weights)
     model = _timm_model(name)
     classes = _timm_num_classes(model, state)

@@ -53,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _layout_text(info: LayerInfo, size: tuple[int, ...], patch_size: tuple[int, int] | None, prefix_tokens: int) -> str:
+def _layout_text(
+    info: LayerInfo, size: tuple[int, ...], patch_size: tuple[int, int] | None, prefix_tokens: int
+) -> str:
     """The layout, and for tokens the grid camkit lays them on: ``tokens 1+14x14`` (special tokens + grid)."""
     if info.layout is not Layout.TOKENS or not info.shape:
         return str(info.layout)

@@ -48,6 +48,8 @@ def test_a_timm_name_loads_a_local_checkpoint_with_its_class_count(offline, conv
 def test_timm_weights_are_never_downloaded(offline, convnext_checkpoint) -> None:
     with pytest.raises(camkit.CamkitError, match="does not download timm weights.*--weights"):
         load_model("convnext_atto", None)
+    with pytest.raises(camkit.CamkitError, match="DEFAULT is not a file.*never downloads"):
+        load_model("convnext_atto", "DEFAULT")
     with pytest.raises(camkit.CamkitError, match="do not fit timm's levit_128s"):
         load_model("levit_128s", str(convnext_checkpoint[0]))
     with pytest.raises(camkit.CamkitError, match="Hugging Face Hub"):
