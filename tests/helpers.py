@@ -135,6 +135,18 @@ def no_hooks_left(model: torch.nn.Module) -> bool:
 
 
 @contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one thread for the block: with small models thread hand-offs cost more than the maths,
+    and on a machine whose cores are shared far more (the model zoo tests ran 4x slower on two)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
 def user_code_on_path() -> Iterator[None]:
     """``tests/`` importable, for ``--model factory_model:...`` (a user's own module)."""
     sys.path.insert(0, str(TESTS))

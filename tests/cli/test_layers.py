@@ -11,7 +11,13 @@ import pytest
 
 from camkit.cli import main
 
-from ..helpers import user_code_on_path
+from ..helpers import one_thread, user_code_on_path
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_thread():
+        yield
 
 
 @pytest.fixture
