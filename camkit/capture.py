@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .errors import CamkitError, CamkitTypeError
-from .layouts import Reshape, to_grid
+from .layouts import Reshape, prefix_tokens_of, to_grid
 from .modes import explaining
 from .targets import TargetSpec, check_finite_scores, scores_for
 
@@ -66,8 +66,15 @@ def capture(
     with_gradients: bool = True,
     reshape: Reshape | None = None,
     patch_size: tuple[int, int] | None = None,
+    prefix_tokens: int | None = None,
 ) -> list[Capture]:
-    """One forward (and one backward) capturing every layer in ``layers``, in their order."""
+    """One forward (and one backward) capturing every layer in ``layers``, in their order.
+
+    ``patch_size`` and ``prefix_tokens`` (the model's class, distillation and
+    register tokens; counted from the model when None) lay token outputs on their grid.
+    """
+    if prefix_tokens is None:
+        prefix_tokens = prefix_tokens_of(model)
     with explaining(model):
         output, tensors = hooked_forward(model, layers, x, with_gradients)
         check_finite(layers, tensors, "activations")
@@ -76,7 +83,8 @@ def capture(
         gradients = layer_gradients(scores, tensors, layers) if with_gradients else [None] * len(layers)
         if with_gradients:
             check_finite(layers, gradients, "gradient")
-    return to_captures(tensors, gradients, output, scores, classes, tuple(x.shape[2:]), reshape, patch_size)
+    return to_captures(tensors, gradients, output, scores, classes, tuple(x.shape[2:]), reshape, patch_size,
+                       prefix_tokens)
 
 
 def hooked_forward(
@@ -132,10 +140,11 @@ def to_captures(
     input_size: tuple[int, ...],
     reshape: Reshape | None,
     patch_size: tuple[int, int] | None,
+    prefix_tokens: int | None = None,
 ) -> list[Capture]:
     """Each layer's tensors in ``(B, K, *grid)`` float32."""
     grid: Callable[[torch.Tensor], torch.Tensor] = (
-        reshape if reshape is not None else (lambda tensor: to_grid(tensor, input_size, patch_size))
+        reshape if reshape is not None else (lambda tensor: to_grid(tensor, input_size, patch_size, prefix_tokens))
     )
     return [
         Capture(grid(activation.detach()).float(), grid(gradient).float() if gradient is not None else None,

@@ -1,13 +1,17 @@
 """Finding the target layer: by dotted name, as a module, or automatically.
 
 The automatic choice comes from one dry-run forward pass that records every
-module's output shape and layout (:mod:`camkit.layouts`).
+module's output shape and layout (:mod:`camkit.layouts`): the last module
+whose output is a grid of the image, a spatial map or tokens laid on their
+patch grid; for a Vision Transformer, whose class (distillation, register)
+tokens ride along to the head, the last block's first norm.
 """
 from __future__ import annotations
 
 import difflib
 import logging
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Union
@@ -16,7 +20,7 @@ import torch
 from torch import nn
 
 from .errors import CamkitError, CamkitTypeError
-from .layouts import Layout, output_layout
+from .layouts import Layout, output_layout, patch_size_of, prefix_tokens_of, token_layout
 from .modes import evaluation
 
 logger = logging.getLogger("camkit")
@@ -28,8 +32,9 @@ LayersSpec = Union[LayerSpec, Sequence[Union[str, nn.Module]]]
 # their map is the previous layer's one, renamed (or resampled, for adaptive
 # pooling), so the automatic choice skips them and names the stage itself.
 _NOT_A_STAGE = (
-    nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool3d, nn.Identity,
-    nn.Flatten, nn.Unflatten, nn.LayerNorm, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool3d, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Flatten, nn.Unflatten, nn.LayerNorm,
+    nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm,
 )
 _NOT_A_STAGE_NAMES = ("Permute", "LayerNorm2d", "FrozenBatchNorm2d")
 
@@ -42,6 +47,9 @@ class LayerInfo:
     type: str
     shape: tuple[int, ...] | None
     layout: Layout | None
+    # The module that finished just before this one, when it is inside this one and this one
+    # returns its very output tensor (a Sequential's last child, timm's BatchNormAct2d's act).
+    same_output_as: str | None = None
 
 
 def find_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Module]:
@@ -84,11 +92,17 @@ def dry_run(model: nn.Module, x: torch.Tensor) -> list[LayerInfo]:
     seen: list[LayerInfo] = []
     names = {module: name for name, module in model.named_modules() if name}
     input_hw = tuple(x.shape[2:])
+    previous: list[tuple[str, Any]] = []  # the last module to finish and its output: one reference, no more
 
     def record(module: nn.Module, _inputs: Any, output: Any) -> None:
         tensor = output[0] if isinstance(output, (tuple, list)) and output else output
         shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else None
-        seen.append(LayerInfo(names[module], type(module).__name__, shape, output_layout(output, input_hw)))
+        name = names[module]
+        same = None
+        if previous and isinstance(tensor, torch.Tensor) and previous[0][1] is tensor:
+            same = previous[0][0] if previous[0][0].startswith(name + ".") else None
+        seen.append(LayerInfo(name, type(module).__name__, shape, output_layout(output, input_hw), same))
+        previous[:] = [(name, tensor)]
 
     with evaluation(model):
         handles = [module.register_forward_hook(record) for module in names]
@@ -98,35 +112,99 @@ def dry_run(model: nn.Module, x: torch.Tensor) -> list[LayerInfo]:
         finally:
             for handle in handles:
                 handle.remove()
+            previous.clear()
     return seen
 
 
 def auto_layer(model: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module]:
-    """The layer a user would pick: the last spatial map of a CNN, or a ViT's last block's first norm."""
-    infos = dry_run(model, x[:1])
+    """The layer a user would pick: the last grid of the image (a CNN's last stage), or a ViT's last block's first norm.
+
+    A grid is a spatial map or tokens laid on their patch grid (Swin, LeViT,
+    hierarchical models). When the tokens that carry the prediction start
+    with special tokens (class, distillation, registers), only those tokens
+    receive gradient at the last block's output, so the last block's first
+    norm is explained instead. The choice is logged on the ``camkit`` logger.
+    """
+    # Two rows: outputs that do not have one row per image (attention biases, windows, detector
+    # regions) are not maps of the image, whatever their shape.
+    probe = torch.cat((x[:1], x[:1]))
+    infos = dry_run(model, probe)
     modules = dict(model.named_modules())
-    spatial = [
-        i for i, info in enumerate(infos)
-        if info.layout is not None and info.layout.spatial and _grid_area(info) > 1 and _is_stage(modules[info.name])
-    ]
-    token_norms = [
-        i for i, info in enumerate(infos)
-        if info.layout is Layout.TOKENS and isinstance(modules[info.name], nn.LayerNorm)
-    ]
-    last_spatial = spatial[-1] if spatial else -1
-    if token_norms and token_norms[-1] > last_spatial:
-        name = _vit_layer([infos[i].name for i in token_norms if i > last_spatial])
-        reason = "the last transformer block's first norm"
-    elif spatial:
-        name = infos[last_spatial].name
-        reason = "the last module whose output keeps a spatial grid"
-    else:
+    input_size = tuple(int(side) for side in x.shape[2:])
+    patch_size, prefix_tokens = patch_size_of(model), prefix_tokens_of(model)
+    grids: dict[int, tuple[int, str]] = {}  # index -> (special tokens before the grid, how the grid was read)
+    unlaid: list[int] = []
+    calls = Counter(info.name for info in infos)
+    for index, info in enumerate(infos):
+        if info.layout is None or not info.shape or info.shape[0] != probe.shape[0]:
+            continue
+        if calls[info.name] > 1:
+            continue  # a module run several times (a shared ReLU, a head applied per pyramid level) has no one map
+        if info.layout.spatial:
+            if _grid_area(info) > 1:
+                grids[index] = (0, "a spatial grid")
+        elif info.shape[2] > 1:
+            # No guessing of undeclared special tokens here: a wrong guess would pick a wrong layer silently.
+            found = token_layout(info.shape[1], input_size, patch_size, prefix_tokens, guess=False)
+            if found is None:
+                unlaid.append(index)
+            elif found[1] * found[2] > 1:
+                special = f"{found[0]} special token(s) and " if found[0] else ""
+                grids[index] = (found[0], f"tokens: {special}a {found[1]}x{found[2]} grid")
+    stages = [index for index in grids if _is_stage(modules[infos[index].name])]
+    if not stages:
         raise CamkitError(
-            "Found no layer with a spatial output (B, C, h, w) or tokens (B, N, D) in this model, "
-            "so there is nothing to map back onto the image. Pass target_layer= the module to explain."
+            "Found no layer with a spatial output (B, C, h, w) or tokens (B, N, D) on a grid in this model, "
+            "so there is nothing to map back onto the image. Pass target_layer= the module to explain "
+            "(and reshape= a function from its output to (B, C, h, w) if it is not a grid)."
         )
+    last = stages[-1]
+    if grids[last][0] > 0:
+        norms = [infos[index].name for index in grids
+                 if grids[index][0] > 0 and _is_token_norm(modules[infos[index].name])]
+        if not norms:
+            raise CamkitError(
+                f"The model's last grid {infos[last].name!r} carries {grids[last][0]} special token(s) (class, "
+                "registers) and no norm inside its blocks, so only those tokens would receive gradient there. "
+                "Pass target_layer= a layer inside the last block (its first norm, say)."
+            )
+        name = _vit_layer(norms)
+        reason = f"the last transformer block's first norm; {grids[last][0]} special token(s) dropped"
+    else:
+        _refuse_unlaid_tokens(infos, unlaid, last, input_size, prefix_tokens)
+        index = last
+        while index + 1 < len(infos) and infos[index + 1].same_output_as == infos[index].name:
+            index += 1  # name the block that returns this very map (timm's bn2, not bn2.act)
+        name = infos[index].name
+        reason = f"the last module whose output keeps a grid of the image, {grids[last][1]}"
     logger.info("camkit chose target layer %r (%s).", name, reason)
     return name, modules[name]
+
+
+def _refuse_unlaid_tokens(
+    infos: list[LayerInfo], unlaid: list[int], last: int, input_size: tuple[int, ...], prefix_tokens: int
+) -> None:
+    # Token outputs after the last grid, several of one length: a transformer body camkit cannot lay
+    # out. Explaining the early grid (a stem) instead would be a silent, useless map.
+    later = [(infos[index].name, infos[index].shape or ()) for index in unlaid if index > last]
+    lengths = [shape[1] for _, shape in later]
+    body = [(name, shape) for name, shape in later if lengths.count(shape[1]) >= 2]
+    if not body:
+        return
+    name, shape = body[-1]
+    raise CamkitError(
+        f"The model goes on with tokens after its last grid {infos[last].name!r} ({name!r} gives "
+        f"{'x'.join(map(str, shape))}), and camkit cannot lay {shape[1]} tokens on a grid for a "
+        f"{'x'.join(map(str, input_size))} input (counting {prefix_tokens} special token(s)). Explaining "
+        f"{infos[last].name!r} would show an early layer. Pass target_layer= the layer to explain and reshape= "
+        "a function from its (B, N, D) output to (B, D, h, w); `camkit layers MODEL` lists the candidates."
+    )
+
+
+def _is_token_norm(module: nn.Module) -> bool:
+    rms_norm = getattr(nn, "RMSNorm", None)
+    return (isinstance(module, nn.LayerNorm) or (rms_norm is not None and isinstance(module, rms_norm))
+            or type(module).__name__.lower() in ("rmsnorm", "layernorm"))
 
 
 def _is_stage(module: nn.Module) -> bool:

@@ -81,19 +81,53 @@ def patch_size_of(model: nn.Module) -> tuple[int, int] | None:
     return None
 
 
+# Learned special tokens as the libraries name them: torchvision (class_token), timm (cls_token,
+# dist_token, reg_token), Hugging Face (cls_token, distillation_token, register_tokens, and CLIP's
+# class_embedding). Each is (D,), (1, D) or (1, n, D): n tokens of width D.
+_SPECIAL_TOKEN_PARAMETERS = (
+    "class_token", "cls_token", "class_embedding", "dist_token", "distillation_token", "reg_token", "register_tokens",
+)
+# More leading tokens than this are not taken for special tokens when the model does not say how many it has.
+_MAX_GUESSED_PREFIX = 16
+
+
+def prefix_tokens_of(model: nn.Module) -> int:
+    """How many special tokens (class, distillation, registers) a ViT-like model puts before its patches.
+
+    timm says so itself (``num_prefix_tokens``); otherwise the learned token
+    parameters of the first module holding any are counted (0 when there are none).
+    """
+    for module in model.modules():
+        declared = getattr(module, "num_prefix_tokens", None)
+        if isinstance(declared, int) and not isinstance(declared, bool) and declared >= 0:
+            return declared
+    counts: dict[str, int] = {}
+    for name, parameter in model.named_parameters():
+        owner, _, leaf = name.rpartition(".")
+        if leaf in _SPECIAL_TOKEN_PARAMETERS and parameter.dim() >= 1 and parameter.shape[-1] > 0:
+            counts[owner] = counts.get(owner, 0) + parameter.numel() // parameter.shape[-1]
+    # A second ViT inside the model (a teacher, a text tower's twin) has its own tokens: count one owner.
+    return next(iter(counts.values()), 0)
+
+
 def to_grid(
     activation: torch.Tensor,
     input_size: tuple[int, ...],
     patch_size: tuple[int, int] | None = None,
+    prefix_tokens: int | None = None,
 ) -> torch.Tensor:
-    """A layer output as ``(B, K, *grid)``: NCHW and NCDHW kept, NHWC permuted, tokens laid on their grid."""
+    """A layer output as ``(B, K, *grid)``: NCHW and NCDHW kept, NHWC permuted, tokens laid on their grid.
+
+    ``prefix_tokens`` is the model's count of special tokens (:func:`prefix_tokens_of`);
+    a layer before they are added (a patch embedding) has none, and that is tried next.
+    """
     layout = output_layout(activation, input_size)
     if layout in (Layout.NCHW, Layout.NCDHW):
         return activation
     if layout is Layout.NHWC:
         return activation.permute(0, 3, 1, 2)
     if layout is Layout.TOKENS and len(input_size) == 2:
-        grid_h, grid_w = token_grid(activation.shape[1], input_size, patch_size)
+        grid_h, grid_w = token_grid(activation.shape[1], input_size, patch_size, prefix_tokens)
         prefix = activation.shape[1] - grid_h * grid_w
         tokens = activation[:, prefix:, :]
         return tokens.transpose(1, 2).reshape(activation.shape[0], activation.shape[2], grid_h, grid_w)
@@ -104,34 +138,96 @@ def to_grid(
     )
 
 
-def token_grid(num_tokens: int, input_size: tuple[int, int], patch_size: tuple[int, int] | None) -> tuple[int, int]:
-    """The patch grid of ``num_tokens`` tokens: from the patch size, else from the input's aspect ratio."""
+def token_grid(
+    num_tokens: int,
+    input_size: tuple[int, int],
+    patch_size: tuple[int, int] | None,
+    prefix_tokens: int | None = None,
+) -> tuple[int, int]:
+    """The patch grid ``(h, w)`` of ``num_tokens`` tokens; the tokens before it are special tokens.
+
+    Raises :class:`CamkitError` naming ``reshape=`` when no grid fits.
+    """
+    found = token_layout(num_tokens, input_size, patch_size, prefix_tokens)
+    if found is None:
+        raise CamkitError(
+            f"Cannot lay {num_tokens} tokens on a grid for a {input_size[0]}x{input_size[1]} input"
+            + (f" (the model has {prefix_tokens} special tokens)" if prefix_tokens else "")
+            + ". Pass reshape= a function that turns the layer's (B, N, D) output into (B, D, h, w)."
+        )
+    return found[1], found[2]
+
+
+def token_layout(
+    num_tokens: int,
+    input_size: tuple[int, ...],
+    patch_size: tuple[int, int] | None = None,
+    prefix_tokens: int | None = None,
+    *,
+    guess: bool = True,
+) -> tuple[int, int, int] | None:
+    """``(special tokens, grid h, grid w)`` for ``num_tokens`` tokens of an ``input_size`` image, or None.
+
+    In order: the patch size's grid (after at most 16 special tokens); then,
+    for hierarchical models whose grid shrinks stage by stage (Swin, LeViT), a
+    grid the input's size divided by one stride rounds to, after the model's
+    special tokens or none; then (``guess``) after up to 16 special tokens the
+    model did not declare, where the grid must also keep the input's aspect ratio.
+    """
+    if len(input_size) != 2 or num_tokens < 2:
+        return None
+    height, width = int(input_size[0]), int(input_size[1])
+    known = [prefix for prefix in dict.fromkeys((prefix_tokens or 0, 0)) if prefix < num_tokens]
     if patch_size is not None:
-        grid_h, grid_w = input_size[0] // patch_size[0], input_size[1] // patch_size[1]
-        if 0 < grid_h * grid_w <= num_tokens:
-            return grid_h, grid_w
-    # Special tokens (class, distillation, registers) come first and are few;
-    # the patch grid has the input's aspect ratio up to the rounding of strides.
-    log_aspect = math.log(input_size[1] / input_size[0])
+        grid_h, grid_w = height // patch_size[0], width // patch_size[1]
+        extra = num_tokens - grid_h * grid_w
+        if grid_h * grid_w > 0 and (extra in known or 0 <= extra <= _MAX_GUESSED_PREFIX):
+            return extra, grid_h, grid_w
+    for prefix in known:
+        grid = _strided_grid(num_tokens - prefix, height, width, max_mismatch=None)
+        if grid is not None:
+            return prefix, *grid
+    if guess:
+        for prefix in range(1, min(num_tokens - 1, _MAX_GUESSED_PREFIX + 1)):
+            grid = _strided_grid(num_tokens - prefix, height, width, max_mismatch=0.1)
+            if prefix not in known and grid is not None:
+                return prefix, *grid
+    return None
+
+
+def _strided_grid(patches: int, height: int, width: int, max_mismatch: float | None) -> tuple[int, int] | None:
+    """The grid of ``patches`` positions that an ``height`` x ``width`` input divided by one stride rounds to.
+
+    A stack of strided layers maps a side n to floor(n / s) or ceil(n / s) for
+    its total stride s (the same s and the same layers for both sides, so a
+    longer side never gets fewer positions). Among the factorisations that
+    fit, the one closest to the input's aspect ratio wins.
+    """
+    log_aspect = math.log(width / height)
     best: tuple[float, int, int] | None = None
-    for prefix in range(0, min(num_tokens - 1, 17)):
-        patches = num_tokens - prefix
-        for grid_h in range(1, patches + 1):
-            if patches % grid_h:
-                continue
-            grid_w = patches // grid_h
-            if grid_h * grid_w < 2:
-                continue
-            mismatch = abs(math.log(grid_w / grid_h) - log_aspect)
-            score = mismatch + 0.01 * prefix
-            if mismatch <= 0.1 and (best is None or score < best[0]):
-                best = (score, grid_h, grid_w)
-    if best is not None:
-        return best[1], best[2]
-    raise CamkitError(
-        f"Cannot lay {num_tokens} tokens on a grid for a {input_size[0]}x{input_size[1]} input. "
-        "Pass reshape= a function that turns the layer's (B, N, D) output into (B, D, h, w)."
-    )
+    for grid_h in range(1, patches + 1):
+        if patches % grid_h:
+            continue
+        grid_w = patches // grid_h
+        if grid_h * grid_w < 2 or grid_h > height or grid_w > width:
+            continue
+        if (height < width and grid_h > grid_w) or (height > width and grid_h < grid_w) or (
+            height == width and grid_h != grid_w
+        ):
+            continue
+        # n / s rounds to g (down or up) exactly when n / (g + 1) < s < n / (g - 1).
+        low = max(height / (grid_h + 1), width / (grid_w + 1))
+        high = min(height / (grid_h - 1) if grid_h > 1 else math.inf, width / (grid_w - 1) if grid_w > 1 else math.inf)
+        if low >= high:
+            continue
+        mismatch = abs(math.log(grid_w / grid_h) - log_aspect)
+        if max_mismatch is not None and mismatch > max_mismatch:
+            continue
+        if best is None or mismatch < best[0]:
+            best = (mismatch, grid_h, grid_w)
+    return (best[1], best[2]) if best is not None else None
 
 
-__all__ = ["Layout", "Reshape", "output_layout", "patch_size_of", "to_grid", "token_grid"]
+__all__ = [
+    "Layout", "Reshape", "output_layout", "patch_size_of", "prefix_tokens_of", "to_grid", "token_grid", "token_layout",
+]

@@ -16,16 +16,19 @@ from .errors import CamkitError, CamkitTypeError
 TargetSpec = Union[None, int, Sequence[int], torch.Tensor, Callable[[Any], torch.Tensor]]
 
 # Keys tried, in order, when a model returns a dict: Hugging Face classifiers
-# say "logits", torchvision segmenters say "out".
-_LOGIT_KEYS = ("logits", "out", "output", "scores")
+# say "logits" (CLIP's zero-shot scores "logits_per_image"), torchvision segmenters "out".
+_LOGIT_KEYS = ("logits", "logits_per_image", "out", "output", "scores")
+# Outputs that hold features, not scores: there is no class to pick, the caller says what to explain.
+_EMBEDDING_KEYS = ("image_embeds", "pooler_output", "last_hidden_state", "embeddings")
 
 
 def logits_of(output: Any) -> torch.Tensor:
     """The class-score tensor of a model output.
 
-    A tensor is used as is; a tuple or list gives its first tensor; a dict gives
-    its ``logits``/``out``/``output``/``scores`` entry; any object with a
-    ``logits`` attribute (Hugging Face ``ModelOutput``) gives that attribute.
+    A tensor is used as is; a tuple or list gives its first tensor; a dict
+    (Hugging Face ``ModelOutput`` included) gives its
+    ``logits``/``logits_per_image``/``out``/``output``/``scores`` entry; any
+    other object with such an attribute gives that attribute.
     """
     if isinstance(output, torch.Tensor):
         return output
@@ -34,14 +37,23 @@ def logits_of(output: Any) -> torch.Tensor:
             value = output.get(key)
             if isinstance(value, torch.Tensor):
                 return value
+        keys = sorted(map(str, output))
+        embeddings = [key for key in _EMBEDDING_KEYS if key in keys]
+        if embeddings:
+            raise CamkitTypeError(
+                f"The model returned embeddings ({', '.join(embeddings)}), not class scores. Pass "
+                "target=callable(output) -> (B,) scores, for instance the cosine similarity of "
+                f"output.{embeddings[0]} with a text or reference embedding."
+            )
         raise CamkitTypeError(
-            f"The model returned a dict with keys {sorted(map(str, output))} and none of "
+            f"The model returned a dict with keys {keys} and none of "
             f"{list(_LOGIT_KEYS)} holds a tensor. Pass target=callable(output) -> (B,) scores "
             "that picks the score to explain."
         )
-    logits = getattr(output, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
+    for key in _LOGIT_KEYS[:2]:
+        logits = getattr(output, key, None)
+        if isinstance(logits, torch.Tensor):
+            return logits
     if isinstance(output, (tuple, list)):
         for value in output:
             if isinstance(value, torch.Tensor):

@@ -22,16 +22,23 @@ NEEDS_CLASS_LOGITS = ("cam", "finercam")
 
 
 def reference_capture(model: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor, classes) -> tuple[torch.Tensor, torch.Tensor]:
-    """Activations and gradients (float64) from plain hooks, independent of camkit's capture."""
+    """Activations and gradients (float64) from plain hooks, independent of camkit's capture.
+
+    ``classes``: one class per image of a model returning logits, or a function of the
+    model's output giving one score per image. A layer returning a tuple is read at its first item.
+    """
     store = {}
 
     def hook(_module, _inputs, out) -> None:
-        store["a"] = out
-        out.register_hook(lambda g: store.__setitem__("g", g))
+        tensor = out[0] if isinstance(out, tuple) else out
+        store["a"] = tensor
+        tensor.register_hook(lambda g: store.__setitem__("g", g))
 
     handle = layer.register_forward_hook(hook)
     try:
-        model(x).gather(1, torch.as_tensor(classes)[:, None]).sum().backward()
+        output = model(x)
+        scores = classes(output) if callable(classes) else output.gather(1, torch.as_tensor(classes)[:, None])
+        scores.sum().backward()
     finally:
         handle.remove()
         model.zero_grad(set_to_none=True)
@@ -125,6 +132,18 @@ def no_hooks_left(model: torch.nn.Module) -> bool:
         not module._forward_hooks and not module._forward_pre_hooks and not module._backward_hooks
         for module in model.modules()
     )
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one thread for the block: with small models thread hand-offs cost more than the maths,
+    and on a machine whose cores are shared far more (the model zoo tests ran 4x slower on two)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @contextlib.contextmanager

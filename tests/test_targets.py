@@ -70,3 +70,26 @@ def test_numpy_integers_and_int_tensors_are_class_indices() -> None:
     torch.testing.assert_close(cam(x, np.array([1, 3])), expected)
     torch.testing.assert_close(cam(x, [np.int64(1), np.int32(3)]), expected)
     torch.testing.assert_close(cam(x, torch.tensor([1, 3], dtype=torch.int32)), expected)
+
+
+def test_zero_shot_and_embedding_outputs() -> None:
+    """CLIP's ``logits_per_image`` are class scores (one per text); embeddings alone need a callable target."""
+    from camkit.targets import logits_of
+
+    logits = torch.randn(2, 4)
+    clip_output = {"logits_per_image": logits, "logits_per_text": logits.T, "image_embeds": torch.randn(2, 8)}
+    assert logits_of(clip_output) is logits
+    assert logits_of(type("Output", (), {"logits_per_image": logits})()) is logits
+    with pytest.raises(camkit.CamkitTypeError, match=r"embeddings \(image_embeds\).*target=callable"):
+        logits_of({"image_embeds": torch.randn(2, 8)})
+
+
+def test_a_negated_score_gives_the_counterfactual_map() -> None:
+    """``target=lambda out: -out[:, c]``: Grad-CAM of the evidence against class c, ReLU(-sum_k w_k A_k)."""
+    from .helpers import reference_capture, reference_finish, tiny_strided_cnn
+
+    model = tiny_strided_cnn()
+    x = torch.randn(2, 3, 16, 12)
+    activations, gradients = reference_capture(model, model[3], x, [2, 2])
+    against = reference_finish(-(gradients.mean(dim=(2, 3), keepdim=True) * activations).sum(1), (16, 12))
+    np.testing.assert_allclose(camkit.GradCAM(model, "3")(x, lambda out: -out[:, 2]).numpy(), against, atol=1e-5)

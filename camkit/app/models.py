@@ -1,4 +1,4 @@
-"""Loading the model to explain: the bundled demo, a torchvision name, an exported program, or user code."""
+"""Loading the model to explain: the bundled demo, a torchvision or timm name, an exported program, or user code."""
 from __future__ import annotations
 
 import contextlib
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CamkitError
+from ..errors import CamkitError, MissingDependency
 from ..viz import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -45,6 +45,9 @@ def load_model(spec: str | None, weights: str | None = None, device: torch.devic
       or the name of one of torchvision's weight sets (``DEFAULT``,
       ``IMAGENET1K_V2``, ...), which torchvision downloads; with no ``weights`` the
       ``DEFAULT`` set is used.
+    * a timm model name (``timm:NAME`` when torchvision has the same name):
+      built with ``pretrained=False`` and ``weights`` loaded from a local file;
+      camkit never downloads timm weights.
     """
     device = torch.device(device)
     if spec is None or spec == "demo":
@@ -54,28 +57,43 @@ def load_model(spec: str | None, weights: str | None = None, device: torch.devic
         if not path.exists():
             raise CamkitError(f"model file {spec} does not exist.")
         return _from_file(path, device)
+    timm_name = _timm_name(spec)
+    if timm_name is not None:
+        return _timm(timm_name, weights, device)
     if ":" in spec:
         return _from_factory(spec, weights, device)
     return _torchvision(spec, weights, device)
 
 
-def model_for_listing(spec: str) -> tuple[nn.Module, tuple[int, ...]]:
+def model_for_listing(spec: str, input_size: int | None = None) -> tuple[nn.Module, tuple[int, ...]]:
     """A model to list layers of, and its input size, without downloading anything.
 
-    A torchvision name gives the architecture with random weights; anything
-    else (``demo``, a ``.pt2`` file, ``package.module:factory``) loads as for
-    ``camkit overlay``.
+    A torchvision or timm name gives the architecture with random weights
+    (``pretrained=False``; a timm model that takes ``img_size`` is built for
+    ``input_size``, so a ViT accepts it); anything else (``demo``, a ``.pt2``
+    file, ``package.module:factory``) loads as for ``camkit overlay``.
     """
     import torchvision
 
     if spec in torchvision.models.list_models(module=torchvision.models):
         return torchvision.models.get_model(spec, weights=None).eval(), (224, 224)
+    timm_name = _timm_name(spec)
+    if timm_name is not None:
+        model = None
+        if input_size is not None:
+            try:
+                model = _timm_model(timm_name, img_size=input_size)
+            except TypeError:  # a CNN takes any size and no img_size argument
+                model = None
+        model = model if model is not None else _timm_model(timm_name)
+        return model.eval(), _timm_input_size(model)
     if spec in ("demo", None) or ":" in spec or Path(spec).suffix or Path(spec).exists():
         loaded = load_model(spec, None, "cpu")
         return loaded.model, tuple(loaded.input_size)
-    close = difflib.get_close_matches(spec, torchvision.models.list_models(module=torchvision.models), n=4)
+    names = torchvision.models.list_models(module=torchvision.models) + _timm_names()
+    close = difflib.get_close_matches(spec, names, n=4)
     raise CamkitError(f"unknown model {spec!r}" + (f"; did you mean {', '.join(close)}?" if close else "")
-                      + " (a torchvision name, 'demo', a .pt2 file or package.module:factory)")
+                      + " (a torchvision or timm name, 'demo', a .pt2 file or package.module:factory)")
 
 
 def _demo(weights: str | None, device: torch.device) -> LoadedModel:
@@ -147,7 +165,8 @@ def _torchvision(name: str, weights: str | None, device: torch.device) -> Loaded
     available = torchvision.models.list_models(module=torchvision.models)
     if name not in available:
         close = difflib.get_close_matches(name, available, n=4) or sorted(available)[:6]
-        raise CamkitError(f"unknown model {name!r}; did you mean {', '.join(close)}? (or a .pt2 file, or package.module:factory)")
+        raise CamkitError(f"unknown model {name!r}; did you mean {', '.join(close)}? (or a timm name, a .pt2 file, "
+                          "or package.module:factory)")
     if weights is not None and Path(weights).exists():
         state = _state_dict(weights)
         model = torchvision.models.get_model(name, weights=None, num_classes=_num_classes(name, state))
@@ -166,6 +185,93 @@ def _torchvision(name: str, weights: str | None, device: torch.device) -> Loaded
     meta: dict[str, Any] = chosen.meta
     return LoadedModel(model.to(device).eval(), (side, side), IMAGENET_MEAN, IMAGENET_STD,
                        list(meta.get("categories", [])) or None, f"{name} ({chosen})")
+
+
+def _timm_name(spec: str) -> str | None:
+    """The timm architecture ``spec`` names (``timm:NAME``, or a timm name torchvision lacks), else None."""
+    if spec.startswith("timm:"):
+        name = spec.removeprefix("timm:")
+        if name.startswith("hf-hub:") or name.startswith("hf_hub:"):
+            raise CamkitError(f"--model {spec}: a Hugging Face Hub name downloads its configuration; camkit only "
+                              "builds timm's own architectures offline. Name the architecture and pass --weights.")
+        if not _timm_module().is_model(name):
+            close = difflib.get_close_matches(name, _timm_names(), n=4)
+            raise CamkitError(f"timm has no model {name!r}" + (f"; did you mean {', '.join(close)}?" if close else "."))
+        return name
+    if ":" in spec or "/" in spec or "\\" in spec or Path(spec).suffix in (".pt2", ".pt", ".pth", ".ts", ".zip"):
+        return None
+    import torchvision
+
+    if spec in torchvision.models.list_models(module=torchvision.models):
+        return None  # torchvision's names keep meaning torchvision's models; timm:NAME asks for timm's
+    try:
+        import timm
+    except ImportError:
+        return None
+    return spec if timm.is_model(spec) else None
+
+
+def _timm_module() -> Any:
+    try:
+        import timm
+    except ImportError:
+        raise MissingDependency("timm models need timm: pip install timm") from None
+    return timm
+
+
+def _timm_names() -> list[str]:
+    try:
+        import timm
+    except ImportError:
+        return []
+    return list(timm.list_models())
+
+
+def _timm_model(name: str, **options: Any) -> nn.Module:
+    # pretrained=False: the architecture only. timm would otherwise download from the Hugging Face Hub.
+    model: nn.Module = _timm_module().create_model(name, pretrained=False, **options)
+    return model
+
+
+def _timm_input_size(model: nn.Module) -> tuple[int, int]:
+    size = dict(getattr(model, "pretrained_cfg", None) or {}).get("input_size", (3, 224, 224))
+    built = getattr(getattr(model, "patch_embed", None), "img_size", None)  # a ViT built for another size
+    if isinstance(built, (tuple, list)) and len(built) == 2:
+        return int(built[0]), int(built[1])
+    return int(size[-2]), int(size[-1])
+
+
+def _timm(name: str, weights: str | None, device: torch.device) -> LoadedModel:
+    if weights is None:
+        raise CamkitError(
+            f"--model {name} is a timm architecture and camkit does not download timm weights: pass --weights "
+            "a local checkpoint (for example torch.save(model.state_dict(), 'model.pt') after "
+            "timm.create_model(..., pretrained=True) on a machine that may download)."
+        )
+    if not Path(weights).is_file():
+        raise CamkitError(f"--weights {weights} is not a file; for timm's {name} camkit loads weights from a local "
+                          "checkpoint only (it never downloads them).")
+    state = _state_dict(weights)
+    model = _timm_model(name)
+    classes = _timm_num_classes(model, state)
+    if classes is not None and classes != getattr(model, "num_classes", classes):
+        model = _timm_model(name, num_classes=classes)
+    _load_weights(model, weights, f"timm's {name}", state)
+    config = dict(getattr(model, "pretrained_cfg", None) or {})
+    mean = tuple(float(v) for v in config.get("mean", IMAGENET_MEAN))
+    std = tuple(float(v) for v in config.get("std", IMAGENET_STD))
+    return LoadedModel(model.to(device).eval(), _timm_input_size(model), mean, std, None, f"timm {name} ({weights})")
+
+
+def _timm_num_classes(model: nn.Module, state: dict[str, torch.Tensor]) -> int | None:
+    """The class count of a checkpoint's classifier, by the name timm gives the classifier of this architecture."""
+    classifier = dict(getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    names = [classifier] if isinstance(classifier, str) else list(classifier or [])
+    for head in names:
+        weight = state.get(f"{head}.weight")
+        if isinstance(weight, torch.Tensor) and weight.dim() >= 1:
+            return int(weight.shape[0])
+    return None
 
 
 def _state_dict(path: str) -> dict[str, torch.Tensor]:

@@ -25,10 +25,12 @@ def register(commands: Any) -> None:
                         "3-D volumes (.npy, .nii/.nii.gz with nibabel) become montages of their middle slices")
     parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUT", help="output folder")
     parser.add_argument("--method", default="gradcam", help=f"one of {', '.join(METHODS)}; several comma-separated; or 'all' (the registry's methods)")
-    parser.add_argument("--model", default=None, help="torchvision name, a torch.export .pt2 file, or package.module:factory "
-                        "(default: the bundled demo CNN)")
-    parser.add_argument("--weights", default=None, help="local state-dict/checkpoint file, or a torchvision weight set "
-                        "name such as DEFAULT (downloads)")
+    parser.add_argument("--model", default=None, help="torchvision name, timm name (timm:NAME where torchvision has "
+                        "the same name), a torch.export .pt2 file, or package.module:factory (default: the bundled "
+                        "demo CNN)")
+    parser.add_argument("--weights", default=None, help="local state-dict/checkpoint file (the only kind for a timm "
+                        "model: camkit never downloads those), or a torchvision weight set name such as DEFAULT "
+                        "(downloads)")
     parser.add_argument("--layer", default=None, help="dotted target layer name (default: automatic)")
     parser.add_argument("--target", default="top1", help="'top1' (each image's predicted class; for a segmenter the "
                         "non-background class covering most pixels) or a class index or name")
