@@ -20,3 +20,12 @@ def shapes_model():
     model, accuracy = train_shapes_net()
     assert accuracy > 0.9, f"toy CNN trained to only {accuracy:.2f}"
     return model
+
+
+@pytest.fixture
+def single_thread():
+    """torch on one thread for the test (small models and iterative solvers: thread hand-offs cost more than the maths)."""
+    from .helpers import one_thread
+
+    with one_thread():
+        yield

@@ -407,15 +407,3 @@ def linear_imputation_reference(image: np.ndarray, removed: np.ndarray) -> np.nd
     result = flat_image.astype(np.float64).copy()
     result[:, unknown] = solution.T
     return result.reshape(image.shape)
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """torch on one thread for the test: an iterative solver's many small ops each pay a thread barrier, and on
-    a shared, oversubscribed CPU two threads made ROAD's tests 20-40x slower, not faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)

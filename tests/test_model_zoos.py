@@ -15,14 +15,11 @@ import torch
 
 import camkit
 
-from .helpers import no_hooks_left, one_thread, quick_options, reference_capture, reference_finish
+from .helpers import no_hooks_left, quick_options, reference_capture, reference_finish
 from .zoo import ZOO, ZooModel, by_hand
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _scores(entry: ZooModel, classes: list[int]):

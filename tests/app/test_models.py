@@ -12,15 +12,11 @@ import camkit
 from camkit.app.models import load_model
 from camkit.cli import main
 
-from ..helpers import one_thread
 
 timm = pytest.importorskip("timm")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture

@@ -11,13 +11,10 @@ import pytest
 
 from camkit.cli import main
 
-from ..helpers import one_thread, user_code_on_path
+from ..helpers import user_code_on_path
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ from camkit import metrics
 from camkit.metrics.road import removal_masks
 from camkit.ops.imputation import linear_imputation
 
-from ..helpers import forward_batch_sizes, one_thread, tiny_cnn, tiny_cnn3d  # noqa: F401 - one_thread is a fixture
+from ..helpers import forward_batch_sizes, tiny_cnn, tiny_cnn3d
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import torch
 import camkit
 from camkit import metrics
 
-from ..helpers import one_thread, tiny_cnn  # noqa: F401 - one_thread is a fixture
+from ..helpers import tiny_cnn
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 OPTIONS = {"deletion": {"steps": 8}, "insertion": {"steps": 8}, "road_combined": {"percentiles": [30, 70], "noise": 0}}
 

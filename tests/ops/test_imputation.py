@@ -8,9 +8,9 @@ import torch.nn.functional as F
 
 from camkit.ops.imputation import linear_imputation, neighbour_weights, noisy_linear_imputation
 
-from ..helpers import linear_imputation_reference, one_thread  # noqa: F401 - one_thread is a fixture
+from ..helpers import linear_imputation_reference
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_neighbour_weights_are_the_papers_in_2d_and_halve_per_axis_in_3d() -> None:
