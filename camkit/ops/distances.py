@@ -40,8 +40,8 @@ class PairwiseDistances:
 
     ``squared[b, i, j]`` differs from the exact squared distance by at most
     ``bound[b, i]``; the diagonal is exactly 0. The bound is the standard
-    worst case for a length-D dot product, norms and two additions (2 gamma_D
-    + 4u, plus 8u for rounding the centred coordinates), doubled for safety.
+    worst case of the length-(D + 2) product that forms it (see __init__),
+    doubled for safety.
     """
 
     def __init__(self, points: torch.Tensor, valid: torch.Tensor | None = None) -> None:
@@ -58,14 +58,19 @@ class PairwiseDistances:
         work_dtype = torch.float64 if _matmul_is_reduced(points) else torch.float32
         centred = (wide - centre).to(work_dtype)
         norms = (centred * centred).sum(dim=2)
-        squared = torch.baddbmm(norms[:, :, None].expand(batch, count, count), centred, centred.transpose(1, 2),
-                                alpha=-2.0)
-        squared += norms[:, None, :]
+        # ||x||^2 + ||y||^2 - 2 x.y as one product of length D + 2 ([x, |x|^2, 1] . [-2y, 1, |y|^2]):
+        # the matrix is written once, with no elementwise pass over it.
+        ones = torch.ones_like(norms)[..., None]
+        left = torch.cat((centred, norms[..., None], ones), dim=2)
+        right = torch.cat((-2 * centred, ones, norms[..., None]), dim=2)
+        squared = torch.bmm(left, right.transpose(1, 2))
         squared.diagonal(dim1=1, dim2=2).zero_()
         self.squared = squared.float()
+        # The product's error is at most gamma_{D+2} * sum |terms| <= gamma_{D+2} * 2 (n_i + n_j); the norms
+        # add gamma_D (n_i + n_j) and rounding the centred coordinates 8u (n_i + n_j); doubled for safety.
         unit = torch.finfo(work_dtype).eps / 2
-        gamma = dims * unit / (1 - dims * unit)
-        factor = 2 * (2 * gamma + 12 * unit) + (torch.finfo(torch.float32).eps if work_dtype == torch.float64 else 0.0)
+        gamma = (dims + 2) * unit / (1 - (dims + 2) * unit)
+        factor = 2 * (3 * gamma + 8 * unit) + (torch.finfo(torch.float32).eps if work_dtype == torch.float64 else 0.0)
         norms64 = norms.double()
         if valid is not None:
             norms64 = torch.where(valid, norms64, 0.0)  # padding takes part in no decision
@@ -155,7 +160,7 @@ class PairwiseDistances:
         below = row_counts(below_mask.view(batch, count, count)).sum(dim=1)
         inside_bracket = (flat <= high[:, None]) ^ below_mask  # below_mask implies <= high
         item, position = inside_bracket.nonzero(as_tuple=True)
-        middle_values = flat[item, position]
+        middle_values = flat.reshape(-1).index_select(0, item * flat.shape[1] + position)  # 1-D: the fast gather
         self._bracket = _Bracket(low, high, below_mask.view(batch, count, count), item, position, middle_values)
         middle, middle_position = _padded_runs(item, middle_values, position, batch, math.inf)
 
