@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import platform
 import statistics
 import time
@@ -23,8 +24,10 @@ import torch.nn.functional as F
 import torchvision
 
 from camkit import metrics
-from camkit.metrics import road as camkit_road
 from camkit.ops import imputation
+
+# The module, not the function `camkit.metrics.road` that shadows it as an attribute.
+camkit_road = importlib.import_module("camkit.metrics.road")
 
 
 def cam_like_maps(count: int, side: int, seed: int) -> torch.Tensor:
