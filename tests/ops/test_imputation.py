@@ -74,3 +74,13 @@ def test_noise_is_on_the_removed_pixels_only_and_seeded() -> None:
 def test_an_unknown_solver_is_a_user_error() -> None:
     with pytest.raises(CamkitError, match="solver must be"):
         linear_imputation(torch.rand(1, 1, 4, 4), torch.ones(1, 4, 4, dtype=torch.bool), solver="lu")
+
+
+@pytest.mark.parametrize("solver", ["direct", "cg"])
+def test_nothing_removed_leaves_the_images_as_they_are(solver: str) -> None:
+    images = torch.rand(2, 3, 8, 9)
+    removed = torch.zeros(2, 8, 9, dtype=torch.bool)
+    removed[1, 2:5, 3:6] = True
+    filled = linear_imputation(images, removed, solver=solver)
+    assert torch.equal(filled[0], images[0])
+    assert not torch.equal(filled[1], images[1]) and filled[1].isfinite().all()
