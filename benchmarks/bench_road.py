@@ -104,7 +104,7 @@ def main() -> None:
         peer_seconds = statistics.median(peer_times)
         difference = (ours(0.0).cpu() - torch.as_tensor(theirs(0.0)).cpu()).abs().max().item()
         print(f"| {side}² | {arguments.images} | {camkit_seconds:.2f} | {peer_seconds:.2f} | "
-              f"{peer_seconds / camkit_seconds:.1f}x | {difference:.1e} |", flush=True)
+              f"{peer_seconds / camkit_seconds:.2g}x | {difference:.1e} |", flush=True)
 
 
 if __name__ == "__main__":
