@@ -12,8 +12,8 @@ volumes. For images on the CPU, a sparse direct solve (scipy's SuperLU),
 factorised once per mask and reused for the channels: CG needs about 2.5 x the
 image side in iterations, each a pass over every pixel, which a wide GPU
 absorbs but one CPU core does not (a combined ROAD score of two 224^2 images,
-resnet18, one thread: 452 s by CG, 5 s with the factorisation, against
-pytorch-grad-cam's 12-17 s).
+resnet18, one thread: 331 s by CG, 5.4 s with the factorisation, against
+pytorch-grad-cam's 12.4 s; benchmarks/RESULTS.md).
 """
 from __future__ import annotations
 
