@@ -21,7 +21,6 @@ import itertools
 from typing import Literal
 
 import numpy as np
-
 import torch
 import torch.nn.functional as F
 
@@ -164,8 +163,8 @@ def _direct_imputation(images: torch.Tensor, removed: torch.Tensor) -> torch.Ten
             rows.append(np.flatnonzero(coupled))
             columns.append(neighbour[coupled])
             entries.append(np.full(len(columns[-1]), -weight))
-        matrix = scipy.sparse.csc_matrix((np.concatenate([degree] + entries), (np.concatenate(rows), np.concatenate(columns))),
-                                         shape=(count, count))
+        matrix = scipy.sparse.csc_matrix(
+            (np.concatenate([degree] + entries), (np.concatenate(rows), np.concatenate(columns))), shape=(count, count))
         # The matrix is symmetric positive definite: a symmetric fill-reducing ordering with no pivoting
         # (SuperLU's symmetric mode) has far less fill than the default column ordering.
         factor = scipy.sparse.linalg.splu(matrix, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
