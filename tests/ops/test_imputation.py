@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from camkit import CamkitError
 from camkit.ops.imputation import linear_imputation, neighbour_weights, noisy_linear_imputation
 
 from ..helpers import linear_imputation_reference
@@ -31,12 +32,13 @@ def _blob_masks(count: int, shape: tuple[int, ...], fractions: list[float], seed
     return torch.cat(masks).reshape(-1, *shape)
 
 
-def test_2d_imputation_matches_a_float64_direct_solve() -> None:
+@pytest.mark.parametrize("solver", ["direct", "cg"])  # the CPU's default, and the accelerators' run on the CPU
+def test_2d_imputation_matches_a_float64_direct_solve(solver: str) -> None:
     fractions = [0.1, 0.5, 0.9, 1.0]
     images = torch.rand(3, 3, 24, 20).repeat(len(fractions), 1, 1, 1)
     removed = _blob_masks(3, (24, 20), fractions, seed=1)
     removed[0, ::3, ::2] = True  # scattered holes as well as blobs
-    filled = linear_imputation(images, removed)  # 12 images x 3 channels, one batched solve
+    filled = linear_imputation(images, removed, solver=solver)  # 12 images x 3 channels, one batched solve
     for index in range(len(images) - 3):  # the last three have every pixel removed: checked below
         expected = linear_imputation_reference(images[index].double().numpy(), removed[index].numpy())
         np.testing.assert_allclose(filled[index].double().numpy(), expected, atol=1e-5, rtol=0)
@@ -45,10 +47,11 @@ def test_2d_imputation_matches_a_float64_direct_solve() -> None:
     assert torch.equal(filled[-3:], torch.zeros_like(filled[-3:]))
 
 
-def test_3d_imputation_uses_the_26_neighbourhood_and_matches_a_direct_solve() -> None:
+@pytest.mark.parametrize("solver", ["direct", "cg"])
+def test_3d_imputation_uses_the_26_neighbourhood_and_matches_a_direct_solve(solver: str) -> None:
     volumes = torch.rand(2, 2, 6, 7, 8)
     removed = _blob_masks(2, (6, 7, 8), [0.6], seed=2)
-    filled = linear_imputation(volumes, removed)
+    filled = linear_imputation(volumes, removed, solver=solver)
     for index in range(2):
         expected = linear_imputation_reference(volumes[index].double().numpy(), removed[index].numpy())
         np.testing.assert_allclose(filled[index].double().numpy(), expected, atol=1e-5, rtol=0)
@@ -66,3 +69,18 @@ def test_noise_is_on_the_removed_pixels_only_and_seeded() -> None:
     assert torch.equal(difference[outside], torch.zeros_like(difference[outside]))
     assert abs(difference[~outside].std().item() - 0.01) < 5e-4
     assert torch.equal(noisy_linear_imputation(images, removed, noise=0), clean)
+
+
+def test_an_unknown_solver_is_a_user_error() -> None:
+    with pytest.raises(CamkitError, match="solver must be"):
+        linear_imputation(torch.rand(1, 1, 4, 4), torch.ones(1, 4, 4, dtype=torch.bool), solver="lu")
+
+
+@pytest.mark.parametrize("solver", ["direct", "cg"])
+def test_nothing_removed_leaves_the_images_as_they_are(solver: str) -> None:
+    images = torch.rand(2, 3, 8, 9)
+    removed = torch.zeros(2, 8, 9, dtype=torch.bool)
+    removed[1, 2:5, 3:6] = True
+    filled = linear_imputation(images, removed, solver=solver)
+    assert torch.equal(filled[0], images[0])
+    assert not torch.equal(filled[1], images[1]) and filled[1].isfinite().all()
