@@ -29,9 +29,9 @@ class SmoothGradCAMPlusPlus(GradCAMPlusPlus):
     range that SmoothGrad (Smilkov et al.) found to sharpen maps without
     washing them out; ``n_samples=8`` keeps the cost at about eight Grad-CAM
     passes while averaging out most of the noise's variance. The copies run
-    ``batch_size`` images per pass (default: as many as the input batch, one
-    noisy copy of each image per pass). ``seed`` makes the noise reproducible
-    and independent of ``batch_size``.
+    ``batch_size`` images per pass (default: the base's rule, one noisy copy
+    of the input batch per pass for 224 x 224 images). ``seed`` makes the
+    noise reproducible and independent of ``batch_size``.
     """
 
     def __init__(
@@ -73,7 +73,7 @@ class SmoothGradCAMPlusPlus(GradCAMPlusPlus):
         generator = torch.Generator(device=x.device)
         totals: list[torch.Tensor] | None = None
         rows = batch * self.n_samples  # copy-major: row r is copy r // B of image r % B
-        per_pass = self.batch_size or batch
+        per_pass = self.images_per_pass(x)
         for start in range(0, rows, per_pass):
             row = torch.arange(start, min(start + per_pass, rows), device=x.device)
             copy_index, image_index = row // batch, row % batch

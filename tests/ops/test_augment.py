@@ -46,13 +46,13 @@ def test_augment_in_passes_of_batch_size_equals_one_pass() -> None:
     seen = []
     handle = model.register_forward_pre_hook(lambda _m, inputs: seen.append(inputs[0].shape[0]))
     try:
+        per_copy = camkit.GradCAM(model, "layer3", augment=True, batch_size=2).explain(x, [1, 2])
         default = camkit.GradCAM(model, "layer3", augment=True).explain(x, [1, 2])
-        one_pass = camkit.GradCAM(model, "layer3", augment=True, batch_size=COPIES * 2).explain(x, [1, 2])
         odd = camkit.GradCAM(model, "layer3", augment=True, batch_size=5)(x, lambda out: out[:, 3])
     finally:
         handle.remove()
-    # default: one copy of the batch per pass; batch_size=12: one pass; 5: whole copies, two per pass
+    # batch_size=2: one copy of the batch per pass; default at 32 x 32: one pass; 5: whole copies, two per pass
     assert seen == [2] * COPIES + [COPIES * 2] + [4, 4, 4]
-    torch.testing.assert_close(default.maps, one_pass.maps, atol=1e-5, rtol=0)
-    assert torch.equal(default.predictions, one_pass.predictions) and default.targets.tolist() == [1, 2]
+    torch.testing.assert_close(per_copy.maps, default.maps, atol=1e-5, rtol=0)
+    assert torch.equal(per_copy.predictions, default.predictions) and per_copy.targets.tolist() == [1, 2]
     assert odd.shape == (2, 32, 32) and torch.isfinite(odd).all()
