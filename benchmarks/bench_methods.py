@@ -188,6 +188,9 @@ def main() -> None:
         "camkit eigencam": lambda: camkit.EigenCAM(model, args.layer)(x),
         "camkit smoothgradcam++ (4 samples)": lambda: camkit.SmoothGradCAMPlusPlus(model, args.layer, n_samples=4)(x),
         "camkit smoothgradcam++ (16 samples)": lambda: camkit.SmoothGradCAMPlusPlus(model, args.layer, n_samples=16)(x),
+        **{f"camkit smoothgradcam++ (4 samples, {size} images per pass)":
+           (lambda size=size: camkit.SmoothGradCAMPlusPlus(model, args.layer, n_samples=4, batch_size=size)(x))
+           for size in (16, 32)},
     }
     if "cfcam" in camkit.METHODS:
         candidates["camkit cfcam"] = lambda: camkit.METHODS["cfcam"](model, args.layer)(x)
