@@ -26,8 +26,8 @@ from ..results import Explanation
 from ..targets import TargetSpec, logits_of
 
 Fuse = Literal["mean", "max"]
-# Input values in a pass of copies by default: eight 224 x 224 RGB images (see Explainer's batch_size).
-PASS_ELEMENTS = 8 * 3 * 224 * 224
+# Images in a pass of copies by default, unless the input batch is larger (see Explainer's batch_size).
+PASS_IMAGES = 8
 
 
 class Explainer:
@@ -49,13 +49,14 @@ class Explainer:
             copies, maps mapped back and averaged).
         batch_size: the most images one pass through the model takes where a
             method multiplies the batch (``augment``'s copies, Smooth
-            Grad-CAM++'s noisy copies). None: one copy of the input batch per
-            pass, or more while a pass holds fewer than ``PASS_ELEMENTS`` input
-            values (eight 224 x 224 RGB images): peak memory stays within that
-            of the input batch or of such a pass. Measured on a 2-core CPU,
-            resnet50 at 224 x 224: eight images per pass ran Smooth Grad-CAM++
-            at 4.2x the floor, 32 per pass at 5.9x; small inputs gain from
-            fuller passes (benchmarks/RESULTS.md). Results do not depend on it.
+            Grad-CAM++'s noisy copies). None: ``PASS_IMAGES`` (8) images per
+            pass, or one copy of the input batch when it is larger, so peak
+            memory stays within that of the input batch or of 8 images.
+            Measured on a 2-core CPU: resnet50 at 224 x 224, batch 8, Smooth
+            Grad-CAM++ ran at 4.2x the floor with 8 images per pass and 5.9x
+            with 32; one image of resnet18 at 112 x 112 took 0.15 s in passes
+            of 8 copies and 0.23 s in passes of 1 (benchmarks/RESULTS.md).
+            Results do not depend on it.
 
     Calls on one model from several threads are serialised (one lock per
     model) and give the same maps as serial calls.
@@ -151,7 +152,7 @@ class Explainer:
         """Images per pass when a method runs copies of the batch ``x``: ``batch_size``, or the default rule."""
         if self.batch_size is not None:
             return self.batch_size
-        return max(x.shape[0], PASS_ELEMENTS // max(1, x[0].numel()))
+        return max(x.shape[0], PASS_IMAGES)
 
     def _capture_in_passes(self, copies: torch.Tensor, target: TargetSpec, batch: int) -> list[Capture]:
         """Captures of copy-major copies, whole copies per pass, at most ``batch_size`` images when it allows one."""
@@ -276,9 +277,10 @@ def _checked_input(x: Any) -> torch.Tensor:
 
 
 def _rows(output: Any, batch: int) -> Any:
-    """The unchanged images' part of a model output over augmented copies."""
+    """The unchanged images' part of the first pass's output over augmented copies (the pass may hold several)."""
     if isinstance(output, torch.Tensor):
-        return identity_rows(output, batch) if output.dim() and output.shape[0] == COPIES * batch else output
+        whole_copies = output.dim() and output.shape[0] > batch and output.shape[0] % batch == 0
+        return identity_rows(output, batch) if whole_copies else output
     if isinstance(output, (tuple, list)):
         return type(output)(_rows(item, batch) for item in output)
     if isinstance(output, dict):

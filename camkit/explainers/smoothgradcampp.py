@@ -29,9 +29,9 @@ class SmoothGradCAMPlusPlus(GradCAMPlusPlus):
     range that SmoothGrad (Smilkov et al.) found to sharpen maps without
     washing them out; ``n_samples=8`` keeps the cost at about eight Grad-CAM
     passes while averaging out most of the noise's variance. The copies run
-    ``batch_size`` images per pass (default: the base's rule, one noisy copy
-    of the input batch per pass for 224 x 224 images). ``seed`` makes the
-    noise reproducible and independent of ``batch_size``.
+    ``batch_size`` images per pass (default: 8, or one noisy copy of the
+    input batch when it is larger). ``seed`` makes the noise reproducible and
+    independent of ``batch_size``.
     """
 
     def __init__(

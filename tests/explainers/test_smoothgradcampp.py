@@ -89,19 +89,19 @@ def test_reproducible_and_independent_of_batch_size(model) -> None:
     assert (run(seed=4, batch_size=32) - first).abs().max() > 1e-3
 
 
-def test_default_passes_hold_one_copy_of_the_batch_or_fill_up_with_small_images(model, monkeypatch) -> None:
+def test_default_passes_hold_eight_images_or_one_copy_of_a_larger_batch(model, monkeypatch) -> None:
     seen = []
     handle = model.register_forward_pre_hook(lambda _m, inputs: seen.append(inputs[0].shape[0]))
     try:
         camkit.SmoothGradCAMPlusPlus(model, LAYER, n_samples=4)(torch.randn(3, 3, 32, 32))
         small = list(seen)
         seen.clear()
-        # as if the images were large: each noisy copy of the three images in a pass of its own
-        monkeypatch.setattr("camkit.explainers.base.PASS_ELEMENTS", 1)
+        # a batch larger than the default pass: each noisy copy of the three images in a pass of its own
+        monkeypatch.setattr("camkit.explainers.base.PASS_IMAGES", 2)
         camkit.SmoothGradCAMPlusPlus(model, LAYER, n_samples=4)(torch.randn(3, 3, 32, 32))
     finally:
         handle.remove()
-    assert small == [3, 12] and seen == [3, 3, 3, 3, 3]
+    assert small == [3, 8, 4] and seen == [3, 3, 3, 3, 3]
 
 
 def test_memory_bounded_by_batch_size(model) -> None:

@@ -51,8 +51,8 @@ def test_augment_in_passes_of_batch_size_equals_one_pass() -> None:
         odd = camkit.GradCAM(model, "layer3", augment=True, batch_size=5)(x, lambda out: out[:, 3])
     finally:
         handle.remove()
-    # batch_size=2: one copy of the batch per pass; default at 32 x 32: one pass; 5: whole copies, two per pass
-    assert seen == [2] * COPIES + [COPIES * 2] + [4, 4, 4]
+    # batch_size=2: one copy of the batch per pass; default: 8 images (four whole copies); 5: two copies per pass
+    assert seen == [2] * COPIES + [8, 4] + [4, 4, 4]
     torch.testing.assert_close(per_copy.maps, default.maps, atol=1e-5, rtol=0)
     assert torch.equal(per_copy.predictions, default.predictions) and per_copy.targets.tolist() == [1, 2]
     assert odd.shape == (2, 32, 32) and torch.isfinite(odd).all()
