@@ -29,3 +29,17 @@ def single_thread():
 
     with one_thread():
         yield
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """Any attempt to open a network connection fails the test: camkit never downloads while it runs."""
+
+    def refuse(*args, **_kwargs):
+        raise AssertionError(f"camkit tried to reach the network: {args}")
+
+    import socket
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")

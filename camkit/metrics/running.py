@@ -81,7 +81,19 @@ class Running:
         self._totals = {}
 
 
-class RunningFaithfulness:
+class _RunningScores:
+    """What both scoring accumulators share: a :class:`Running` of their per-image values."""
+
+    running: Running
+
+    def summary(self) -> dict[str, dict[str, float | int]]:
+        return self.running.summary()
+
+    def reset(self) -> None:
+        self.running.reset()
+
+
+class RunningFaithfulness(_RunningScores):
     """Faithfulness metrics of one model accumulated over batches: ``update(x, maps, target)`` per batch.
 
     ``metrics`` names any of :data:`FAITHFULNESS` (deletion, insertion,
@@ -110,14 +122,8 @@ class RunningFaithfulness:
         self.running.update(**values)
         return values
 
-    def summary(self) -> dict[str, dict[str, float | int]]:
-        return self.running.summary()
 
-    def reset(self) -> None:
-        self.running.reset()
-
-
-class RunningLocalisation:
+class RunningLocalisation(_RunningScores):
     """Pointing game and energy pointing game accumulated over batches: ``update(maps, masks)`` per batch."""
 
     def __init__(self, metrics: Iterable[str] = ("pointing_game", "energy_pointing_game")) -> None:
@@ -130,12 +136,6 @@ class RunningLocalisation:
         values = {name: torch.where(broken, torch.nan, LOCALISATION[name](maps, masks)) for name in self.metrics}
         self.running.update(**values)
         return values
-
-    def summary(self) -> dict[str, dict[str, float | int]]:
-        return self.running.summary()
-
-    def reset(self) -> None:
-        self.running.reset()
 
 
 def _broken_maps(maps: torch.Tensor) -> torch.Tensor:

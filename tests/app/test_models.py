@@ -1,7 +1,6 @@
 """Loading models by name: timm architectures with local checkpoints, never a download."""
 from __future__ import annotations
 
-import socket
 
 import numpy as np
 import pytest
@@ -17,16 +16,6 @@ timm = pytest.importorskip("timm")
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-@pytest.fixture
-def offline(monkeypatch):
-    def refuse(*args, **_kwargs):
-        raise AssertionError(f"camkit tried to reach the network: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="module")
