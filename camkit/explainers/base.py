@@ -148,15 +148,13 @@ class Explainer:
                             identity_rows(first.scores, batch), classes)
         return self._explanation(images, maps, identity_rows(layer_maps[0], batch), unchanged)
 
-    def images_per_pass(self, x: torch.Tensor) -> int:
-        """Images per pass when a method runs copies of the batch ``x``: ``batch_size``, or the default rule."""
-        if self.batch_size is not None:
-            return self.batch_size
-        return max(x.shape[0], PASS_IMAGES)
+    def images_per_pass(self, batch: int) -> int:
+        """Images per pass when a method runs copies of a batch of ``batch``: ``batch_size``, or the default rule."""
+        return self.batch_size if self.batch_size is not None else max(batch, PASS_IMAGES)
 
     def _capture_in_passes(self, copies: torch.Tensor, target: TargetSpec, batch: int) -> list[Capture]:
         """Captures of copy-major copies, whole copies per pass, at most ``batch_size`` images when it allows one."""
-        per_pass = batch * max(1, self.images_per_pass(copies[:batch]) // batch)
+        per_pass = batch * max(1, self.images_per_pass(batch) // batch)
         parts = []
         for start in range(0, copies.shape[0], per_pass):
             rows = slice(start, start + per_pass)

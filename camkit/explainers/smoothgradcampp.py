@@ -73,7 +73,7 @@ class SmoothGradCAMPlusPlus(GradCAMPlusPlus):
         generator = torch.Generator(device=x.device)
         totals: list[torch.Tensor] | None = None
         rows = batch * self.n_samples  # copy-major: row r is copy r // B of image r % B
-        per_pass = self.images_per_pass(x)
+        per_pass = self.images_per_pass(batch)
         for start in range(0, rows, per_pass):
             row = torch.arange(start, min(start + per_pass, rows), device=x.device)
             copy_index, image_index = row // batch, row % batch

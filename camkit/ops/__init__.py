@@ -1,1 +1,1 @@
-"""Pure tensor kernels, batched on the device: maps, weighting, filters, dbscan, quantiles, pca, images, imputation."""
+"""Pure tensor kernels, batched on the device: maps, weighting, filters, distances, dbscan, quantiles, pca, images, imputation."""
