@@ -4,8 +4,10 @@ from __future__ import annotations
 import contextlib
 import difflib
 import importlib
+import io
 import logging
 import os
+import pickle
 import sys
 import warnings
 import zipfile
@@ -19,6 +21,7 @@ from torch import nn
 
 from ..errors import CamkitError, MissingDependency
 from ..viz import IMAGENET_MEAN, IMAGENET_STD
+from .safe_load import UnsafeArchive, exported_program_bytes, weights_only_loads
 
 
 @dataclass
@@ -115,9 +118,10 @@ def _from_file(path: Path, device: torch.device) -> LoadedModel:
             "computed from it. Re-export the model with torch.export.save(torch.export.export(model, (x,)), "
             "'model.pt2') and pass the .pt2 file, or pass the model's code as package.module:factory."
         )
+    data = exported_program_bytes(path)  # refuses archives that would unpickle code, before torch reads them
     try:
         with _quiet_torch_logs():
-            program = torch.export.load(str(path))
+            program = torch.export.load(io.BytesIO(data))
     except Exception as error:  # noqa: BLE001 - any failure means "not an exported program"
         raise CamkitError(
             f"cannot load {path} as a model: it is neither a torch.export program (.pt2) nor TorchScript "
@@ -179,7 +183,12 @@ def _torchvision(name: str, weights: str | None, device: torch.device) -> Loaded
     except KeyError:
         options = ", ".join(["DEFAULT", *(member.name for member in enum)])
         raise CamkitError(f"--weights {weights!r} is neither a file nor one of {name}'s weight sets: {options}.") from None
-    model = torchvision.models.get_model(name, weights=chosen)  # downloads once into torch's cache
+    try:
+        with weights_only_loads():  # torchvision unpickles its cached file fully otherwise
+            model = torchvision.models.get_model(name, weights=chosen)  # downloads once into torch's cache
+    except pickle.UnpicklingError:
+        raise UnsafeArchive(f"refusing torchvision's cached weights for {name} ({chosen}): the file in torch's hub "
+                            "cache holds more than tensors, which could run code. Delete it and download again.") from None
     size = chosen.transforms().crop_size
     side = size[0] if isinstance(size, (list, tuple)) else int(size)
     meta: dict[str, Any] = chosen.meta
