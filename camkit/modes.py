@@ -7,10 +7,15 @@ puts back exactly what it found: each submodule's *own* train/eval flag (a
 fine-tuning model with frozen BatchNorm keeps it frozen), the grad mode and the
 inference mode. Nothing else in camkit calls ``model.eval()``.
 
-Hooks are per module, not per thread, so two threads running hooked passes on
-one model would see each other's hooks. Every call on a model therefore holds
-that model's lock (re-entrant, so a metric that runs an explainer nests):
-calls from several threads are serialised and give the serial results.
+Hooks and train/eval flags belong to modules, not threads, and one module may
+sit in several models (two wrappers around one backbone, or a backbone and
+its wrapper). A call therefore claims every module of its model, not the
+model alone: calls whose models share any module run one after another (so
+one call's hooks never see another's forward, and each call restores exactly
+the flags it found), calls on disjoint models run at once, and a thread that
+already holds a module may claim it again (a metric that runs an explainer
+nests). Claims are taken all at once under one condition variable, so two
+calls never hold halves of each other's modules.
 """
 from __future__ import annotations
 
@@ -22,17 +27,62 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-_locks: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
-_locks_guard = threading.Lock()
+class _ModuleClaims:
+    """Which thread holds which modules, and how many times (claims are re-entrant per thread)."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._holders: weakref.WeakKeyDictionary[nn.Module, tuple[int, int]] = weakref.WeakKeyDictionary()
+
+    def _free_for(self, modules: list[nn.Module], thread: int) -> bool:
+        return all(self._holders.get(module, (thread, 0))[0] == thread for module in modules)
+
+    def acquire(self, modules: list[nn.Module], timeout: float | None = None) -> bool:
+        thread = threading.get_ident()
+        with self._changed:
+            if not self._changed.wait_for(lambda: self._free_for(modules, thread), timeout=timeout):
+                return False
+            for module in modules:
+                self._holders[module] = (thread, self._holders.get(module, (thread, 0))[1] + 1)
+            return True
+
+    def release(self, modules: list[nn.Module]) -> None:
+        with self._changed:
+            for module in modules:
+                holder, count = self._holders[module]
+                if count == 1:
+                    del self._holders[module]
+                else:
+                    self._holders[module] = (holder, count - 1)
+            self._changed.notify_all()
 
 
-def model_lock(model: nn.Module) -> threading.RLock:
-    """The re-entrant lock that serialises camkit's calls on ``model``."""
-    with _locks_guard:
-        lock = _locks.get(model)
-        if lock is None:
-            lock = _locks[model] = threading.RLock()
-        return lock
+_claims = _ModuleClaims()
+
+
+class ModelClaim:
+    """The claim on every module of one model: a re-entrant lock that excludes any call sharing a module."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self._modules = list(dict.fromkeys(model.modules()))
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        return _claims.acquire(self._modules, None if blocking and timeout < 0 else max(timeout, 0.0))
+
+    def release(self) -> None:
+        _claims.release(self._modules)
+
+    def __enter__(self) -> "ModelClaim":
+        self.acquire()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
+
+
+def model_lock(model: nn.Module) -> ModelClaim:
+    """The claim that serialises camkit's calls on ``model`` with every call on a model sharing a module with it."""
+    return ModelClaim(model)
 
 
 @contextlib.contextmanager

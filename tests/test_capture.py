@@ -109,3 +109,37 @@ def test_threads_get_the_serial_maps() -> None:
     for index, maps in enumerate(_threaded_maps(calls)):
         torch.testing.assert_close(maps, serial[index % 3], atol=1e-6, rtol=0)
     assert no_hooks_left(model)
+
+
+class _Wrap(torch.nn.Module):
+    """A model around a shared backbone: hooks on the backbone's layers are seen by every wrapper."""
+
+    def __init__(self, backbone: torch.nn.Module, scale: float) -> None:
+        super().__init__()
+        self.backbone, self.scale = backbone, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x * self.scale)
+
+
+def test_threads_on_wrappers_sharing_a_backbone_get_the_serial_maps() -> None:
+    backbone = torchvision.models.resnet18(num_classes=4).eval()
+    first, second = _Wrap(backbone, 1.0), _Wrap(backbone, -0.5)
+    x = torch.randn(2, 3, 64, 64)
+    cams = [camkit.GradCAM(first, "backbone.layer4"), camkit.GradCAM(second, "backbone.layer3"),
+            camkit.GradCAMPlusPlus(backbone, "layer4")]
+    serial = [cam(x, [0, 1]) for cam in cams]
+    calls = [lambda cam=cam: cam(x, [0, 1]) for cam in cams]
+    for index, maps in enumerate(_threaded_maps(calls, workers=8, repeats=3)):
+        torch.testing.assert_close(maps, serial[index % 3], atol=1e-6, rtol=0)
+    assert no_hooks_left(backbone)
+
+
+def test_overlapping_calls_on_a_wrapper_and_its_backbone_restore_the_flags() -> None:
+    backbone = torchvision.models.resnet18(num_classes=4).train()
+    wrapper = _Wrap(backbone, 1.0).train()
+    x = torch.randn(1, 3, 32, 32)
+    calls = [lambda: camkit.GradCAM(wrapper, "backbone.layer4")(x, 0), lambda: camkit.GradCAM(backbone, "layer4")(x, 0)]
+    for _trial in range(4):  # the race left the backbone in eval mode in about half the trials
+        _threaded_maps(calls, workers=8, repeats=2)
+        assert all(module.training for module in wrapper.modules())

@@ -78,15 +78,27 @@ def test_flags_grad_and_inference_modes_restored_after_an_error() -> None:
     assert _flags(model) == before
 
 
-def test_the_lock_is_per_model_and_reentrant() -> None:
-    first, second = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
-    assert model_lock(first) is model_lock(first) and model_lock(first) is not model_lock(second)
-    with evaluation(first), evaluation(first):  # a metric that runs an explainer nests
-        acquired = []
-        thread = threading.Thread(target=lambda: acquired.append(model_lock(first).acquire(timeout=0.05)))
+def test_the_claim_covers_every_shared_module_and_is_reentrant() -> None:
+    backbone = torch.nn.Linear(2, 2)
+    wrapper, other = torch.nn.Sequential(backbone, torch.nn.ReLU()), torch.nn.Linear(2, 2)
+    with evaluation(wrapper), evaluation(wrapper), evaluation(backbone):  # a metric that runs an explainer nests
+        results = []
+
+        def try_claims() -> None:
+            for model in (wrapper, backbone, other):
+                claim = model_lock(model)
+                got = claim.acquire(timeout=0.05)
+                results.append(got)
+                if got:
+                    claim.release()
+
+        thread = threading.Thread(target=try_claims)
         thread.start()
         thread.join()
-        assert acquired == [False]  # another thread waits while this one holds the model
+        # another thread waits for the wrapper and for its backbone alone, not for an unrelated model
+        assert results == [False, False, True]
+    assert model_lock(backbone).acquire(timeout=0.05)  # every claim was released
+    model_lock(backbone).release()
 
 
 def test_nothing_but_modes_switches_train_or_eval() -> None:
