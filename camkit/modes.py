@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import weakref
 from collections.abc import Iterator
 
 import torch
@@ -32,7 +31,8 @@ class _ModuleClaims:
 
     def __init__(self) -> None:
         self._changed = threading.Condition()
-        self._holders: weakref.WeakKeyDictionary[nn.Module, tuple[int, int]] = weakref.WeakKeyDictionary()
+        # A plain dict: entries live only while a call holds them, so it keeps no module alive.
+        self._holders: dict[nn.Module, tuple[int, int]] = {}
 
     def _free_for(self, modules: list[nn.Module], thread: int) -> bool:
         return all(self._holders.get(module, (thread, 0))[0] == thread for module in modules)
