@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import CamkitError, CamkitTypeError
+from .errors import CamkitError, CamkitTypeError, model_code
 from .layouts import Reshape, prefix_tokens_of, to_grid
 from .modes import explaining
 from .targets import TargetSpec, check_finite_scores, scores_for
@@ -92,7 +92,7 @@ def hooked_forward(
 ) -> tuple[Any, list[torch.Tensor]]:
     """The model's output and each layer's captured output; autograd on only after the first layer."""
     stash: dict[str, torch.Tensor] = {}
-    with _hooks(layers, stash, with_gradients), _grad_mode(False):
+    with _hooks(layers, stash, with_gradients), _grad_mode(False), model_code():
         output = model(x)
     missing = [name for name, _ in layers if name not in stash]
     if missing:
@@ -126,7 +126,7 @@ def layer_gradients(scores: torch.Tensor, tensors: list[torch.Tensor], layers: L
             f"The explained score does not depend on the target layer {layers[0][0]!r}; "
             "choose a layer on the path from the input to that score."
         )
-    with _grad_mode(True):
+    with _grad_mode(True), model_code():
         found = torch.autograd.grad(scores.sum(), tensors, allow_unused=True)
     return [g if g is not None else torch.zeros_like(a) for g, a in zip(found, tensors)]
 

@@ -19,7 +19,7 @@ from typing import Any, Union
 import torch
 from torch import nn
 
-from .errors import CamkitError, CamkitTypeError
+from .errors import CamkitError, CamkitTypeError, model_code
 from .layouts import Layout, output_layout, patch_size_of, prefix_tokens_of, token_layout
 from .modes import evaluation
 
@@ -107,7 +107,7 @@ def dry_run(model: nn.Module, x: torch.Tensor) -> list[LayerInfo]:
     with evaluation(model):
         handles = [module.register_forward_hook(record) for module in names]
         try:
-            with torch.no_grad():
+            with torch.no_grad(), model_code():
                 model(x)
         finally:
             for handle in handles:

@@ -82,3 +82,25 @@ def grayscale() -> nn.Module:
                           nn.Linear(4, 2))
     model.input_size = 32
     return model
+
+
+class _Picky(nn.Module):
+    """``tiny()`` whose forward raises the exception type named by PICKY_ERROR on any batch holding a bright image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = tiny()
+
+    def forward(self, x):
+        import os
+
+        if bool((x.flatten(1).mean(1) > 1.0).any()):
+            raise {"assert": AssertionError, "value": ValueError, "index": IndexError}[os.environ.get("PICKY_ERROR", "assert")](
+                "this model refuses bright images")
+        return self.net(x)
+
+
+def picky() -> nn.Module:
+    model = _Picky()
+    model.input_size = 32
+    return model

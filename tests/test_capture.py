@@ -143,3 +143,26 @@ def test_overlapping_calls_on_a_wrapper_and_its_backbone_restore_the_flags() -> 
     for _trial in range(4):  # the race left the backbone in eval mode in about half the trials
         _threaded_maps(calls, workers=8, repeats=2)
         assert all(module.training for module in wrapper.modules())
+
+
+def test_the_models_own_exception_reaches_the_caller_unchanged_and_marked() -> None:
+    from camkit.errors import raised_by_model
+
+    class Refusing(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            features = self.conv(x)
+            if x.shape[0] > 1:
+                raise AssertionError("batches of one only")
+            return features.mean(dim=(2, 3))
+
+    model = Refusing()
+    with pytest.raises(AssertionError, match="batches of one") as raised:
+        camkit.GradCAM(model, "conv")(torch.randn(2, 3, 8, 8), 0)
+    assert raised_by_model(raised.value) and no_hooks_left(model)
+    with pytest.raises(camkit.CamkitError) as refused:  # camkit's own errors are not the model's
+        camkit.GradCAM(model, "conv")(torch.randn(1, 3, 8, 8), 9)
+    assert not raised_by_model(refused.value)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..errors import CamkitError
+from ..errors import CamkitError, model_code, raised_by_model
 from ..explainers import METHODS, Explainer, create
 from ..layers import dry_run
 from ..modes import evaluation
@@ -45,7 +45,9 @@ logger = logging.getLogger("camkit")
 
 NORMALISATIONS = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), "none": ((0.0,) * 3, (1.0,) * 3)}
 MIN_INPUT_SIZE = 8
-EXPLAIN_ERRORS = (CamkitError, RuntimeError)  # what one bad input can raise; anything else is a bug
+# What one bad input can raise, besides anything the model's own forward or backward raises
+# (errors.raised_by_model); any other exception is a bug in camkit and keeps its traceback.
+EXPLAIN_ERRORS = (CamkitError, RuntimeError)
 
 
 @dataclass
@@ -194,7 +196,9 @@ def _preflight(loaded: LoadedModel, explainers: dict[str, Explainer], size: tupl
     blank = torch.zeros(1, channels, *size, device=device)
     try:
         seen = {info.name: info for info in dry_run(loaded.model, blank)}
-    except RuntimeError as error:
+    except Exception as error:
+        if not _input_failure(error):
+            raise
         first = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
         raise CamkitError(
             f"the model cannot run on a {channels}-channel {'x'.join(map(str, size))} input ({first}); "
@@ -357,7 +361,9 @@ def _explained(checked: Plan, policy: "TargetPolicy", items: list[Item], device:
         target = policy(x)
         yield items, target, {method: explainer.explain(x, target) for method, explainer in checked.explainers.items()}
         return
-    except EXPLAIN_ERRORS as error:
+    except Exception as error:
+        if not _input_failure(error):
+            raise
         if len(items) == 1:
             _fail(sources[items[0].index], checked, manifest, tally, f"cannot explain: {_one_line(error)}")
             return
@@ -399,7 +405,9 @@ def _explain_volumes(checked: Plan, sources: list[Source], manifest: Manifest, t
             x = volumes.prepared(volume, channels, checked.loaded.input_size).to(device)
             target = policy(x)
             results = {method: explainer.explain(x, target) for method, explainer in checked.explainers.items()}
-        except EXPLAIN_ERRORS as error:
+        except Exception as error:
+            if not _input_failure(error):
+                raise
             _fail(source, checked, manifest, tally, f"cannot explain: {_one_line(error)}")
             continue
         for method, result in results.items():
@@ -460,7 +468,9 @@ class TargetPolicy:
         if self.dense and self.target is not None:
             return SegmentationTarget(self.target)
         with evaluation(self.model), torch.no_grad():
-            logits = logits_of(self.model(x))
+            with model_code():
+                output = self.model(x)
+            logits = logits_of(output)
         self.dense = logits.dim() >= 4
         if not self.dense:
             return self.target
@@ -514,6 +524,11 @@ def _quiet_worker(_worker: int) -> None:
     # process's to handle; a worker that also caught it would print its own traceback.
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _input_failure(error: Exception) -> bool:
+    """Whether ``error`` is one input's failure (reported in its row) rather than a bug in camkit."""
+    return isinstance(error, EXPLAIN_ERRORS) or raised_by_model(error)
 
 
 def _one_line(error: BaseException) -> str:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..capture import Capture
-from ..errors import CamkitError
+from ..errors import CamkitError, model_code
 from ..layers import LayersSpec
 from ..ops.perturbation import rows_of, scattered, strongest_channels
 from .perturbation import PerturbationExplainer, Probe, output_replaced, row_scores
@@ -107,7 +107,7 @@ class AblationCAM(PerturbationExplainer):
                 row_images = torch.cat((images, inputs))
             else:
                 inputs, fan_out, row_images = images, torch.arange(len(images), device=x.device), images
-            with output_replaced(layer, _ablation(fan_out, ablated_channels, channel_dim)):
+            with output_replaced(layer, _ablation(fan_out, ablated_channels, channel_dim)), model_code():
                 output = self.model(x[inputs])
             scores = row_scores(output, target, row_images, probabilities=False).double()
             if downstream:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..capture import Capture
+from ..errors import model_code
 from ..ops.maps import min_max_normalise, upsample
 from ..ops.perturbation import rows_of, scattered, strongest_channels, varying_channels
 from .perturbation import PerturbationExplainer, Probe, row_scores
@@ -59,6 +60,7 @@ class ScoreCAM(PerturbationExplainer):
             images, chunk_channels = image_index[pair], channel_index[pair]
             masks = min_max_normalise(upsample(activations[images, chunk_channels], size))
             masks = self.perturbed(masks, variant, chunk_channels, channels)
-            output = self.model(x[images] * masks.unsqueeze(1).to(x.dtype))
+            with model_code():
+                output = self.model(x[images] * masks.unsqueeze(1).to(x.dtype))
             totals.index_add_(0, pair, row_scores(output, target, images, probabilities=True).double())
         return scattered(totals / variants, image_index, channel_index, (batch, channels))

@@ -347,3 +347,26 @@ def test_outputs_follow_the_users_umask(tmp_path) -> None:
         os.umask(previous)
     for name in ("a_gradcam.png", "a_gradcam_map.npy", "manifest.csv"):
         assert (tmp_path / "out" / name).stat().st_mode & 0o777 == 0o640, name
+
+
+@pytest.mark.parametrize("kind", ["assert", "value", "index"])
+def test_a_model_that_raises_on_some_images_fails_only_those(tmp_path, kind, monkeypatch) -> None:
+    from ..helpers import user_code_on_path
+
+    monkeypatch.setenv("PICKY_ERROR", kind)
+    folder = tmp_path / "in"
+    for index in range(4):
+        _picture(folder / f"dark{index}.png", index, (32, 32))
+    Image.new("RGB", (32, 32), (255, 255, 255)).save(folder / "bright.png")
+    out = tmp_path / "out"
+    with user_code_on_path():
+        code = main(["overlay", str(folder), "-o", str(out), "--model", "factory_model:picky",
+                     "--method", "gradcam,scorecam", "--batch-size", "5", *FAST])
+    assert code == 1
+    rows = {(Path(row["input"]).name, row["method"]): row for row in _rows(out)}
+    assert len(rows) == 10
+    for (name, method), row in rows.items():
+        if name == "bright.png":
+            assert row["status"] == "error" and "refuses bright images" in row["error"], row
+        else:
+            assert row["status"] == "ok" and (out / row["output"]).exists(), row
