@@ -10,13 +10,25 @@ are merged too, so the rows they hold are not lost.
 
 File names that are not valid UTF-8 are written with Python's
 ``surrogateescape``, so the manifest round-trips the bytes the names had.
+
+Several runs may write into one output folder at once: every flush takes an
+exclusive lock on ``OUT/.manifest.lock``, reads the file again and upserts
+this run's rows into what it holds, so no run's rows are lost. A damaged
+manifest (a row cut short, an unterminated quote, NUL bytes, a score that is
+not a number) is read row by row: every row that parses is kept, values that
+do not parse are cleared, and what was dropped is reported in one line. A
+manifest that cannot be written (a full disk) is one line and exit status 1;
+the previous file stays intact, and the rows are written at the next chance.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import logging
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +41,15 @@ MANIFEST_FIELDS = ("input", "output", "method", "predicted_class", "predicted_na
                    "explained_class", "status", "error")
 SKIPPED = "skipped (exists)"
 FLUSH_SECONDS = 2.0
+LOCK_NAME = ".manifest.lock"
+# Columns that hold numbers; a value there that is not one is cleared when the manifest is read.
+_INTEGER_FIELDS = ("predicted_class", "explained_class")
+_FLOAT_FIELDS = ("score",)
+# A row broken across lines by a quoted newline spans at most this many lines; an unterminated quote
+# that would swallow more is a damaged row, and reading goes on at the next line.
+_MAX_ROW_LINES = 8
+
+logger = logging.getLogger("camkit")
 
 Row = dict[str, Any]
 
@@ -61,9 +82,78 @@ def upsert(rows: dict[tuple[str, str], Row], row: Row) -> None:
     rows[key] = {field: row.get(field, "") for field in MANIFEST_FIELDS}
 
 
-def read_rows(path: Path) -> list[Row]:
+def read_rows(path: Path, *, report: bool = True) -> list[Row]:
+    """Every row of a manifest that parses; damaged rows are dropped and bad values cleared, said in one warning."""
     with open(path, encoding="utf-8", errors="surrogateescape", newline="") as file:
-        return list(csv.DictReader(file))
+        lines = file.read().splitlines(keepends=True)
+    rows: list[Row] = []
+    dropped: list[int] = []
+    cleared = 0
+    index = 1  # line 0 is the header
+    while index < len(lines):
+        parsed = _row_at(lines, index)
+        if parsed is None:
+            if lines[index].strip():
+                dropped.append(index + 1)
+            index += 1
+            continue
+        row, used = parsed
+        cleared += _clear_bad_values(row)
+        rows.append(row)
+        index += used
+    if report and (dropped or cleared):
+        shown = ", ".join(map(str, dropped[:5])) + (", ..." if len(dropped) > 5 else "")
+        parts = ([f"dropped {len(dropped)} damaged row(s) (line {shown})"] if dropped else []) + (
+            [f"cleared {cleared} value(s) that were not numbers"] if cleared else [])
+        logger.warning("%s: %s; the rest of the manifest is kept", path, " and ".join(parts))
+    return rows
+
+
+def _row_at(lines: list[str], start: int) -> tuple[Row, int] | None:
+    """The row starting at ``lines[start]`` and how many lines it spans, or None if no row parses there."""
+    for count in range(1, min(_MAX_ROW_LINES, len(lines) - start) + 1):
+        text = "".join(lines[start:start + count])
+        if "\0" in text:
+            return None
+        try:
+            records = list(csv.reader(io.StringIO(text), strict=True))
+        except csv.Error:
+            continue  # an open quote: the row may go on at the next line
+        if len(records) == 1 and len(records[0]) == len(MANIFEST_FIELDS):
+            return dict(zip(MANIFEST_FIELDS, records[0])), count
+        if len(records) != 1 or len(records[0]) > len(MANIFEST_FIELDS):
+            return None
+    return None
+
+
+def _clear_bad_values(row: Row) -> int:
+    cleared = 0
+    for field, kind in [*((name, int) for name in _INTEGER_FIELDS), *((name, float) for name in _FLOAT_FIELDS)]:
+        value = row.get(field, "")
+        if value == "":
+            continue
+        try:
+            kind(value)
+        except ValueError:
+            row[field] = ""
+            cleared += 1
+    return cleared
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive lock on the output folder's manifest, across processes (a no-op where fcntl is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: runs into one folder are not serialised there
+        yield
+        return
+    with open(folder / LOCK_NAME, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def write_rows(path: Path, rows: list[Row]) -> None:
@@ -83,29 +173,53 @@ class Manifest:
         check_owned(self.path)
         self.part = out / f".manifest-part-{ranks.rank:05d}-of-{ranks.world:05d}.csv"
         self._lock = threading.Lock()
-        self._rows: dict[tuple[str, str], Row] = {}
-        # What this process writes over must already be in it: the manifest for a single process,
-        # under torchrun the part a crashed run of the same rank left behind.
-        earlier = self.path if ranks.world == 1 else self.part
-        if earlier.exists():
-            for row in read_rows(earlier):
-                upsert(self._rows, row)
+        self._mine: dict[tuple[str, str], Row] = {}  # this run's rows; what the file holds is read at each flush
+        # Under torchrun a crashed run of the same rank may have left its part: its rows go on in ours.
+        self._carried: dict[tuple[str, str], Row] = {}
+        if ranks.world > 1 and self.part.exists():
+            for row in read_rows(self.part):
+                upsert(self._carried, row)
+        elif self.path.exists():
+            read_rows(self.path)  # says once, now, what in it is damaged and will be dropped or cleared
         self._flushed_at = 0.0
         self.added: list[Row] = []
+        self.write_error: str | None = None  # why the last write failed; None once one succeeds
 
     def add(self, row: Row) -> None:
         with self._lock:
-            upsert(self._rows, row)
+            upsert(self._mine, row)
             self.added.append(row)
         if time.monotonic() - self._flushed_at > FLUSH_SECONDS:
             self.flush()
 
     def flush(self) -> None:
-        """Write what is known now: the manifest itself, or this rank's part under torchrun."""
+        """Write what is known now: upserted into the manifest as it is on disk, or this rank's part under torchrun."""
         with self._lock:
-            rows = list(self._rows.values())
             self._flushed_at = time.monotonic()
-            write_rows(self.path if self.ranks.world == 1 else self.part, rows)
+            try:
+                if self.ranks.world > 1:
+                    rows = dict(self._carried)
+                    for row in self._mine.values():
+                        upsert(rows, row)
+                    write_rows(self.part, list(rows.values()))
+                else:
+                    with _locked(self.path.parent):
+                        rows = _rows_on_disk(self.path)
+                        for row in self._mine.values():
+                            upsert(rows, row)
+                        write_rows(self.path, list(rows.values()))
+            except OSError as error:
+                self._write_failed(error)
+                return
+            self.write_error = None
+
+    def _write_failed(self, error: OSError) -> None:
+        reason = error.strerror or str(error)
+        if reason != self.write_error:  # one line per cause, not one per flush
+            logger.warning("cannot write %s (%s); the previous manifest is intact, and this run's %d row(s) are "
+                           "written at the next chance (free space and rerun to resume)", self.path, reason,
+                           len(self._mine))
+        self.write_error = reason
 
     def finish(self) -> None:
         """The last flush; under torchrun, rank 0 then merges every part into the manifest."""
@@ -114,19 +228,28 @@ class Manifest:
             return
         distributed.barrier(self.ranks)
         if self.ranks.is_main:
-            merge_parts(self.path)
+            try:
+                merge_parts(self.path)
+            except OSError as error:
+                self._write_failed(error)
+
+
+def _rows_on_disk(path: Path) -> dict[tuple[str, str], Row]:
+    rows: dict[tuple[str, str], Row] = {}
+    if path.exists():
+        for row in read_rows(path, report=False):  # what is damaged was said when the run began
+            upsert(rows, row)
+    return rows
 
 
 def merge_parts(path: Path) -> None:
     """Fold every rank's part file (oldest first, stale ones of a crashed run included) into the manifest."""
-    merged: dict[tuple[str, str], Row] = {}
-    if path.exists():
-        for row in read_rows(path):
-            upsert(merged, row)
-    parts = sorted(path.parent.glob(".manifest-part-*-of-*.csv"), key=lambda part: part.stat().st_mtime_ns)
-    for part in parts:
-        for row in read_rows(part):
-            upsert(merged, row)
-    write_rows(path, list(merged.values()))
-    for part in parts:
-        part.unlink(missing_ok=True)
+    with _locked(path.parent):
+        merged = _rows_on_disk(path)
+        parts = sorted(path.parent.glob(".manifest-part-*-of-*.csv"), key=lambda part: part.stat().st_mtime_ns)
+        for part in parts:
+            for row in read_rows(part):
+                upsert(merged, row)
+        write_rows(path, list(merged.values()))
+        for part in parts:
+            part.unlink(missing_ok=True)

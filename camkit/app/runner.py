@@ -134,7 +134,8 @@ def _run(job: OverlayJob, ranks: distributed.Ranks) -> int:
         shown = f"; report: {report_path}" if report_path else ""
         print(f"camkit: {written} overlays written, {skipped} skipped as already done, {failed} inputs failed; "
               f"manifest: {manifest.path}{shown}", file=sys.stderr)
-    return 1 if failed or (job.report and ranks.is_main and report_path is None) else 0
+    manifest_lost = manifest.write_error is not None  # said in one line when it happened
+    return 1 if failed or manifest_lost or (job.report and ranks.is_main and report_path is None) else 0
 
 
 def _write_report(checked: Plan, manifest: Manifest) -> Path | None:

@@ -370,3 +370,30 @@ def test_a_model_that_raises_on_some_images_fails_only_those(tmp_path, kind, mon
             assert row["status"] == "error" and "refuses bright images" in row["error"], row
         else:
             assert row["status"] == "ok" and (out / row["output"]).exists(), row
+
+
+def test_two_runs_into_one_folder_at_once_keep_both_runs_rows(tmp_path) -> None:
+    for index in range(6):
+        _picture(tmp_path / "x" / f"a{index}.png", index)
+        _picture(tmp_path / "y" / f"b{index}.png", 10 + index)
+    out = tmp_path / "out"
+    runs = [subprocess.Popen([sys.executable, "-m", "camkit", "overlay", str(tmp_path / folder), "-o", str(out),
+                              "--batch-size", "1", *FAST], stderr=subprocess.PIPE, text=True)
+            for folder in ("x", "y")]
+    assert [run.wait(timeout=300) for run in runs] == [0, 0], [run.stderr.read() for run in runs]
+    assert len(_rows(out)) == 12
+
+
+def test_a_corrupt_score_is_cleared_and_the_report_still_written(tmp_path) -> None:
+    _picture(tmp_path / "in" / "a.png", 1)
+    out = tmp_path / "out"
+    assert main(["overlay", str(tmp_path / "in"), "-o", str(out), *FAST]) == 0
+    text = (out / "manifest.csv").read_text(encoding="utf-8").splitlines()
+    fields = text[1].split(",")
+    fields[5] = "abc"  # the score
+    (out / "manifest.csv").write_text("\n".join([text[0], ",".join(fields), 'z.png,"broken']) + "\n", encoding="utf-8")
+    process = _cli("overlay", str(tmp_path / "in"), "-o", str(out), "--report", "--workers", "0")
+    assert process.returncode == 0, process.stderr
+    warnings = [line for line in process.stderr.splitlines() if "manifest.csv" in line and "damaged" in line]
+    assert len(warnings) == 1 and "cleared 1 value" in warnings[0] and "Traceback" not in process.stderr
+    assert (out / "report.html").exists()
