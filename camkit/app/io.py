@@ -43,14 +43,17 @@ class Source:
 
     path: Path
     relative: Path  # relative output path without suffix, e.g. Path("cats/tabby")
+    unreadable: str | None = None  # why a folder below an input could not be listed (reported as that input's failure)
 
 
 def _wanted(file: Path) -> bool:
     return file.suffix.lower() in IMAGE_SUFFIXES or is_volume(file)
 
 
-def _walk(root: Path, skip: Path | None) -> Iterator[Path]:
-    """Every file below ``root``, sorted, following symlinked folders but never into the same folder twice."""
+def _walk(root: Path, skip: Path | None, unlistable: dict[Path, str] | None = None) -> Iterator[Path]:
+    """Every file below ``root``, sorted, following symlinked folders but never into the same folder twice.
+
+    Folders that cannot be listed are yielded too, with the reason in ``unlistable``."""
     seen: set[tuple[int, int]] = set()
 
     def visit(folder: Path) -> Iterator[Path]:
@@ -63,7 +66,10 @@ def _walk(root: Path, skip: Path | None) -> Iterator[Path]:
         seen.add((status.st_dev, status.st_ino))
         try:
             entries = sorted(folder.iterdir())
-        except OSError:
+        except OSError as error:
+            if unlistable is not None:
+                unlistable[folder] = f"cannot list folder: {error.strerror or error}"
+                yield folder
             return
         for entry in entries:
             if entry.is_dir():
@@ -124,10 +130,12 @@ def discover(inputs: list[str], skip: Path | None = None) -> list[Source]:
     are followed, but no folder twice.
     """
     found: list[tuple[Path, Path, int]] = []  # file, relative path, index of the entry it came from
+    unlistable: dict[Path, str] = {}
     for number, entry in enumerate(inputs):
         path = Path(entry)
         if path.is_dir():
-            found.extend((file, file.relative_to(path), number) for file in _walk(path, skip) if _wanted(file))
+            found.extend((file, file.relative_to(path), number) for file in _walk(path, skip, unlistable)
+                         if _wanted(file) or file in unlistable)
         elif path.is_file():
             found.append((path, Path(path.name), number))
         elif glob.has_magic(entry):
@@ -140,7 +148,9 @@ def discover(inputs: list[str], skip: Path | None = None) -> list[Source]:
         if skip is not None and _inside(file.resolve(), skip):
             continue
         unique.setdefault(file.resolve(), (file, relative, number))
-    return _named([value for _, value in sorted(unique.items(), key=lambda item: str(item[1][0]))], inputs)
+    sources = _named([value for _, value in sorted(unique.items(), key=lambda item: str(item[1][0]))], inputs)
+    return [Source(source.path, source.relative, unlistable[source.path]) if source.path in unlistable else source
+            for source in sources]
 
 
 def _named(found: list[tuple[Path, Path, int]], inputs: list[str]) -> list[Source]:

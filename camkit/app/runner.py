@@ -240,6 +240,9 @@ def _todo(checked: Plan, ranks: distributed.Ranks, manifest: Manifest, tally: Ta
     """This rank's inputs that still miss an output; the others are recorded as skipped."""
     todo = []
     for source in distributed.shard(checked.sources, ranks):
+        if source.unreadable is not None:
+            _fail(source, checked, manifest, tally, source.unreadable)
+            continue
         expected = {method: checked.outputs(source, method) for method in checked.explainers}
         for paths in expected.values():
             for path in paths:

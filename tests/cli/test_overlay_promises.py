@@ -397,3 +397,24 @@ def test_a_corrupt_score_is_cleared_and_the_report_still_written(tmp_path) -> No
     warnings = [line for line in process.stderr.splitlines() if "manifest.csv" in line and "damaged" in line]
     assert len(warnings) == 1 and "cleared 1 value" in warnings[0] and "Traceback" not in process.stderr
     assert (out / "report.html").exists()
+
+
+def test_an_unlistable_subfolder_is_a_line_and_a_row(tmp_path, monkeypatch, capsys) -> None:
+    _picture(tmp_path / "in" / "a.png", 1)
+    _picture(tmp_path / "in" / "locked" / "b.png", 2)
+    locked = tmp_path / "in" / "locked"
+    listing = Path.iterdir
+
+    def refusing(self: Path):
+        if self == locked:  # chmod 000 does not stop root, who runs CI: refuse the listing itself
+            raise PermissionError(13, "Permission denied", str(self))
+        return listing(self)
+
+    monkeypatch.setattr(Path, "iterdir", refusing)
+    out = tmp_path / "out"
+    assert main(["overlay", str(tmp_path / "in"), "-o", str(out), *FAST]) == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if "locked" in line]
+    assert len(lines) == 1 and "cannot list folder: Permission denied" in lines[0]
+    rows = {Path(row["input"]).name: row for row in _rows(out)}
+    assert rows["a.png"]["status"] == "ok"
+    assert rows["locked"]["status"] == "error" and "Permission denied" in rows["locked"]["error"]
