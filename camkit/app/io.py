@@ -4,9 +4,12 @@ from __future__ import annotations
 import glob
 import hashlib
 import io
+import logging
+import math
 import os
 import re
 import secrets
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +19,8 @@ import numpy as np
 import torch
 
 from ..errors import CamkitError, MissingDependency
+
+logger = logging.getLogger("camkit")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 VOLUME_SUFFIXES = (".npy", ".nii", ".nii.gz")
@@ -199,8 +204,18 @@ def _short(relative: Path) -> Path:
     return relative.with_name(f"{cut}~{digest}")
 
 
-def read_rgb(path: Path) -> torch.Tensor:
+# Images of more pixels are decoded, explained and drawn at a size reduced by a whole factor, so that a
+# 10000 x 10000 scan costs about as much memory as a 4096 x 4096 one (one line on the camkit logger says so).
+MAX_DRAWN_PIXELS = 4096 * 4096
+
+
+def read_rgb(path: Path, max_pixels: int = MAX_DRAWN_PIXELS) -> torch.Tensor:
     """An image file as uint8 RGB ``(3, H, W)``, upright per its EXIF orientation.
+
+    An image of more than ``max_pixels`` pixels is reduced by the smallest whole factor that brings it
+    under (box filter; JPEGs are decoded at that scale directly), before it is converted to RGB, so the
+    memory peak stays a small multiple of the returned image; PIL's decompression-bomb limit (about 179
+    megapixels) still refuses larger files.
 
     Grayscale is repeated to RGB and transparency composited on white. Images
     of more than 8 bits (16-bit, 32-bit integer, float; e.g. 12-bit scans
@@ -210,8 +225,25 @@ def read_rgb(path: Path) -> torch.Tensor:
     """
     from PIL import Image, ImageOps
 
-    with Image.open(path) as image:
-        image.load()
+    with warnings.catch_warnings():
+        # camkit says what it does about a large image in its own line, below.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            opened = Image.open(path)
+        except Image.DecompressionBombError:
+            raise CamkitError("image has too many pixels to decode safely (over PIL's decompression-bomb limit of "
+                              f"{2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} megapixels)") from None
+    with opened as image:
+        width, height = image.size
+        factor = math.ceil(math.sqrt(width * height / max_pixels)) if width * height > max_pixels else 1
+        if factor > 1:
+            target = (math.ceil(width / factor), math.ceil(height / factor))
+            image.draft(image.mode, target)  # a JPEG decodes at a reduced scale at least as large as target
+            image = image.reduce(max(1, math.ceil(image.size[0] / target[0])))
+            logger.warning("%s: %d x %d pixels, explained and drawn at %d x %d to bound memory (images over %.1f "
+                           "megapixels are reduced)", path, width, height, *image.size, max_pixels / 1e6)
+        else:
+            image.load()
         image = ImageOps.exif_transpose(image)
         if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
             values = np.asarray(image, dtype=np.float64)

@@ -72,3 +72,29 @@ def test_load_images_gives_a_batch_and_the_originals(tmp_path) -> None:
     assert prepared.shape == (1, 3, 224, 224)
     with __import__("pytest").raises(camkit.CamkitError, match="finite and positive"):
         camkit.load_images(tmp_path, normalize=((0, 0, 0), (1, 0, 1)))
+
+
+def test_a_huge_image_is_reduced_before_conversion_with_one_line(tmp_path, caplog) -> None:
+    import logging
+    import subprocess
+    import sys
+
+    Image.new("L", (3000, 2000), 90).save(tmp_path / "big.png")
+    Image.new("RGB", (3000, 2000), (10, 20, 30)).save(tmp_path / "big.jpg")
+    with caplog.at_level(logging.WARNING, logger="camkit"):
+        png, jpeg = read_rgb(tmp_path / "big.png", max_pixels=1_000_000), read_rgb(tmp_path / "big.jpg", max_pixels=1_000_000)
+    assert png.shape == (3, 667, 1000) and int(png[0, 0, 0]) == 90  # factor 3, the smallest that fits 6 MP in 1
+    assert jpeg.shape[1] * jpeg.shape[2] <= 1_000_000 and abs(int(jpeg[2, 5, 5]) - 30) <= 2
+    assert len(caplog.records) == 2 and "drawn at 1000 x 667" in caplog.records[0].getMessage()
+    # The audit's 10000 x 10000 grey PNG (120 KB on disk): the peak grows by about the grey decode, not the
+    # 5.8 GB it took when the full image was converted to RGB and drawn.
+    Image.new("L", (10000, 10000), 128).save(tmp_path / "huge.png")
+    script = ("import resource, warnings, sys\nfrom camkit.app.io import read_rgb\n"
+              "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+              f"image = read_rgb(__import__('pathlib').Path({str(tmp_path / 'huge.png')!r}))\n"
+              "print(tuple(image.shape), (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)")
+    process = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", script], capture_output=True,
+                             text=True, timeout=120)
+    shape, grown_mb = process.stdout.split(") ")
+    assert shape == "(3, 3334, 3334" and int(grown_mb) < 250, process.stdout + process.stderr
+    assert "DecompressionBomb" not in process.stderr and process.stderr.count("camkit") <= 1
