@@ -9,8 +9,11 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from importlib.metadata import PackageNotFoundError, version
@@ -43,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt_once(_signal: int, _frame: object) -> None:
+    """The first Ctrl-C stops the run; later ones are ignored until its clean-up (the manifest's last rows,
+    the decoding workers' shutdown) is done, so that they cannot cut it short or print its tracebacks."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -50,8 +60,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return USAGE_ERROR
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous_handler = signal.signal(signal.SIGINT, _interrupt_once) if in_main_thread else None
     try:
-        return args.run(args)
+        return _run(args)
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        return int(args.run(args))
     except CamkitError as error:
         if args.debug:
             raise
@@ -60,11 +80,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         if args.debug:
             raise
-        where = getattr(args, "output", None)
-        report = " and report.html" if getattr(args, "report", False) else ""
-        saved = f"; what finished is in {where}/manifest.csv{report}, and rerunning the command resumes" if where else ""
-        print(f"camkit: interrupted{saved}", file=sys.stderr)
-        return INTERRUPTED
+    # Only an interrupt gets here. Outside the handler the interrupted frames are gone: collecting them shuts
+    # the decoding workers down while a second Ctrl-C is still ignored.
+    gc.collect()
+    where = getattr(args, "output", None)
+    report = " and report.html" if getattr(args, "report", False) else ""
+    saved = f"; what finished is in {where}/manifest.csv{report}, and rerunning the command resumes" if where else ""
+    print(f"camkit: interrupted{saved}", file=sys.stderr)
+    return INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -258,7 +258,8 @@ def test_a_volume_among_images_and_a_nan_image_lose_only_themselves(tmp_path) ->
 
 # 6. interrupts and resumes ------------------------------------------------------------------------------
 
-def test_ctrl_c_exits_130_in_one_line_and_keeps_what_finished(tmp_path) -> None:
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_exits_130_in_one_line_and_keeps_what_finished(tmp_path, presses) -> None:
     folder = tmp_path / "in"
     for index in range(400):
         _picture(folder / f"img{index:03d}.png", index, size=(64, 64))
@@ -270,7 +271,9 @@ def test_ctrl_c_exits_130_in_one_line_and_keeps_what_finished(tmp_path) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(list(out.glob("*.png"))) < 6:
         time.sleep(0.1)
-    process.send_signal(signal.SIGINT)
+    for _press in range(presses):  # two in quick succession: the second must not cut the clean-up short
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.05)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
     lines = [line for line in stderr.splitlines() if line.strip()]
