@@ -27,12 +27,7 @@ from ..errors import CamkitError
 from ..ops.imputation import linear_imputation
 from ..targets import TargetSpec
 from .checks import check_maps_input
-from .faithfulness import (
-    BaselineSpec,
-    ExplainedScore,
-    perturbed_scores,
-    reference_images,
-)
+from .faithfulness import BaselineSpec, ExplainedScore, perturbed_scores, reference_images
 
 PERCENTILES: tuple[int, ...] = (10, 20, 30, 40, 50, 60, 70, 80, 90)
 ORDERS = ("morf", "lerf")
