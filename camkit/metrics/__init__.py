@@ -15,8 +15,17 @@ from .boxes import (
     max_box_accuracy,
     pixel_average_precision,
 )
+from .complexity import complexity, l1_complexity, sparseness
 from .faithfulness import average_drop, deletion, increase_in_confidence, insertion
-from .localisation import boxes_to_masks, energy_pointing_game, pointing_game
+from .localisation import (
+    attribution_localisation,
+    boxes_to_masks,
+    energy_pointing_game,
+    pointing_game,
+    relevance_mass_accuracy,
+    relevance_rank_accuracy,
+    top_k_intersection,
+)
 from .road import (
     road,
     road_combined,
@@ -40,27 +49,34 @@ __all__ = [
     "RunningLocalisation",
     "RunningMaxBoxAccuracy",
     "RunningPixelAveragePrecision",
+    "attribution_localisation",
     "average_drop",
     "box_iou",
     "boxes_from_maps",
     "boxes_to_masks",
     "cam_thresholds",
     "class_sensitivity",
+    "complexity",
     "deletion",
     "energy_pointing_game",
     "increase_in_confidence",
     "insertion",
+    "l1_complexity",
     "localisation_accuracy",
     "max_box_accuracy",
     "model_randomisation",
     "pearson",
     "pixel_average_precision",
     "pointing_game",
+    "relevance_mass_accuracy",
+    "relevance_rank_accuracy",
     "road",
     "road_combined",
     "road_least_relevant_first",
     "road_least_relevant_first_average",
     "road_most_relevant_first",
     "road_most_relevant_first_average",
+    "sparseness",
     "spearman",
+    "top_k_intersection",
 ]
