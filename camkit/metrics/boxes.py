@@ -115,16 +115,10 @@ def box_accuracy_counts(maps: torch.Tensor, boxes: BoxesSpec, iou_thresholds: Se
     _check_maps(maps)
     levels = _thresholds(thresholds)
     truth, present = ground_truth_boxes(boxes, maps.shape[0], maps.device)
-    best = torch.empty(maps.shape[0], levels.numel(), dtype=torch.float64, device=maps.device)
-    per_pass = max(1, _PIXELS_PER_PASS // (maps.shape[1] * maps.shape[2]))
-    chosen = _backend(backend, maps)
-    for start in range(0, levels.numel(), max(1, per_pass // maps.shape[0])):
-        part = levels[start : start + max(1, per_pass // maps.shape[0])]
-        masks = foreground(maps, part)
-        found, valid = _mask_boxes(masks.flatten(0, 1), multi_contour, chosen)
-        overlap = box_iou(found.reshape(*masks.shape[:2], -1, 4), truth[:, None])  # (B, t, N, G)
-        overlap = overlap.masked_fill(~valid.reshape(*masks.shape[:2], -1)[..., None], -1)
-        best[:, start : start + part.numel()] = overlap.masked_fill(~present[:, None, None], -1).flatten(2).amax(2)
+    if _backend(backend, maps) == "opencv":
+        best = _opencv_best_iou(maps, levels, truth, present, multi_contour)
+    else:
+        best = _torch_best_iou(maps, levels, truth, present, multi_contour)
     limits = torch.tensor([float(value) for value in iou_thresholds], dtype=torch.float64, device=maps.device)
     return (best[None] >= limits[:, None, None]).sum(dim=1)
 
@@ -167,13 +161,35 @@ def pixel_score_histograms(maps: torch.Tensor, masks: torch.Tensor, ignore: torc
     if ignore is not None and (ignore.shape != maps.shape or ignore.dtype != torch.bool):
         raise CamkitError(f"ignore must be bool of the maps' shape {tuple(maps.shape)}, got {ignore.dtype} "
                           f"{tuple(ignore.shape)}.")
-    edges = torch.cat((_thresholds(thresholds), torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))).to(maps.device)
+    levels = _thresholds(thresholds)
+    edges = torch.cat((levels, torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))).to(maps.device)
     bins = edges.numel() - 1
-    index = (torch.bucketize(maps.double(), edges, right=True) - 1).clamp_max(bins - 1).flatten()
-    counted = torch.ones_like(masks) if ignore is None else ~ignore
-    positive = torch.bincount(index[(masks & counted).flatten()], minlength=bins).double()
-    negative = torch.bincount(index[(~masks & counted).flatten()], minlength=bins).double()
-    return positive, negative
+    index = _bin_index(maps.double(), edges, levels)
+    # One count over three blocks of bins: background, object, ignored (dropped).
+    kind = masks.long() if ignore is None else torch.where(ignore, 2, masks.long())
+    counts = torch.bincount((index + bins * kind).flatten(), minlength=3 * bins).double()
+    return counts[bins : 2 * bins], counts[:bins]
+
+
+def _bin_index(values: torch.Tensor, edges: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """Each value's bin, edges[i] <= v < edges[i + 1] (the last bin closed), as ``np.histogram`` counts.
+
+    For evenly spaced thresholds from 0 (the default) the bin is read off
+    ``v / step`` and corrected by one comparison each way against the exact
+    float64 edges, faster than torch's binary search on the CPU; otherwise a
+    binary search. Values lie in [0, 1].
+    """
+    bins = edges.numel() - 1
+    count = levels.numel()
+    step = float(levels[1] - levels[0]) if count > 1 else 0.0
+    if count < 2 or levels[0] != 0 or not torch.equal(levels, torch.arange(count, dtype=torch.float64) * step):
+        return (torch.bucketize(values, edges, right=True) - 1).clamp_max(bins - 1)
+    guess = (values / step).floor().clamp(0, count - 1)
+    # The edges are i * step, the same float64 product the thresholds hold, so no table look-up is needed.
+    guess = guess - (values < guess * step).double()
+    upper = torch.where(guess + 1 >= count, 1.0, (guess + 1) * step)
+    guess = guess + (values >= upper).double()
+    return torch.where(values >= 1, count, guess.long())
 
 
 def average_precision_of(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
@@ -236,6 +252,54 @@ def _backend(backend: str, maps: torch.Tensor) -> str:
     if backend == "auto":
         return "opencv" if maps.device.type == "cpu" else "torch"
     return backend
+
+
+def _torch_best_iou(maps: torch.Tensor, levels: torch.Tensor, truth: torch.Tensor, present: torch.Tensor,
+                    multi_contour: bool) -> torch.Tensor:
+    """``(B, T)`` best IoU of any box at each CAM threshold, every threshold of a chunk labelled at once."""
+    best = torch.empty(maps.shape[0], levels.numel(), dtype=torch.float64, device=maps.device)
+    step = max(1, _PIXELS_PER_PASS // (maps.shape[0] * maps.shape[1] * maps.shape[2]))
+    for start in range(0, levels.numel(), step):
+        masks = foreground(maps, levels[start : start + step])
+        found, valid = _mask_boxes(masks.flatten(0, 1), multi_contour, "torch")
+        overlap = box_iou(found.reshape(*masks.shape[:2], -1, 4), truth[:, None])  # (B, t, N, G)
+        overlap = overlap.masked_fill(~valid.reshape(*masks.shape[:2], -1)[..., None], -1)
+        best[:, start : start + masks.shape[1]] = overlap.masked_fill(~present[:, None, None], -1).flatten(2).amax(2)
+    return best
+
+
+def _opencv_best_iou(maps: torch.Tensor, levels: torch.Tensor, truth: torch.Tensor, present: torch.Tensor,
+                     multi_contour: bool) -> torch.Tensor:
+    """``(B, T)`` best IoU at each CAM threshold: OpenCV's contours per mask, the IoUs of all their boxes at once."""
+    masks = foreground(maps, levels)
+    boxes, owner = _opencv_rectangles(masks.flatten(0, 1), multi_contour)
+    image = owner // levels.numel()
+    overlap = box_iou(boxes[:, None], truth[image])[:, 0].masked_fill(~present[image], -1).amax(dim=1)
+    best = torch.full((masks.shape[0] * masks.shape[1],), -1.0, dtype=torch.float64, device=maps.device)
+    return best.scatter_reduce(0, owner, overlap, reduce="amax").reshape(masks.shape[:2])
+
+
+def _opencv_rectangles(masks: torch.Tensor, multi_contour: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every contour's box ``(M, 4)`` (clipped as the authors') and the mask it belongs to ``(M,)``.
+
+    A mask without contours gets the box (0, 0, 0, 0), as in the authors' code.
+    """
+    import cv2  # a core dependency; only the CPU path needs it
+
+    height, width = masks.shape[1:]
+    rects: list[tuple[int, int, int, int]] = []
+    owners: list[int] = []
+    for owner, mask in enumerate(masks.cpu().numpy().view("uint8")):  # findContours reads non-zero as foreground
+        contours = cv2.findContours(mask, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
+        if contours and not multi_contour:
+            contours = (max(contours, key=cv2.contourArea),)
+        found = [cv2.boundingRect(contour) for contour in contours] or [(0, 0, 0, 0)]
+        rects += found
+        owners += [owner] * len(found)
+    table = torch.tensor(rects, dtype=torch.long, device=masks.device).reshape(-1, 4)
+    boxes = torch.stack((table[:, 0], table[:, 1], (table[:, 0] + table[:, 2]).clamp_max(width - 1),
+                         (table[:, 1] + table[:, 3]).clamp_max(height - 1)), dim=1)
+    return boxes, torch.tensor(owners, dtype=torch.long, device=masks.device)
 
 
 def _mask_boxes(masks: torch.Tensor, multi_contour: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -329,28 +393,12 @@ def _compact(boxes: torch.Tensor, valid: torch.Tensor, height: int, width: int) 
 
 
 def _opencv_boxes(masks: torch.Tensor, multi_contour: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    import cv2  # a core dependency; only the CPU path needs it
-
-    images = (masks.to(torch.uint8) * 255).cpu().numpy()
-    found: list[list[tuple[int, int, int, int]]] = []
-    for image in images:
-        contours = cv2.findContours(image, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
-        if multi_contour or not contours:
-            chosen = list(contours)
-        else:
-            chosen = [max(contours, key=cv2.contourArea)]
-        found.append([_opencv_box(cv2.boundingRect(contour)) for contour in chosen])
-    slots = max(max((len(row) for row in found), default=1), 1)
-    boxes = torch.zeros(len(found), slots, 4, dtype=torch.long)
-    valid = torch.zeros(len(found), slots, dtype=torch.bool)
-    for row, items in enumerate(found):
-        if items:
-            boxes[row, : len(items)] = torch.tensor(items)
-            valid[row, : len(items)] = True
-    height, width = masks.shape[1:]
-    return _compact(boxes.to(masks.device), valid.to(masks.device), height, width)
-
-
-def _opencv_box(rect: Sequence[int]) -> tuple[int, int, int, int]:
-    x, y, w, h = rect
-    return x, y, x + w, y + h
+    boxes, owner = _opencv_rectangles(masks, multi_contour)
+    first = torch.searchsorted(owner, torch.arange(masks.shape[0], device=owner.device))
+    slot = torch.arange(owner.numel(), device=owner.device) - first[owner]
+    slots = int(slot.max()) + 1 if slot.numel() else 1
+    packed = torch.zeros(masks.shape[0], slots, 4, dtype=torch.long, device=masks.device)
+    valid = torch.zeros(masks.shape[0], slots, dtype=torch.bool, device=masks.device)
+    packed[owner, slot] = boxes
+    valid[owner, slot] = True
+    return packed, valid

@@ -15,7 +15,10 @@ import torch
 def sparseness(maps: torch.Tensor, *, absolute: bool = True, normalise: bool = True) -> torch.Tensor:
     """The Gini index of the map's values (1: one pixel holds everything; 0: uniform), Quantus' ``Sparseness``."""
     values = prepare_attributions(maps, absolute, normalise) + 1e-7
-    values = values.sort(dim=1).values
+    # The order of equal values does not change the sum: an unstable sort of the map's own dtype (float32
+    # for camkit's maps) ranks them, half the work of sorting the float64 copy.
+    order = _magnitudes(maps, absolute).sort(dim=1).indices
+    values = values.gather(1, order)
     count = values.shape[1]
     rank = torch.arange(1, count + 1, device=values.device, dtype=values.dtype)
     return ((2 * rank - count - 1) * values).sum(dim=1) / (count * values.sum(dim=1))
@@ -31,6 +34,12 @@ def complexity(maps: torch.Tensor, *, absolute: bool = True, normalise: bool = T
 def l1_complexity(maps: torch.Tensor) -> torch.Tensor:
     """The mean absolute value of the map: 0 for an empty map, 1 for a map that is 1 everywhere."""
     return maps.flatten(1).abs().double().mean(dim=1)
+
+
+def _magnitudes(maps: torch.Tensor, absolute: bool) -> torch.Tensor:
+    """``(B, -1)`` values in the map's dtype, ordered as :func:`prepare_attributions`' (a positive scale keeps order)."""
+    values = maps.flatten(1)
+    return values.abs() if absolute else values
 
 
 def prepare_attributions(maps: torch.Tensor, absolute: bool, normalise: bool) -> torch.Tensor:

@@ -5,7 +5,7 @@ import torch
 
 from ..errors import CamkitError
 from .checks import check_maps_masks
-from .complexity import prepare_attributions
+from .complexity import _magnitudes, prepare_attributions
 
 
 def boxes_to_masks(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -52,13 +52,10 @@ def relevance_rank_accuracy(maps: torch.Tensor, masks: torch.Tensor, *, absolute
     Quantus' ``RelevanceRankAccuracy``; equal pixel values are ranked in
     row-major order (Quantus' numpy sort leaves ties in an unspecified order).
     """
-    values, inside = _attributions_and_masks(maps, masks, absolute, normalise)
-    order = values.sort(dim=1, descending=True, stable=True).indices
-    ranked = inside.gather(1, order)
-    size = inside.sum(dim=1, keepdim=True)
-    top = torch.arange(values.shape[1], device=values.device)[None] < size
-    hits = (ranked & top).sum(dim=1).double()
-    return _empty_masks_nan(hits / size[:, 0].clamp_min(1), inside)
+    _, inside = _attributions_and_masks(maps, masks, absolute, normalise)
+    size = inside.sum(dim=1)
+    hits = (highest(_magnitudes(maps, absolute), size) & inside).sum(dim=1).double()
+    return _empty_masks_nan(hits / size.clamp_min(1), inside)
 
 
 def attribution_localisation(maps: torch.Tensor, masks: torch.Tensor, *, weighted: bool = False,
@@ -89,9 +86,9 @@ def top_k_intersection(maps: torch.Tensor, masks: torch.Tensor, *, k: int = 1000
     """
     if k < 1:
         raise CamkitError(f"k must be at least 1, got {k}.")
-    values, inside = _attributions_and_masks(maps, masks, absolute, normalise)
-    top = values.sort(dim=1, descending=True, stable=True).indices[:, :k]
-    share = inside.gather(1, top).double().mean(dim=1)
+    _, inside = _attributions_and_masks(maps, masks, absolute, normalise)
+    count = min(k, inside.shape[1])
+    share = (highest(_magnitudes(maps, absolute), count) & inside).sum(dim=1).double() / count
     if concept_influence:
         share = share * inside.shape[1] / inside.sum(dim=1)
     return _empty_masks_nan(share, inside)
@@ -105,3 +102,23 @@ def _attributions_and_masks(maps: torch.Tensor, masks: torch.Tensor, absolute: b
 
 def _empty_masks_nan(values: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
     return torch.where(inside.any(dim=1), values, torch.nan)
+
+
+def highest(values: torch.Tensor, count: torch.Tensor | int) -> torch.Tensor:
+    """``(B, N)`` bool: each row's ``count`` largest values, equal values taken in row-major order (a stable ranking).
+
+    Found from the count-th largest value (a partial sort) rather than a full
+    stable sort: everything above it, then as many of its equals as fit.
+    """
+    width = values.shape[1]
+    counts = torch.as_tensor(count, device=values.device).expand(values.shape[0]).clamp(0, width)
+    largest = int(counts.max()) if counts.numel() else 0
+    if largest == 0:
+        return torch.zeros_like(values, dtype=torch.bool)
+    top = values.topk(largest, dim=1, sorted=True).values
+    cut = top.gather(1, (counts - 1).clamp_min(0)[:, None])
+    above = values > cut
+    level = values == cut
+    room = counts[:, None] - above.sum(dim=1, keepdim=True)
+    chosen = above | (level & (level.cumsum(dim=1) <= room))
+    return chosen & (counts[:, None] > 0)

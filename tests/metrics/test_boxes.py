@@ -127,3 +127,16 @@ def test_pixel_average_precision_equals_the_authors_and_runs_over_batches() -> N
         assert running.summary() == float(metrics.pixel_average_precision(maps, masks, skip))
     # a perfect map ranks every object pixel first
     assert float(metrics.pixel_average_precision(masks.float(), masks)) == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("step", [0.01, 0.001, 0.05, 0.3])
+def test_histogram_bins_equal_a_binary_search_at_every_edge(step: float) -> None:
+    levels = box_metrics.cam_thresholds(step)
+    edges = torch.cat((levels, torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)))
+    inner = edges[:-2]
+    values = torch.cat((inner, torch.nextafter(inner, torch.tensor(2.0, dtype=torch.float64)),
+                        torch.nextafter(inner, torch.tensor(-1.0, dtype=torch.float64)),
+                        torch.nextafter(inner.float(), torch.tensor(2.0)).double(), torch.rand(2000).double()))
+    values = values.clamp(0, 1)
+    expected = (torch.bucketize(values, edges, right=True) - 1).clamp_max(edges.numel() - 2)
+    assert torch.equal(box_metrics._bin_index(values, edges, levels), expected)
