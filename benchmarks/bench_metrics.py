@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from camkit import metrics  # noqa: E402
-from tests.helpers import blob_maps, wsol_max_box_accuracy, wsol_pxap  # noqa: E402
+from tests.helpers import blob_maps, random_boxes, wsol_max_box_accuracy, wsol_pxap  # noqa: E402
 
 
 def timed(function: Callable[[], object], rounds: int) -> tuple[float, object]:
@@ -38,16 +38,6 @@ def timed(function: Callable[[], object], rounds: int) -> tuple[float, object]:
         result = function()
         times.append(time.perf_counter() - began)
     return statistics.median(times), result
-
-
-def boxes_for(count: int, side: int, seed: int) -> list[torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    boxes = []
-    for _ in range(count):
-        corners = torch.randint(0, side, (int(torch.randint(1, 4, (1,), generator=generator)), 2, 2),
-                                generator=generator)
-        boxes.append(torch.cat((corners.amin(1), corners.amax(1)), dim=1))
-    return boxes
 
 
 def row(name: str, ours: float, theirs: float, agree: str) -> str:
@@ -64,7 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     maps = blob_maps(args.images, args.side, seed=0)
-    boxes = boxes_for(args.images, args.side, seed=1)
+    boxes = random_boxes(args.images, args.side, seed=1)
     masks = blob_maps(args.images, args.side, seed=2) > 0.6
     thresholds = np.arange(0, 1, 0.01)
     numpy_maps = [m.double().numpy() for m in maps]

@@ -481,3 +481,14 @@ def blob_maps(count: int, side: int, seed: int, coarse: int = 7) -> torch.Tensor
     maps = F.interpolate(field, size=(side, side), mode="bilinear", align_corners=False)[:, 0]
     low, high = maps.amin(dim=(1, 2), keepdim=True), maps.amax(dim=(1, 2), keepdim=True)
     return ((maps - low) / (high - low)).float()
+
+
+def random_boxes(count: int, side: int, seed: int) -> list[torch.Tensor]:
+    """One to three (x0, y0, x1, y1) boxes per image inside a side x side image, seeded."""
+    generator = torch.Generator().manual_seed(seed)
+    boxes = []
+    for _ in range(count):
+        corners = torch.randint(0, side, (int(torch.randint(1, 4, (1,), generator=generator)), 2, 2),
+                                generator=generator)
+        boxes.append(torch.cat((corners.amin(1), corners.amax(1)), dim=1))
+    return boxes

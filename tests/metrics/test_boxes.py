@@ -8,7 +8,7 @@ import torch
 from camkit import CamkitError, metrics
 from camkit.metrics import boxes as box_metrics
 
-from ..helpers import blob_maps, wsol_boxes, wsol_iou, wsol_max_box_accuracy, wsol_pxap
+from ..helpers import blob_maps, random_boxes, wsol_boxes, wsol_iou, wsol_max_box_accuracy, wsol_pxap
 
 
 def _random_maps(count: int, side: int, seed: int) -> torch.Tensor:
@@ -57,21 +57,11 @@ def test_default_thresholds_are_the_authors() -> None:
     assert torch.equal(box_metrics.cam_thresholds(0.001), torch.from_numpy(np.arange(0, 1, 0.001)))
 
 
-def _truth(count: int, side: int, seed: int) -> list[torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    truth = []
-    for _ in range(count):
-        corners = torch.randint(0, side, (int(torch.randint(1, 4, (1,), generator=generator)), 2, 2),
-                                generator=generator)
-        truth.append(torch.cat((corners.amin(1), corners.amax(1)), dim=1)[:, [0, 1, 2, 3]])
-    return truth
-
-
 @pytest.mark.parametrize("backend", ["torch", "opencv"])
 @pytest.mark.parametrize("multi_contour", [True, False])
 def test_max_box_accuracy_equals_the_authors(backend: str, multi_contour: bool) -> None:
     maps = _random_maps(2, 16, seed=5)
-    truth = _truth(maps.shape[0], 16, seed=6)
+    truth = random_boxes(maps.shape[0], 16, seed=6)
     thresholds = np.arange(0, 1, 0.1)
     ours = metrics.max_box_accuracy(maps, truth, thresholds=thresholds, multi_contour=multi_contour, backend=backend)
     reference = wsol_max_box_accuracy([m.double().numpy() for m in maps], [t.numpy() for t in truth], thresholds,
@@ -82,7 +72,7 @@ def test_max_box_accuracy_equals_the_authors(backend: str, multi_contour: bool) 
 
 def test_running_max_box_accuracy_equals_one_call() -> None:
     maps = _random_maps(3, 16, seed=7)
-    truth = _truth(maps.shape[0], 16, seed=8)
+    truth = random_boxes(maps.shape[0], 16, seed=8)
     running = metrics.RunningMaxBoxAccuracy(thresholds=np.arange(0, 1, 0.1))
     for start in range(0, maps.shape[0], 5):
         running.update(maps[start : start + 5], truth[start : start + 5])
