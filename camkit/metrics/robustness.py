@@ -31,33 +31,36 @@ Perturb = Callable[[torch.Tensor], torch.Tensor]
 
 
 def max_sensitivity(explainer: Any, x: torch.Tensor, target: TargetSpec = None, *, samples: int = 10,
-                    radius: float = 0.2, seed: int = 0, perturb: Perturb | None = None,
+                    radius: float = 0.2, seed: int | torch.Tensor = 0, perturb: Perturb | None = None,
                     batch_size: int = 64) -> torch.Tensor:
     """The largest ||e(x') - e(x)|| / ||e(x)|| over ``samples`` copies x' = x + U(-radius, radius) (lower: steadier)."""
     return _sensitivities(explainer, x, target, samples, radius, seed, perturb, batch_size).amax(dim=1)
 
 
 def avg_sensitivity(explainer: Any, x: torch.Tensor, target: TargetSpec = None, *, samples: int = 10,
-                    radius: float = 0.2, seed: int = 0, perturb: Perturb | None = None,
+                    radius: float = 0.2, seed: int | torch.Tensor = 0, perturb: Perturb | None = None,
                     batch_size: int = 64) -> torch.Tensor:
     """The mean of ||e(x') - e(x)|| / ||e(x)|| over the copies (see :func:`max_sensitivity`)."""
     return _sensitivities(explainer, x, target, samples, radius, seed, perturb, batch_size).mean(dim=1)
 
 
 def local_lipschitz_estimate(explainer: Any, x: torch.Tensor, target: TargetSpec = None, *, samples: int = 10,
-                             radius: float = 0.1, seed: int = 0, perturb: Perturb | None = None,
+                             radius: float = 0.1, seed: int | torch.Tensor = 0, perturb: Perturb | None = None,
                              batch_size: int = 64) -> torch.Tensor:
     """The largest ||e(x') - e(x)|| / (||x' - x|| + 1e-10) over copies x' = x + N(0, radius^2), Quantus' estimate."""
     clean, maps, copies = _perturbed_maps(explainer, x, target, samples, seed, perturb, batch_size,
-                                          lambda shape, generator: torch.randn(shape, generator=generator) * radius)
+                                          lambda shape, **options: torch.randn(shape, **options) * radius)
     steps = (copies - x.repeat(samples, *([1] * (x.dim() - 1)))).flatten(1).double().norm(dim=1)
     changes = (maps - clean.repeat(samples, 1, 1)).flatten(1).double().norm(dim=1)
     return (changes / (steps + 1e-10)).reshape(samples, x.shape[0]).amax(dim=0)
 
 
 def gradient_noise_stability(explainer: Any, x: torch.Tensor, target: TargetSpec = None, *, sigma: float = 0.1,
-                             samples: int = 4, seed: int = 0, batch_size: int = 64) -> dict[str, torch.Tensor]:
+                             samples: int = 4, seed: int | torch.Tensor = 0) -> dict[str, torch.Tensor]:
     """Similarity of the map to maps whose captured gradients got Gaussian noise of ``sigma`` times their std.
+
+    ``seed``: an int, or one seed per image (a tensor) so that an image's
+    noise does not depend on the batch it is in.
 
     Each image's gradient at the target layer gets ``N(0, (sigma * std)^2)``
     noise, std over that image's gradient; the rest of the method runs as
@@ -68,15 +71,23 @@ def gradient_noise_stability(explainer: Any, x: torch.Tensor, target: TargetSpec
         raise CamkitError(f"sigma must be >= 0 and samples >= 1, got sigma={sigma}, samples={samples}.")
     target = _pinned(explainer, x, target)
     clean = explainer(x, target)
-    generator = torch.Generator().manual_seed(seed)
+    seeds = image_seeds(seed, x.shape[0])
+    maps = []
+    for sample in range(samples):
+        calls = iter(range(1 << 30))
 
-    def noisy(gradient: torch.Tensor) -> torch.Tensor:
-        spread = gradient.flatten(1).double().std(dim=1).reshape(-1, *([1] * (gradient.dim() - 1)))
-        noise = torch.randn(gradient.shape, generator=generator, dtype=torch.float64).to(gradient.device)
-        return (gradient.double() + sigma * spread * noise).to(gradient.dtype)
+        def noisy(gradient: torch.Tensor, sample: int = sample, calls=calls) -> torch.Tensor:
+            # Rows run copy-major (row r is image r % B) in every capture a method makes; each row's noise
+            # comes from its image's seed, the sample and the capture's count, whatever the batch holds.
+            call = next(calls)
+            noise = torch.stack([draw(torch.randn, tuple(gradient.shape[1:]), seeds[row % len(seeds)],
+                                      sample * 4099 + call) for row in range(gradient.shape[0])])
+            spread = gradient.flatten(1).double().std(dim=1).reshape(-1, *([1] * (gradient.dim() - 1)))
+            return (gradient.double() + sigma * spread * noise.to(gradient.device)).to(gradient.dtype)
 
-    with transformed_gradients(noisy):
-        maps = _maps_of_copies(explainer, x.repeat(samples, *([1] * (x.dim() - 1))), target, x.shape[0], batch_size)
+        with transformed_gradients(noisy):
+            maps.append(explainer(x, target))
+    maps = torch.cat(maps)
     reference = clean.repeat(samples, 1, 1)
     return {"spearman": spearman(maps, reference).double().reshape(samples, -1).mean(dim=0),
             "ssim": ssim(maps, reference).reshape(samples, -1).mean(dim=0)}
@@ -153,6 +164,22 @@ def arcc(explainer: Any, x: torch.Tensor, target: TargetSpec = None, maps: torch
     return 3 / sum(1 / (term + 1e-8) for term in terms)
 
 
+def image_seeds(seed: int | torch.Tensor, batch: int) -> list[int]:
+    """One seed per image: a tensor gives them; an int ``s`` gives image b the seed ``s * 1000003 + b``."""
+    if isinstance(seed, torch.Tensor):
+        values = [int(value) for value in seed.reshape(-1).tolist()]
+        if len(values) != batch:
+            raise CamkitError(f"seed holds {len(values)} seeds for a batch of {batch} images; give one per image.")
+        return values
+    return [int(seed) * 1000003 + image for image in range(batch)]
+
+
+def draw(sampler: Callable[..., torch.Tensor], shape: tuple[int, ...], seed: int, stream: int) -> torch.Tensor:
+    """``sampler(shape, generator=...)`` in float64 on the CPU from (seed, stream): the same on every device."""
+    generator = torch.Generator().manual_seed((seed * 1000003 + stream) % (1 << 63))
+    return sampler(shape, generator=generator, dtype=torch.float64)
+
+
 def _pinned(explainer: Any, x: torch.Tensor, target: TargetSpec) -> TargetSpec:
     """The clean images' classes, so that every copy explains the same class; a callable target stays as it is."""
     if callable(target) and not isinstance(target, torch.Tensor):
@@ -160,19 +187,19 @@ def _pinned(explainer: Any, x: torch.Tensor, target: TargetSpec) -> TargetSpec:
     return explained_classes(explainer.model, x, target)
 
 
-def _sensitivities(explainer: Any, x: torch.Tensor, target: TargetSpec, samples: int, radius: float, seed: int,
+def _sensitivities(explainer: Any, x: torch.Tensor, target: TargetSpec, samples: int, radius: float, seed: Any,
                    perturb: Perturb | None, batch_size: int) -> torch.Tensor:
     """``(B, samples)`` ||e(x') - e(x)||_F / ||e(x)||_F (NaN where the clean map is all zero)."""
     clean, maps, _ = _perturbed_maps(explainer, x, target, samples, seed, perturb, batch_size,
-                                     lambda shape, generator: (torch.rand(shape, generator=generator) * 2 - 1) * radius)
+                                     lambda shape, **options: (torch.rand(shape, **options) * 2 - 1) * radius)
     size = clean.flatten(1).double().norm(dim=1)
     changes = (maps - clean.repeat(samples, 1, 1)).flatten(1).double().norm(dim=1).reshape(samples, -1)
     return (changes / torch.where(size > 0, size, torch.nan)).T
 
 
-def _perturbed_maps(explainer: Any, x: torch.Tensor, target: TargetSpec, samples: int, seed: int,
+def _perturbed_maps(explainer: Any, x: torch.Tensor, target: TargetSpec, samples: int, seed: Any,
                     perturb: Perturb | None, batch_size: int,
-                    noise: Callable[[tuple[int, ...], torch.Generator], torch.Tensor],
+                    noise: Callable[..., torch.Tensor],
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The clean maps, the maps of the perturbed copies and the copies (sample-major)."""
     if samples < 1:
@@ -181,9 +208,10 @@ def _perturbed_maps(explainer: Any, x: torch.Tensor, target: TargetSpec, samples
     clean = explainer(x, target)
     copies = x.repeat(samples, *([1] * (x.dim() - 1)))
     if perturb is None:
-        # Drawn on the CPU from the seed: the same copies on every device.
-        generator = torch.Generator().manual_seed(seed)
-        copies = copies + noise(tuple(copies.shape), generator).to(copies.device, copies.dtype)
+        seeds = image_seeds(seed, x.shape[0])
+        drawn = torch.stack([draw(noise, tuple(x.shape[1:]), seeds[image], sample)
+                             for sample in range(samples) for image in range(x.shape[0])])
+        copies = copies + drawn.to(copies.device, copies.dtype)
     else:
         copies = perturb(copies)
         if not isinstance(copies, torch.Tensor) or copies.shape != (samples * x.shape[0], *x.shape[1:]):

@@ -117,3 +117,16 @@ def test_adcc_and_arcc_from_their_terms() -> None:
     road = (metrics.road_combined(model, x, maps, percentiles=(20, 40, 60, 80)).double() * 2).clamp(0, 1)
     expected = 3 / (1 / (coherence + 1e-8) + 1 / (simplicity + 1e-8) + 1 / (road + 1e-8))
     torch.testing.assert_close(metrics.arcc(explainer, x), expected)
+
+
+def test_per_image_seeds_make_values_independent_of_the_batch() -> None:
+    _, x, explainer = _setup(batch=4)
+    seeds = torch.tensor([11, 12, 13, 14])
+    whole = metrics.max_sensitivity(explainer, x, samples=2, seed=seeds)
+    halves = torch.cat([metrics.max_sensitivity(explainer, x[i : i + 2], samples=2, seed=seeds[i : i + 2])
+                        for i in (0, 2)])
+    torch.testing.assert_close(whole, halves)
+    whole = metrics.gradient_noise_stability(explainer, x, sigma=0.5, samples=2, seed=seeds)["ssim"]
+    halves = torch.cat([metrics.gradient_noise_stability(explainer, x[i : i + 2], sigma=0.5, samples=2,
+                                                         seed=seeds[i : i + 2])["ssim"] for i in (0, 2)])
+    torch.testing.assert_close(whole, halves)
