@@ -297,9 +297,9 @@ def _plot(table: list[dict[str, Any]], spreads: list[dict[str, float]], curves: 
         axis.legend(fontsize=6)
     for axis in list(axes.flat)[panels:]:
         axis.axis("off")
-    figure.tight_layout()
+    figure.subplots_adjust(left=0.05, right=0.98, top=0.95, bottom=0.12, hspace=0.9, wspace=0.3)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
+    figure.savefig(buffer, format="png", dpi=80)
     plt.close(figure)
     return buffer.getvalue()
 
