@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
-import xml.etree.ElementTree as ElementTree
+from xml.etree import ElementTree
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path

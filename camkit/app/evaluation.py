@@ -80,7 +80,7 @@ class EvaluationData:
     boxes: list[torch.Tensor] | None = None  # per image (G, 4), inclusive corners as the authors'
     labels: torch.Tensor | None = None  # (N,) classes, when known (the demo set)
 
-    def take(self, rows: list[int], device: torch.device) -> "EvaluationData":
+    def take(self, rows: list[int], device: torch.device) -> EvaluationData:
         def part(tensor: torch.Tensor | None) -> torch.Tensor | None:
             return None if tensor is None else tensor[rows].to(device)
 
