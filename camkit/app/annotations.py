@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import csv
 import json
-from xml.etree import ElementTree
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from xml.etree import ElementTree
 
 import torch
 
