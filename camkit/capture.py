@@ -20,6 +20,7 @@ Callers hold :func:`camkit.modes.explaining` around the whole pass.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,10 @@ from .modes import explaining
 from .targets import TargetSpec, check_finite_scores, scores_for
 
 Layers = Sequence[tuple[str, nn.Module]]
+GradientTransform = Callable[[torch.Tensor], torch.Tensor]
+# Set for one call by :func:`transformed_gradients` (per thread and task, as a context variable).
+_gradient_transform: contextvars.ContextVar[GradientTransform | None] = contextvars.ContextVar(
+    "camkit_gradient_transform", default=None)
 
 
 @dataclass
@@ -83,8 +88,25 @@ def capture(
         gradients = layer_gradients(scores, tensors, layers) if with_gradients else [None] * len(layers)
         if with_gradients:
             check_finite(layers, gradients, "gradient")
+            transform = _gradient_transform.get()
+            if transform is not None:
+                gradients = [transform(gradient) for gradient in gradients]
     return to_captures(tensors, gradients, output, scores, classes, tuple(x.shape[2:]), reshape, patch_size,
                        prefix_tokens)
+
+
+@contextlib.contextmanager
+def transformed_gradients(transform: GradientTransform) -> Iterator[None]:
+    """Inside the block every capture passes each layer's gradient (as the layer gives it) through ``transform``.
+
+    The hook the gradient-noise robustness test needs (noise on dS/dA, the
+    rest of the method untouched); scoped to the block and to this thread.
+    """
+    token = _gradient_transform.set(transform)
+    try:
+        yield
+    finally:
+        _gradient_transform.reset(token)
 
 
 def hooked_forward(
@@ -234,4 +256,5 @@ def _detached(output: Any) -> Any:
     return output
 
 
-__all__ = ["Capture", "capture", "check_finite", "concatenated", "explained_scores", "hooked_forward", "layer_gradients", "to_captures"]
+__all__ = ["Capture", "capture", "check_finite", "concatenated", "explained_scores", "hooked_forward", "layer_gradients",
+           "to_captures", "transformed_gradients"]

@@ -285,8 +285,9 @@ def check_against_float64_and_peer(name: str, peer_cls, layer: str, layer_map, *
 
     Returns camkit's maps for further checks.
     """
-    import camkit
     import torchvision
+
+    import camkit
 
     model = torchvision.models.resnet18(num_classes=10).eval()
     x, classes = torch.randn(3, 3, 64, 96), [1, 7, 4]
@@ -407,3 +408,87 @@ def linear_imputation_reference(image: np.ndarray, removed: np.ndarray) -> np.nd
     result = flat_image.astype(np.float64).copy()
     result[:, unknown] = solution.T
     return result.reshape(image.shape)
+
+
+# --- Weakly-supervised localisation as Choe et al.'s code (github clovaai/wsolevaluation) computes it:
+# numpy and OpenCV, one map and one threshold at a time. Written from their definitions for the tests and
+# the benchmark (benchmarks/bench_metrics.py times camkit against this loop).
+
+def wsol_boxes(scoremap: np.ndarray, threshold: float, multi_contour: bool) -> list[tuple[int, int, int, int]]:
+    """Boxes of the contours of ``uint8(map * 255) > int(threshold * max)``; x1 = x + w, clipped to W - 1."""
+    import cv2
+
+    height, width = scoremap.shape
+    quantised = (scoremap.astype(np.float64) * 255).astype(np.uint8)
+    _, binary = cv2.threshold(quantised, int(threshold * np.max(quantised)), 255, cv2.THRESH_BINARY)
+    contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
+    if not contours:
+        return [(0, 0, 0, 0)]
+    if not multi_contour:
+        contours = [max(contours, key=cv2.contourArea)]
+    boxes = []
+    for contour in contours:
+        x, y, w, h = cv2.boundingRect(contour)
+        boxes.append((x, y, min(x + w, width - 1), min(y + h, height - 1)))
+    return boxes
+
+
+def wsol_iou(boxes: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """(N, G) IoU with pixels counted inclusively; 0 where the union is empty."""
+    boxes, truth = boxes[:, None].astype(np.int64), truth[None].astype(np.int64)
+    width = np.maximum(0, np.minimum(boxes[..., 2], truth[..., 2]) - np.maximum(boxes[..., 0], truth[..., 0]) + 1)
+    height = np.maximum(0, np.minimum(boxes[..., 3], truth[..., 3]) - np.maximum(boxes[..., 1], truth[..., 1]) + 1)
+    inter = width * height
+    area = lambda b: (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)
+    union = area(boxes) + area(truth) - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def wsol_max_box_accuracy(scoremaps, truth_boxes, thresholds, iou_thresholds=(30, 50, 70), multi_contour=True):
+    """MaxBoxAcc per IoU threshold (percent), the authors' accumulate/compute loop: one map, one threshold at a time."""
+    correct = {limit: np.zeros(len(thresholds)) for limit in iou_thresholds}
+    for scoremap, truth in zip(scoremaps, truth_boxes):
+        best = []
+        for threshold in thresholds:
+            boxes = np.asarray(wsol_boxes(scoremap, threshold, multi_contour))
+            best.append(wsol_iou(boxes, np.asarray(truth)).max())
+        for limit in iou_thresholds:
+            correct[limit][np.where(np.asarray(best) >= limit / 100)[0]] += 1
+    return [float((correct[limit] * 100.0 / len(scoremaps)).max()) for limit in iou_thresholds]
+
+
+def wsol_pxap(scoremaps, masks, thresholds, ignore=None) -> float:
+    """PxAP (percent): histograms of scores on object / background pixels, precision-recall area."""
+    edges = np.append(thresholds, [1.0, 2.0, 3.0])
+    positive = np.zeros(len(edges) - 1)
+    negative = np.zeros(len(edges) - 1)
+    for index, (scoremap, mask) in enumerate(zip(scoremaps, masks)):
+        label = mask.astype(np.uint8) + (255 * ignore[index].astype(np.uint8) if ignore is not None else 0)
+        positive += np.histogram(scoremap[label == 1], bins=edges)[0]
+        negative += np.histogram(scoremap[label == 0], bins=edges)[0]
+    tp, fp = positive[::-1].cumsum(), negative[::-1].cumsum()
+    fn = positive.sum() - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision, recall = tp / (tp + fp), tp / (tp + fn)
+    nonzero = (tp + fp) != 0
+    return float((precision[1:] * np.diff(recall))[nonzero[1:]].sum() * 100)
+
+
+def blob_maps(count: int, side: int, seed: int, coarse: int = 7) -> torch.Tensor:
+    """Smooth CAM-like maps in [0, 1] (a coarse random field upsampled), several blobs and holes per map."""
+    generator = torch.Generator().manual_seed(seed)
+    field = torch.rand(count, 1, coarse, coarse, generator=generator, dtype=torch.float64)
+    maps = F.interpolate(field, size=(side, side), mode="bilinear", align_corners=False)[:, 0]
+    low, high = maps.amin(dim=(1, 2), keepdim=True), maps.amax(dim=(1, 2), keepdim=True)
+    return ((maps - low) / (high - low)).float()
+
+
+def random_boxes(count: int, side: int, seed: int) -> list[torch.Tensor]:
+    """One to three (x0, y0, x1, y1) boxes per image inside a side x side image, seeded."""
+    generator = torch.Generator().manual_seed(seed)
+    boxes = []
+    for _ in range(count):
+        corners = torch.randint(0, side, (int(torch.randint(1, 4, (1,), generator=generator)), 2, 2),
+                                generator=generator)
+        boxes.append(torch.cat((corners.amin(1), corners.amax(1)), dim=1))
+    return boxes

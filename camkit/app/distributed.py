@@ -73,6 +73,15 @@ def total(value: float, ranks: Ranks) -> float:
     return float(tensor.item())
 
 
+def total_tensor(value: torch.Tensor, ranks: Ranks) -> torch.Tensor:
+    """The element-wise sum of ``value`` over all ranks (float64 on the CPU for the gloo backend)."""
+    if ranks.world == 1:
+        return value
+    tensor = value.detach().double().cpu().contiguous()
+    dist.all_reduce(tensor)
+    return tensor.to(value.device)
+
+
 def barrier(ranks: Ranks) -> None:
     if ranks.world > 1:
         dist.barrier()

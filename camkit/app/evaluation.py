@@ -1,8 +1,19 @@
 """The scoring behind ``camkit evaluate``: every method by every metric, as a table.
 
-On the bundled demo set (held-out digits on photos, with the digits' boxes)
-by default, or on a folder of images (then the localisation columns, which
-need ground truth, stay empty).
+On the bundled demo set (held-out digits on photos, with the digits' boxes
+and classes) by default, or on a folder of images with ``--boxes`` (COCO
+JSON, a folder of VOC XML, or CSV) and/or ``--masks`` (a folder of one mask
+image per image); without ground truth the localisation columns stay empty.
+
+Localisation follows Choe et al. (CVPR 2020): MaxBoxAccV2 (percent, the mean
+over IoU 0.3/0.5/0.7 of the best box accuracy over CAM thresholds) and PxAP
+(percent) over the whole set; localisation error is the Grad-CAM paper's
+(largest region above 15 % of the map's maximum, IoU < 0.5 or a wrong class;
+without classes, GT-known). On the demo set PxAP scores against the digits'
+boxes, the only masks it has. Boxes are read with x1/y1 exclusive and scored
+with the authors' inclusive pixel counts (x1 - 1). Robustness uses
+``--samples`` noisy copies per image, seeded per image (the numbers do not
+depend on batching or on the torchrun split).
 """
 from __future__ import annotations
 
@@ -21,11 +32,20 @@ from .. import metrics
 from ..errors import CamkitError
 from ..explainers import METHODS, create
 from . import distributed
+from .annotations import find_mask, read_boxes, scale_boxes
 from .io import discover, read_rgb, write_atomically
 from .models import load_model, resolve_device
 
-COLUMNS = ("method", "pointing_game", "energy_pointing_game", "deletion", "insertion", "average_drop",
-           "increase_in_confidence", "class_sensitivity", "model_randomisation", "seconds_per_image")
+COLUMNS = ("method", "pointing_game", "energy_pointing_game", "max_box_acc_v2", "localisation_error", "pxap",
+           "deletion", "insertion", "average_drop", "increase_in_confidence", "road_combined", "class_sensitivity",
+           "model_randomisation", "max_sensitivity", "gradient_noise_spearman", "gradient_noise_ssim", "sparseness",
+           "complexity", "adcc", "seconds_per_image")
+# Columns that need ground truth, and those over the whole set (no per-image spread).
+NEEDS_BOXES = ("max_box_acc_v2", "localisation_error")
+NEEDS_OBJECTS = ("pointing_game", "energy_pointing_game", "pxap")
+ROBUSTNESS = ("max_sensitivity", "gradient_noise_spearman", "gradient_noise_ssim")
+DATA_SET_LEVEL = ("max_box_acc_v2", "pxap")
+ROAD_PERCENTILES = (20, 40, 60, 80)
 
 
 @dataclass
@@ -42,6 +62,30 @@ class EvaluationJob:
     steps: int = 32
     device: str = "auto"
     csv: Path | None = None
+    boxes: Path | None = None
+    masks: Path | None = None
+    markdown: Path | None = None
+    plot: Path | None = None
+    samples: int = 2
+    sigma: float = 0.1
+
+
+@dataclass
+class EvaluationData:
+    """The images and their ground truth, on the device; ``index`` numbers every image across ranks."""
+
+    x: torch.Tensor
+    index: torch.Tensor
+    objects: torch.Tensor | None = None  # (N, H, W) bool: masks, or the boxes filled
+    boxes: list[torch.Tensor] | None = None  # per image (G, 4), inclusive corners as the authors'
+    labels: torch.Tensor | None = None  # (N,) classes, when known (the demo set)
+
+    def take(self, rows: list[int], device: torch.device) -> EvaluationData:
+        def part(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else tensor[rows].to(device)
+
+        boxes = None if self.boxes is None else [self.boxes[row].to(device) for row in rows]
+        return EvaluationData(part(self.x), part(self.index), part(self.objects), boxes, part(self.labels))
 
 
 def run(args: EvaluationJob) -> int:
@@ -53,88 +97,211 @@ def _run(args: EvaluationJob, ranks: distributed.Ranks) -> int:
     for flag, value in (("--n-images", args.n_images), ("--batch-size", args.batch_size), ("--steps", args.steps)):
         if value < 1:
             raise CamkitError(f"{flag} must be at least 1, got {value}")
+    if args.samples < 0 or args.sigma < 0:
+        raise CamkitError(f"--samples and --sigma must be at least 0, got {args.samples} and {args.sigma}")
     names = list(METHODS) if args.methods == "all" else [name.strip() for name in args.methods.split(",")]
     unknown = [name for name in names if name not in METHODS]
     if unknown:
         raise CamkitError(f"unknown method {', '.join(unknown)}; choose from {', '.join(METHODS)} or 'all'")
     device = resolve_device(distributed.device_for(ranks, args.device))
     loaded = load_model(args.model, args.weights, device)
-    x, masks = _data(args, loaded)
-    share = distributed.shard(list(range(x.shape[0])), ranks)
-    x = x[share].to(device)
-    masks = masks[share].to(device) if masks is not None else None
-    table = [_score(name, create(name, loaded.model, args.layer), loaded.model, x, masks, args, ranks) for name in names]
+    data = _data(args, loaded)
+    data = data.take(distributed.shard(list(range(data.x.shape[0])), ranks), device)
+    scored = [_score(name, create(name, loaded.model, args.layer), loaded.model, data, args, ranks) for name in names]
     if not ranks.is_main:
         return 0
+    table = [row for row, _, _ in scored]
     print(_markdown(table))
+    if args.markdown is not None:
+        write_atomically(args.markdown, (_markdown(table) + "\n").encode())
     if args.csv is not None:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(table)
         write_atomically(args.csv, buffer.getvalue().encode())
+    if args.plot is not None:
+        write_atomically(args.plot, _plot(table, [spread for _, spread, _ in scored], [curve for _, _, curve in scored]))
     return 0
 
 
-def _data(args: EvaluationJob, loaded) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _data(args: EvaluationJob, loaded) -> EvaluationData:
     mean = torch.tensor(loaded.mean).reshape(1, 3, 1, 1)
     std = torch.tensor(loaded.std).reshape(1, 3, 1, 1)
     if not args.inputs:
         if args.model not in (None, "demo"):
             raise CamkitError("the demo set needs the demo model: give INPUT images for another --model")
+        if args.boxes is not None or args.masks is not None:
+            raise CamkitError("--boxes and --masks annotate INPUT images; give the images too")
         from .demo import demo_object_masks, make_demo_dataset
 
-        images, _, boxes = make_demo_dataset(args.n_images, seed=1, split="test")
-        return (images.float() / 255 - mean) / std, demo_object_masks(boxes, images.shape[-1])
-    pixels = []
+        images, labels, boxes = make_demo_dataset(args.n_images, seed=1, split="test")
+        return EvaluationData((images.float() / 255 - mean) / std, torch.arange(images.shape[0]),
+                              demo_object_masks(boxes, images.shape[-1]), _inclusive(boxes[:, None].double()),
+                              labels)
+    annotations = read_boxes(args.boxes) if args.boxes is not None else None
+    if args.masks is not None and not args.masks.is_dir():
+        raise CamkitError(f"--masks {args.masks}: not a folder; give a folder with one mask image per image")
+    pixels, objects, boxes = [], [], []
+    size = tuple(loaded.input_size)
     for source in discover(args.inputs):
         try:
             image = read_rgb(source.path)
+            truth = annotations.for_image(source.path) if annotations is not None else None
+            mask_file = find_mask(args.masks, source.path) if args.masks is not None else None
+            mask = _read_mask(mask_file, size) if mask_file is not None else None
         except Exception as error:  # noqa: BLE001 - a bad file is reported and skipped
-            print(f"camkit: {source.path}: cannot read image: {error}", file=sys.stderr)
+            print(f"camkit: {source.path}: cannot read image or its annotation: {error}", file=sys.stderr)
             continue
-        pixels.append(F.interpolate(image[None].float() / 255, size=loaded.input_size, mode="bilinear",
+        if (annotations is not None and truth is None) or (args.masks is not None and mask is None):
+            print(f"camkit: {source.path}: no {'box' if truth is None and annotations else 'mask'} for this "
+                  "image; left out", file=sys.stderr)
+            continue
+        pixels.append(F.interpolate(image[None].float() / 255, size=size, mode="bilinear",
                                     antialias=True, align_corners=False)[0])
+        if truth is not None:
+            scaled = scale_boxes(truth, tuple(image.shape[1:]), size)
+            boxes.append(_inclusive(scaled.floor()[None])[0])
+        if mask is not None:
+            objects.append(mask)
+        elif truth is not None:
+            objects.append(metrics.boxes_to_masks(scaled, *size).any(dim=0) if len(scaled) else torch.zeros(size,
+                                                                                                           dtype=torch.bool))
     if not pixels:
         raise CamkitError(f"no readable images in {', '.join(args.inputs)}")
-    return (torch.stack(pixels) - mean) / std, None
+    return EvaluationData((torch.stack(pixels) - mean) / std, torch.arange(len(pixels)),
+                          torch.stack(objects) if objects else None, boxes or None)
 
 
-def _score(name: str, explainer, model, x: torch.Tensor, masks, args, ranks: distributed.Ranks) -> dict[str, Any]:
+def _inclusive(boxes: torch.Tensor) -> list[torch.Tensor]:
+    """(x0, y0, x1, y1) with x1/y1 exclusive to the authors' inclusive corners, one (G, 4) tensor per image."""
+    return [torch.cat((row[:, :2], row[:, 2:] - 1), dim=1) for row in boxes]
+
+
+def _read_mask(path: Path, size: tuple[int, ...]) -> torch.Tensor:
+    """A mask image as bool at the model's input size (nearest neighbour; any non-zero pixel is the object)."""
+    mask = read_rgb(path).amax(dim=0)[None, None].float()
+    return F.interpolate(mask, size=size, mode="nearest")[0, 0] > 0
+
+
+def _score(name: str, explainer, model, data: EvaluationData, args, ranks: distributed.Ranks
+           ) -> tuple[dict[str, Any], dict[str, float], torch.Tensor | None]:
+    """The method's row (means), the per-image spread of each column, and its MaxBoxAcc curve (IoU 0.5)."""
     sums: dict[str, float] = {column: 0.0 for column in COLUMNS[1:]}
+    squares: dict[str, float] = {column: 0.0 for column in COLUMNS[1:]}
+    boxes_running = metrics.RunningMaxBoxAccuracy() if data.boxes is not None else None
+    pxap_running = metrics.RunningPixelAveragePrecision() if data.objects is not None else None
     seconds = 0.0
+    x = data.x
     for start in range(0, x.shape[0], args.batch_size):
-        batch = x[start : start + args.batch_size]
+        rows = slice(start, start + args.batch_size)
+        batch = x[rows]
         with torch.no_grad():
             top_two = model(batch).topk(2, dim=1).indices
+        classes = top_two[:, 0]
         began = time.perf_counter()
-        maps = explainer(batch, top_two[:, 0])
+        maps = explainer(batch, classes)
         if maps.is_cuda:
             torch.cuda.synchronize()
         seconds += time.perf_counter() - began
         values = {
-            "deletion": metrics.deletion(model, batch, maps, top_two[:, 0], steps=args.steps, baseline="zero"),
-            "insertion": metrics.insertion(model, batch, maps, top_two[:, 0], steps=args.steps),
-            "average_drop": metrics.average_drop(model, batch, maps, top_two[:, 0]),
-            "increase_in_confidence": metrics.increase_in_confidence(model, batch, maps, top_two[:, 0]),
+            "deletion": metrics.deletion(model, batch, maps, classes, steps=args.steps, baseline="zero"),
+            "insertion": metrics.insertion(model, batch, maps, classes, steps=args.steps),
+            "average_drop": metrics.average_drop(model, batch, maps, classes),
+            "increase_in_confidence": metrics.increase_in_confidence(model, batch, maps, classes),
+            "road_combined": metrics.road_combined(model, batch, maps, classes, percentiles=ROAD_PERCENTILES),
             "class_sensitivity": metrics.pearson(maps, explainer(batch, top_two[:, 1])),
             "model_randomisation": metrics.model_randomisation(
-                lambda model_copy: create(name, model_copy, args.layer), model, batch, top_two[:, 0]),
+                lambda model_copy: create(name, model_copy, args.layer), model, batch, classes),
+            "sparseness": metrics.sparseness(maps),
+            "complexity": metrics.complexity(maps),
+            "adcc": metrics.adcc(explainer, batch, classes, maps),
         }
-        if masks is not None:
-            batch_masks = masks[start : start + args.batch_size]
-            values["pointing_game"] = metrics.pointing_game(maps, batch_masks)
-            values["energy_pointing_game"] = metrics.energy_pointing_game(maps, batch_masks)
+        if args.samples > 0:
+            seeds = data.index[rows]
+            values["max_sensitivity"] = metrics.max_sensitivity(explainer, batch, classes, samples=args.samples,
+                                                                seed=seeds, batch_size=args.batch_size)
+            stability = metrics.gradient_noise_stability(explainer, batch, classes, sigma=args.sigma,
+                                                         samples=args.samples, seed=seeds)
+            values["gradient_noise_spearman"], values["gradient_noise_ssim"] = stability["spearman"], stability["ssim"]
+        if data.objects is not None and pxap_running is not None:
+            objects = data.objects[rows]
+            values["pointing_game"] = metrics.pointing_game(maps, objects)
+            values["energy_pointing_game"] = metrics.energy_pointing_game(maps, objects)
+            pxap_running.update(maps, objects)
+        if data.boxes is not None and boxes_running is not None:
+            truth = data.boxes[rows]
+            boxes_running.update(maps, truth)
+            labels = data.labels[rows] if data.labels is not None else None
+            hit = metrics.localisation_accuracy(maps, truth, classes if labels is not None else None, labels)
+            values["localisation_error"] = 1 - hit
         for key, value in values.items():
+            value = value.double()
             sums[key] += float(value.sum())
+            squares[key] += float((value * value).sum())
     count = distributed.total(x.shape[0], ranks)
     sums = {key: distributed.total(value, ranks) for key, value in sums.items()}
+    squares = {key: distributed.total(value, ranks) for key, value in squares.items()}
     seconds = distributed.total(seconds, ranks)
     row: dict[str, Any] = {"method": name}
+    spread: dict[str, float] = {}
     for column in COLUMNS[1:-1]:
-        row[column] = "" if masks is None and "pointing" in column else f"{sums[column] / count:.3f}"
+        empty = (column in NEEDS_BOXES and data.boxes is None) or (column in NEEDS_OBJECTS and data.objects is None) \
+            or (column in ROBUSTNESS and args.samples == 0)
+        if empty or column in DATA_SET_LEVEL:
+            row[column] = ""
+            continue
+        mean = sums[column] / count
+        row[column] = f"{mean:.3f}"
+        spread[column] = max(squares[column] / count - mean * mean, 0.0) ** 0.5
+    curve = None
+    if boxes_running is not None:
+        boxes_running.counts = distributed.total_tensor(boxes_running.counts, ranks)
+        boxes_running.images = int(count)
+        row["max_box_acc_v2"] = f"{boxes_running.summary()['mean']:.2f}"
+        curve = boxes_running.curve()[1].cpu()
+    if pxap_running is not None and pxap_running.histograms is not None:
+        pxap_running.histograms = tuple(distributed.total_tensor(part, ranks) for part in pxap_running.histograms)
+        row["pxap"] = f"{pxap_running.summary():.2f}"
     row["seconds_per_image"] = f"{seconds / count:.4f}"
-    return row
+    return row, spread, curve
+
+
+def _plot(table: list[dict[str, Any]], spreads: list[dict[str, float]], curves: list[torch.Tensor | None]) -> bytes:
+    """A PNG: one panel of bars per metric (mean, error bar one standard deviation over images), and MaxBoxAcc
+    at IoU 0.5 against the CAM threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = [column for column in COLUMNS[1:-1] if any(row[column] for row in table)]
+    panels = len(columns) + (1 if any(curve is not None for curve in curves) else 0)
+    width = 4
+    height = -(-panels // width)
+    figure, axes = plt.subplots(height, width, figsize=(4 * width, 3 * height), squeeze=False)
+    names = [row["method"] for row in table]
+    for axis, column in zip(axes.flat, columns):
+        means = [float(row[column]) if row[column] else 0.0 for row in table]
+        errors = [spread.get(column, 0.0) for spread in spreads]
+        axis.bar(range(len(names)), means, yerr=errors, capsize=2, color="#4c72b0")
+        axis.set_title(column, fontsize=9)
+        axis.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+    if panels > len(columns):
+        axis = axes.flat[len(columns)]
+        for name, curve in zip(names, curves):
+            if curve is not None:
+                axis.plot(metrics.cam_thresholds(0.01).numpy(), curve.numpy(), label=name, linewidth=1)
+        axis.set_title("box accuracy (IoU 0.5) vs CAM threshold", fontsize=9)
+        axis.set_xlabel("CAM threshold", fontsize=8)
+        axis.legend(fontsize=6)
+    for axis in list(axes.flat)[panels:]:
+        axis.axis("off")
+    figure.subplots_adjust(left=0.05, right=0.98, top=0.95, bottom=0.12, hspace=0.9, wspace=0.3)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=80)
+    plt.close(figure)
+    return buffer.getvalue()
 
 
 def _markdown(table: list[dict[str, Any]]) -> str:

@@ -5,6 +5,7 @@ import torch
 
 from ..errors import CamkitError
 from .checks import check_maps_masks
+from .complexity import _magnitudes, prepare_attributions
 
 
 def boxes_to_masks(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -31,3 +32,93 @@ def energy_pointing_game(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tenso
     total = maps.flatten(1).sum(dim=1)
     inside = (maps * masks).flatten(1).sum(dim=1)
     return torch.where(total > 0, inside / torch.where(total > 0, total, 1.0), 0.0)
+
+
+# Quantus 0.6's localisation family (same defaults: each map divided by its maximum magnitude; see
+# camkit.metrics.complexity). Masks are (B, H, W) bool; an image with an empty mask scores NaN, as in Quantus.
+
+def relevance_mass_accuracy(maps: torch.Tensor, masks: torch.Tensor, *, absolute: bool = False,
+                            normalise: bool = True) -> torch.Tensor:
+    """The share of the map's sum inside the mask (Arras et al. 2022), Quantus' ``RelevanceMassAccuracy``."""
+    values, inside = _attributions_and_masks(maps, masks, absolute, normalise)
+    mass = (values * inside).sum(dim=1) / values.sum(dim=1)
+    return _empty_masks_nan(mass, inside)
+
+
+def relevance_rank_accuracy(maps: torch.Tensor, masks: torch.Tensor, *, absolute: bool = False,
+                            normalise: bool = True) -> torch.Tensor:
+    """The share of the mask among the K highest pixels, K the mask's size (Arras et al. 2022).
+
+    Quantus' ``RelevanceRankAccuracy``; equal pixel values are ranked in
+    row-major order (Quantus' numpy sort leaves ties in an unspecified order).
+    """
+    _, inside = _attributions_and_masks(maps, masks, absolute, normalise)
+    size = inside.sum(dim=1)
+    hits = (highest(_magnitudes(maps, absolute), size) & inside).sum(dim=1).double()
+    return _empty_masks_nan(hits / size.clamp_min(1), inside)
+
+
+def attribution_localisation(maps: torch.Tensor, masks: torch.Tensor, *, weighted: bool = False,
+                             positive_attributions: bool = False, absolute: bool = True,
+                             normalise: bool = True) -> torch.Tensor:
+    """The map's mass inside the mask over its total (Kohlbrenner et al. 2020), Quantus' ``AttributionLocalisation``.
+
+    NaN for an empty mask or a ratio above 1 (a map with negative mass
+    outside). ``weighted`` multiplies by the mask's share of the image (Quantus
+    0.6 divides by the size of ``x_batch[2:]``, the batch from its third image
+    on, a slip; camkit uses the image's pixel count).
+    """
+    values, inside = _attributions_and_masks(maps, masks, absolute, normalise)
+    if positive_attributions:
+        values = values.clamp_min(0)
+    ratio = (values * inside).sum(dim=1) / (values.sum(dim=1) + 1e-9)
+    ratio = torch.where(ratio > 1, torch.nan, ratio)
+    if weighted:
+        ratio = ratio * inside.sum(dim=1) / inside.shape[1]
+    return _empty_masks_nan(ratio, inside)
+
+
+def top_k_intersection(maps: torch.Tensor, masks: torch.Tensor, *, k: int = 1000, concept_influence: bool = False,
+                       absolute: bool = False, normalise: bool = True) -> torch.Tensor:
+    """The share of the k highest pixels inside the mask (Theiner et al. 2021), Quantus' ``TopKIntersection``.
+
+    Ties ranked in row-major order; ``concept_influence`` divides by the mask's share of the image.
+    """
+    if k < 1:
+        raise CamkitError(f"k must be at least 1, got {k}.")
+    _, inside = _attributions_and_masks(maps, masks, absolute, normalise)
+    count = min(k, inside.shape[1])
+    share = (highest(_magnitudes(maps, absolute), count) & inside).sum(dim=1).double() / count
+    if concept_influence:
+        share = share * inside.shape[1] / inside.sum(dim=1)
+    return _empty_masks_nan(share, inside)
+
+
+def _attributions_and_masks(maps: torch.Tensor, masks: torch.Tensor, absolute: bool,
+                            normalise: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    check_maps_masks(maps, masks)
+    return prepare_attributions(maps, absolute, normalise), masks.flatten(1)
+
+
+def _empty_masks_nan(values: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+    return torch.where(inside.any(dim=1), values, torch.nan)
+
+
+def highest(values: torch.Tensor, count: torch.Tensor | int) -> torch.Tensor:
+    """``(B, N)`` bool: each row's ``count`` largest values, equal values taken in row-major order (a stable ranking).
+
+    Found from the count-th largest value (a partial sort) rather than a full
+    stable sort: everything above it, then as many of its equals as fit.
+    """
+    width = values.shape[1]
+    counts = torch.as_tensor(count, device=values.device).expand(values.shape[0]).clamp(0, width)
+    largest = int(counts.max()) if counts.numel() else 0
+    if largest == 0:
+        return torch.zeros_like(values, dtype=torch.bool)
+    top = values.topk(largest, dim=1, sorted=True).values
+    cut = top.gather(1, (counts - 1).clamp_min(0)[:, None])
+    above = values > cut
+    level = values == cut
+    room = counts[:, None] - above.sum(dim=1, keepdim=True)
+    chosen = above | (level & (level.cumsum(dim=1) <= room))
+    return chosen & (counts[:, None] > 0)

@@ -7,7 +7,7 @@ the one place the numbers come to the host.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -15,10 +15,22 @@ from torch import nn
 
 from ..errors import CamkitError
 from ..targets import TargetSpec
+from .boxes import (
+    IOU_THRESHOLDS,
+    ThresholdsSpec,
+    BoxesSpec,
+    average_precision_of,
+    box_accuracy_counts,
+    max_box_summary,
+    pixel_score_histograms,
+)
 from .faithfulness import average_drop, deletion, increase_in_confidence, insertion
 from .localisation import energy_pointing_game, pointing_game
 from .road import (
-    road_combined, road_least_relevant_first, road_least_relevant_first_average, road_most_relevant_first,
+    road_combined,
+    road_least_relevant_first,
+    road_least_relevant_first_average,
+    road_most_relevant_first,
     road_most_relevant_first_average,
 )
 
@@ -147,3 +159,70 @@ def _known(names: list[str], table: Mapping[str, Any], what: str = "metrics") ->
     if unknown or (what == "metrics" and not names):
         raise CamkitError(f"unknown {what} {unknown or names}; choose from {sorted(table)}.")
     return names
+
+
+class RunningMaxBoxAccuracy:
+    """MaxBoxAccV2 over many batches: ``update(maps, boxes)`` per batch, ``summary()`` equals one call on all images.
+
+    Keeps the ``(I, T)`` counts of images whose best box reaches each IoU
+    threshold at each CAM threshold (on the device) and the image count;
+    options as :func:`camkit.metrics.max_box_accuracy`. :meth:`curve` gives
+    the box accuracy against the CAM threshold, per IoU threshold.
+    """
+
+    def __init__(self, iou_thresholds: Sequence[float] = IOU_THRESHOLDS, thresholds: ThresholdsSpec = None,
+                 multi_contour: bool = True, backend: str = "auto") -> None:
+        self.iou_thresholds = tuple(iou_thresholds)
+        self.thresholds = thresholds
+        self.multi_contour = multi_contour
+        self.backend = backend
+        self.reset()
+
+    def update(self, maps: torch.Tensor, boxes: BoxesSpec) -> torch.Tensor:
+        """Add a batch; returns its ``(I, T)`` counts."""
+        counts = box_accuracy_counts(maps, boxes, self.iou_thresholds, self.thresholds, self.multi_contour,
+                                     self.backend)
+        self.counts = counts if self.counts is None else self.counts + counts
+        self.images += maps.shape[0]
+        return counts
+
+    def curve(self) -> torch.Tensor:
+        """``(I, T)`` box accuracy in percent at each CAM threshold (float64)."""
+        if self.counts is None:
+            raise CamkitError("nothing to summarise: call update(maps, boxes) with at least one batch first.")
+        return self.counts.double() * 100.0 / self.images
+
+    def summary(self) -> dict[str, float]:
+        if self.counts is None:
+            raise CamkitError("nothing to summarise: call update(maps, boxes) with at least one batch first.")
+        return {key: float(value) for key, value in max_box_summary(self.counts, self.images,
+                                                                     self.iou_thresholds).items()}
+
+    def reset(self) -> None:
+        self.counts: torch.Tensor | None = None
+        self.images = 0
+
+
+class RunningPixelAveragePrecision:
+    """PxAP over many batches: ``update(maps, masks, ignore=None)``; ``summary()`` equals one call on all images.
+
+    Keeps the two pixel-score histograms (object and background pixels) on the device.
+    """
+
+    def __init__(self, thresholds: ThresholdsSpec = None) -> None:
+        self.thresholds = thresholds
+        self.reset()
+
+    def update(self, maps: torch.Tensor, masks: torch.Tensor, ignore: torch.Tensor | None = None) -> None:
+        positive, negative = pixel_score_histograms(maps, masks, ignore, self.thresholds)
+        if self.histograms is not None:
+            positive, negative = positive + self.histograms[0], negative + self.histograms[1]
+        self.histograms = (positive, negative)
+
+    def summary(self) -> float:
+        if self.histograms is None:
+            raise CamkitError("nothing to summarise: call update(maps, masks) with at least one batch first.")
+        return float(average_precision_of(*self.histograms))
+
+    def reset(self) -> None:
+        self.histograms: tuple[torch.Tensor, torch.Tensor] | None = None
