@@ -210,6 +210,11 @@ class Explainer:
         """The layer map and the ``(B, K)`` channel weights it sums with (None: the method has none)."""
         return self.layer_map(captured), None
 
+    @property
+    def weighs_channels(self) -> bool:
+        """Whether results carry ``channel_weights`` (the map is a weighted sum of the layer's channels)."""
+        return False
+
     def combine(self, layer_maps: list[torch.Tensor], size: tuple[int, ...]) -> torch.Tensor:
         """ReLU'd layer maps to the public map: upsampled, normalised per image, fused across layers."""
         if len(layer_maps) == 1:
@@ -273,6 +278,10 @@ class ChannelWeightedExplainer(Explainer):
     def layer_map(self, captured: Capture) -> torch.Tensor:
         return self.layer_map_and_weights(captured)[0]
 
+    @property
+    def weighs_channels(self) -> bool:
+        return True
+
     def layer_map_and_weights(self, captured: Capture) -> tuple[torch.Tensor, torch.Tensor | None]:
         weights = self.selected_weights(captured)
         if self.eigen_smooth:
@@ -289,6 +298,10 @@ class ElementWiseExplainer(ChannelWeightedExplainer):
 
     def contributions(self, captured: Capture) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must define contributions.")
+
+    @property
+    def weighs_channels(self) -> bool:
+        return False
 
     def layer_map_and_weights(self, captured: Capture) -> tuple[torch.Tensor, torch.Tensor | None]:
         contributions = self.contributions(captured)

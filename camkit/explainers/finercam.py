@@ -58,6 +58,10 @@ class FinerCAM(Explainer):
     def layer_map_and_weights(self, captured: Capture) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self.base.layer_map_and_weights(captured)
 
+    @property
+    def weighs_channels(self) -> bool:
+        return self.base.weighs_channels
+
     def combine(self, layer_maps: list[torch.Tensor], size: tuple[int, ...]) -> torch.Tensor:
         return self.base.combine(layer_maps, size)
 
