@@ -4,6 +4,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from . import cluster, metrics, modes, viz
+from .calls import ModelCall, Shared
 from .errors import CamkitError, CamkitTypeError, MissingDependency
 from .explainers import (
     CAM, CFCAM, ISCAM, KPCACAM, METHODS, SSCAM, AblationCAM, ChannelWeightedExplainer, EigenCAM, EigenGradCAM,
@@ -11,7 +12,7 @@ from .explainers import (
     ScoreCAM, SmoothGradCAMPlusPlus, XGradCAM, create, register,
 )
 from .results import Explanation
-from .targets import DetectionTarget, MultiLabelTarget, SegmentationTarget
+from .targets import CaptionTarget, DetectionTarget, MultiLabelTarget, NeuronTarget, SegmentationTarget
 from .viz import compare, interactive
 
 
@@ -38,6 +39,7 @@ __all__ = [
     "ISCAM",
     "CamkitError",
     "CamkitTypeError",
+    "CaptionTarget",
     "ChannelWeightedExplainer",
     "DetectionTarget",
     "EigenCAM",
@@ -54,10 +56,13 @@ __all__ = [
     "LayerCAM",
     "METHODS",
     "MissingDependency",
+    "ModelCall",
     "MultiLabelTarget",
+    "NeuronTarget",
     "SSCAM",
     "ScoreCAM",
     "SegmentationTarget",
+    "Shared",
     "SmoothGradCAMPlusPlus",
     "XGradCAM",
     "cluster",

@@ -15,6 +15,10 @@ Four steps, each owning one thing, composed by :func:`capture`:
 
 :func:`check_finite` refuses NaN or infinite activations and gradients.
 
+``x`` is the images alone or a :class:`camkit.calls.ModelCall` (the images
+with the model's extra inputs). A :class:`camkit.targets.NeuronTarget` gets
+its layer hooked for the call (:func:`scored_target`).
+
 Callers hold :func:`camkit.modes.explaining` around the whole pass.
 """
 from __future__ import annotations
@@ -28,10 +32,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from .calls import ModelCall, as_call
 from .errors import CamkitError, CamkitTypeError, model_code
-from .layouts import Reshape, prefix_tokens_of, to_grid
+from .layers import find_layers
+from .layouts import Reshape, patch_size_of, prefix_tokens_of, to_grid
 from .modes import explaining
-from .targets import TargetSpec, check_finite_scores, scores_for
+from .targets import NeuronTarget, TargetSpec, check_finite_scores, scores_for
 
 Layers = Sequence[tuple[str, nn.Module]]
 GradientTransform = Callable[[torch.Tensor], torch.Tensor]
@@ -65,7 +71,7 @@ class Capture:
 def capture(
     model: nn.Module,
     layers: Layers,
-    x: torch.Tensor,
+    x: torch.Tensor | ModelCall,
     target: TargetSpec,
     *,
     with_gradients: bool = True,
@@ -78,20 +84,27 @@ def capture(
     ``patch_size`` and ``prefix_tokens`` (the model's class, distillation and
     register tokens; counted from the model when None) lay token outputs on their grid.
     """
+    call = as_call(model, x)
     if prefix_tokens is None:
         prefix_tokens = prefix_tokens_of(model)
+    input_size = tuple(call.x.shape[2:])
     with explaining(model):
-        output, tensors = hooked_forward(model, layers, x, with_gradients)
+        neuron = _neuron_layer(model, target)
+        recorded: list[torch.Tensor] = []
+        output, tensors = hooked_forward(model, layers, call, with_gradients,
+                                         watch=(neuron, recorded) if neuron is not None else None)
         check_finite(layers, tensors, "activations")
+        if isinstance(target, NeuronTarget):
+            target = _recorded_scores(target, recorded, input_size, patch_size, prefix_tokens)
         with _grad_mode(with_gradients):  # a score computed under the caller's no_grad would have no graph
-            scores, classes = explained_scores(output, target, x.shape[0], required=with_gradients)
+            scores, classes = explained_scores(output, target, call.batch, required=with_gradients)
         gradients = layer_gradients(scores, tensors, layers) if with_gradients else [None] * len(layers)
         if with_gradients:
             check_finite(layers, gradients, "gradient")
             transform = _gradient_transform.get()
             if transform is not None:
                 gradients = [transform(gradient) for gradient in gradients]
-    return to_captures(tensors, gradients, output, scores, classes, tuple(x.shape[2:]), reshape, patch_size,
+    return to_captures(tensors, gradients, output, scores, classes, input_size, reshape, patch_size,
                        prefix_tokens)
 
 
@@ -110,12 +123,17 @@ def transformed_gradients(transform: GradientTransform) -> Iterator[None]:
 
 
 def hooked_forward(
-    model: nn.Module, layers: Layers, x: torch.Tensor, with_gradients: bool
+    model: nn.Module, layers: Layers, x: torch.Tensor | ModelCall, with_gradients: bool, *,
+    watch: tuple[nn.Module, list[torch.Tensor]] | None = None,
 ) -> tuple[Any, list[torch.Tensor]]:
-    """The model's output and each layer's captured output; autograd on only after the first layer."""
+    """The model's output and each layer's captured output; autograd on only after the first layer.
+
+    ``watch`` = (module, sink): the module's output (after a target layer's hook on it) is appended to sink.
+    """
     stash: dict[str, torch.Tensor] = {}
-    with _hooks(layers, stash, with_gradients), _grad_mode(False), model_code():
-        output = model(x)
+    watching = _recording(*watch) if watch is not None else contextlib.nullcontext()
+    with _hooks(layers, stash, with_gradients), watching, _grad_mode(False):
+        output = as_call(model, x).run(model)
     missing = [name for name, _ in layers if name not in stash]
     if missing:
         raise CamkitError(
@@ -188,6 +206,55 @@ def concatenated(parts: Sequence[Capture]) -> Capture:
                    joined("squared_gradients"), joined("cubed_gradients"))
 
 
+@contextlib.contextmanager
+def scored_target(model: nn.Module, target: TargetSpec, call: ModelCall) -> Iterator[TargetSpec]:
+    """The target to score forwards run inside the block: ``target`` itself, or a NeuronTarget bound to its hooked layer.
+
+    For methods that run the model outside :func:`capture` (perturbed forwards);
+    the hook lives for the block only.
+    """
+    neuron = _neuron_layer(model, target)
+    if neuron is None or not isinstance(target, NeuronTarget):
+        yield target
+        return
+    recorded: list[torch.Tensor] = []
+    with _recording(neuron, recorded):
+        yield _recorded_scores(target, recorded, tuple(call.x.shape[2:]), patch_size_of(model),
+                               prefix_tokens_of(model))
+
+
+def _neuron_layer(model: nn.Module, target: TargetSpec) -> nn.Module | None:
+    return find_layers(model, target.layer)[0][1] if isinstance(target, NeuronTarget) else None
+
+
+def _recorded_scores(
+    target: NeuronTarget, recorded: list[torch.Tensor], input_size: tuple[int, ...],
+    patch_size: tuple[int, int] | None, prefix_tokens: int | None,
+) -> Callable[[Any], torch.Tensor]:
+    """A target callable reading the neuron layer's latest recorded output (the model's output is not used)."""
+
+    def scores(_output: Any) -> torch.Tensor:
+        if not recorded:
+            raise CamkitError(f"The NeuronTarget layer {target.layer!r} did not run during the forward pass.")
+        return target.scores(to_grid(recorded[-1], input_size, patch_size, prefix_tokens))
+
+    return scores
+
+
+@contextlib.contextmanager
+def _recording(module: nn.Module, sink: list[torch.Tensor]) -> Iterator[None]:
+    def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        tensor = output[0] if isinstance(output, (tuple, list)) else output
+        if isinstance(tensor, torch.Tensor):
+            sink.append(tensor)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def check_finite(layers: Layers, tensors: Sequence[torch.Tensor | None], what: str) -> None:
     """Refuse NaN or infinite activations / gradients, naming the layer."""
     for (layer_name, _), tensor in zip(layers, tensors):
@@ -257,4 +324,4 @@ def _detached(output: Any) -> Any:
 
 
 __all__ = ["Capture", "capture", "check_finite", "concatenated", "explained_scores", "hooked_forward", "layer_gradients",
-           "to_captures", "transformed_gradients"]
+           "scored_target", "to_captures", "transformed_gradients"]

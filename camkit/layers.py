@@ -19,7 +19,8 @@ from typing import Any, Union
 import torch
 from torch import nn
 
-from .errors import CamkitError, CamkitTypeError, model_code
+from .calls import ModelCall, as_call
+from .errors import CamkitError, CamkitTypeError
 from .layouts import Layout, output_layout, patch_size_of, prefix_tokens_of, token_layout
 from .modes import evaluation
 
@@ -87,11 +88,12 @@ def find_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Module
     )
 
 
-def dry_run(model: nn.Module, x: torch.Tensor) -> list[LayerInfo]:
-    """Every module's output shape, in the order the modules finish."""
+def dry_run(model: nn.Module, x: torch.Tensor | ModelCall) -> list[LayerInfo]:
+    """Every module's output shape, in the order the modules finish (``x``: images, or images with the model's inputs)."""
     seen: list[LayerInfo] = []
     names = {module: name for name, module in model.named_modules() if name}
-    input_hw = tuple(x.shape[2:])
+    call = as_call(model, x)
+    input_hw = tuple(call.x.shape[2:])
     previous: list[tuple[str, Any]] = []  # the last module to finish and its output: one reference, no more
 
     def record(module: nn.Module, _inputs: Any, output: Any) -> None:
@@ -107,8 +109,8 @@ def dry_run(model: nn.Module, x: torch.Tensor) -> list[LayerInfo]:
     with evaluation(model):
         handles = [module.register_forward_hook(record) for module in names]
         try:
-            with torch.no_grad(), model_code():
-                model(x)
+            with torch.no_grad():
+                call.run(model)
         finally:
             for handle in handles:
                 handle.remove()
@@ -116,7 +118,7 @@ def dry_run(model: nn.Module, x: torch.Tensor) -> list[LayerInfo]:
     return seen
 
 
-def auto_layer(model: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module]:
+def auto_layer(model: nn.Module, x: torch.Tensor | ModelCall) -> tuple[str, nn.Module]:
     """The layer a user would pick: the last grid of the image (a CNN's last stage), or a ViT's last block's first norm.
 
     A grid is a spatial map or tokens laid on their patch grid (Swin, LeViT,
@@ -127,16 +129,17 @@ def auto_layer(model: nn.Module, x: torch.Tensor) -> tuple[str, nn.Module]:
     """
     # Two rows: outputs that do not have one row per image (attention biases, windows, detector
     # regions) are not maps of the image, whatever their shape.
-    probe = torch.cat((x[:1], x[:1]))
+    call = as_call(model, x)
+    probe = call.rows(torch.zeros(2, dtype=torch.long, device=call.x.device))
     infos = dry_run(model, probe)
     modules = dict(model.named_modules())
-    input_size = tuple(int(side) for side in x.shape[2:])
+    input_size = tuple(int(side) for side in call.x.shape[2:])
     patch_size, prefix_tokens = patch_size_of(model), prefix_tokens_of(model)
     grids: dict[int, tuple[int, str]] = {}  # index -> (special tokens before the grid, how the grid was read)
     unlaid: list[int] = []
     calls = Counter(info.name for info in infos)
     for index, info in enumerate(infos):
-        if info.layout is None or not info.shape or info.shape[0] != probe.shape[0]:
+        if info.layout is None or not info.shape or info.shape[0] != probe.batch:
             continue
         if calls[info.name] > 1:
             continue  # a module run several times (a shared ReLU, a head applied per pyramid level) has no one map

@@ -35,7 +35,10 @@ class Explanation:
     normalisation). ``targets`` holds the explained class of each image (None
     when the target was a callable); ``predictions`` and ``probabilities``
     the model's top class and its softmax probability (None when the model's
-    output has no class scores).
+    output has no class scores). ``channel_weights`` ``(B, K)`` are the
+    weights w_k a channel-weighted method summed the first layer's feature
+    maps with (0 outside ``channels=``; None for other methods);
+    :meth:`top_channels` ranks them.
     """
 
     images: torch.Tensor  # (B, C, H, W) the explained input
@@ -52,6 +55,17 @@ class Explanation:
 
     class_names: Sequence[str] | None = None
     display: torch.Tensor | None = None  # (B, 3, H, W) in [0, 1], what to draw under the maps
+    channel_weights: torch.Tensor | None = None  # (B, K) for channel-weighted methods
+
+    def top_channels(self, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each image's ``k`` channels of largest weight, largest first: indices and weights, ``(B, k)`` each."""
+        if self.channel_weights is None:
+            raise CamkitError(f"{self.method} does not weight channels, so there are no top channels; use a "
+                              "channel-weighted method (Grad-CAM, Grad-CAM++, Score-CAM, ...).")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise CamkitError(f"k must be a positive int, got {k!r}.")
+        weights, indices = self.channel_weights.topk(min(k, self.channel_weights.shape[1]), dim=1)
+        return indices, weights
 
     def __len__(self) -> int:
         return self.maps.shape[0]

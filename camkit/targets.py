@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Union
 
 import torch
+from torch import nn
 
 from .errors import CamkitError, CamkitTypeError
 
@@ -244,3 +245,95 @@ class DetectionTarget:
             else:
                 scores.append(detections["scores"][overlap.argmax()])
         return torch.stack(scores)
+
+
+def target_rows(target: TargetSpec, index: torch.Tensor) -> TargetSpec:
+    """The target for rows ``index`` of the batch (copies or a pass): class tensors and per-image targets follow their images.
+
+    A target that holds per-image data (:class:`CaptionTarget`'s tokens) says
+    so with a ``rows(index)`` method; other callables and single ints are the same for every row.
+    """
+    if isinstance(target, torch.Tensor):
+        return target.to(index.device)[index] if target.dim() and target.shape[0] > 1 else target
+    rows = getattr(target, "rows", None)
+    return rows(index) if callable(rows) else target
+
+
+class CaptionTarget:
+    """A teacher-forced caption's log-probability: the sum of log-softmax(logits)[t, tokens[t]] over ``positions``.
+
+    For any model whose output has ``logits`` ``(B, T, V)`` aligned with
+    ``tokens`` ``(B, T)`` (or ``(T,)`` for every image): ``logits[:, t]``
+    predicts ``tokens[:, t]``. Teacher forcing goes through ``inputs=``
+    (e.g. ``decoder_input_ids`` = the caption shifted right behind the start
+    token). ``positions`` (an int or a list of them; None: all) picks the
+    words explained: one position explains one word.
+    """
+
+    def __init__(self, tokens: torch.Tensor | Sequence[int], positions: int | Sequence[int] | None = None) -> None:
+        self.tokens = torch.as_tensor(tokens)
+        if self.tokens.dim() not in (1, 2) or self.tokens.dtype.is_floating_point or self.tokens.dtype == torch.bool:
+            raise CamkitTypeError(f"CaptionTarget tokens must be integer token ids (T,) or (B, T), got "
+                                  f"{self.tokens.dtype} {tuple(self.tokens.shape)}.")
+        length = self.tokens.shape[-1]
+        chosen = range(length) if positions is None else [positions] if isinstance(positions, int) else positions
+        self.positions = torch.as_tensor(list(chosen), dtype=torch.long)
+        if self.positions.numel() == 0 or bool(((self.positions < -length) | (self.positions >= length)).any()):
+            raise CamkitError(f"CaptionTarget positions {positions!r} must be caption positions in "
+                              f"-{length}..{length - 1}.")
+
+    def rows(self, index: torch.Tensor) -> "CaptionTarget":
+        if self.tokens.dim() == 1 or self.tokens.shape[0] == 1:
+            return self
+        return CaptionTarget(self.tokens.to(index.device)[index], self.positions.tolist())
+
+    def __call__(self, output: Any) -> torch.Tensor:
+        logits = logits_of(output)
+        if logits.dim() != 3 or logits.shape[1] != self.tokens.shape[-1]:
+            raise CamkitError(
+                f"CaptionTarget needs logits (B, T={self.tokens.shape[-1]}, vocabulary) aligned with its tokens, got "
+                f"{tuple(logits.shape)}. Pass the caption so far through inputs= (e.g. decoder_input_ids)."
+            )
+        tokens = self.tokens.to(logits.device).expand(logits.shape[0], -1)
+        positions = self.positions.to(logits.device) % logits.shape[1]
+        chosen_logits = logits[:, positions].float().log_softmax(dim=-1)
+        return chosen_logits.gather(2, tokens[:, positions, None]).squeeze(2).sum(dim=1)
+
+
+class NeuronTarget:
+    """An intermediate layer's activation as the score: a channel (or several, summed), spatially averaged, or one neuron.
+
+    ``layer`` is a dotted module name or the module; its output is laid out
+    as camkit lays out target layers (tokens on their grid, channels-last
+    permuted). ``channel``: an int or a list of them (None: all channels);
+    ``position``: a grid position ``(i, j)`` for one neuron (None: the mean
+    over positions). The layer is hooked by the explainer's capture for that
+    call only; explaining an earlier layer shows what drives the neuron.
+    """
+
+    def __init__(self, layer: str | nn.Module, channel: int | Sequence[int] | None = None,
+                 position: Sequence[int] | None = None) -> None:
+        if not isinstance(layer, (str, nn.Module)):
+            raise CamkitTypeError(f"NeuronTarget layer must be a module name or a module, got {type(layer).__name__}.")
+        self.layer = layer
+        self.channels = None if channel is None else torch.as_tensor(
+            [channel] if isinstance(channel, int) else list(channel), dtype=torch.long)
+        self.position = None if position is None else tuple(int(i) for i in position)
+
+    def scores(self, activation: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` scores from the layer's activation in grid layout ``(B, K, *grid)``."""
+        count = activation.shape[1]
+        if self.channels is not None and bool(((self.channels < 0) | (self.channels >= count)).any()):
+            raise CamkitError(f"NeuronTarget channel {self.channels.tolist()} is out of range: the layer has "
+                              f"{count} channels (0..{count - 1}).")
+        chosen = activation if self.channels is None else activation[:, self.channels.to(activation.device)]
+        if self.position is None:
+            return chosen.flatten(2).mean(dim=2).sum(dim=1)
+        grid = tuple(activation.shape[2:])
+        if len(self.position) != len(grid) or any(not 0 <= i < n for i, n in zip(self.position, grid)):
+            raise CamkitError(f"NeuronTarget position {self.position} is not on the layer's grid {grid}.")
+        return chosen[(slice(None), slice(None), *self.position)].sum(dim=1)
+
+    def __call__(self, output: Any) -> torch.Tensor:
+        raise CamkitError("NeuronTarget scores a layer inside the model, not its output: pass it as an explainer's "
+                          "target (the explainer hooks the layer for that call).")

@@ -45,6 +45,8 @@ logger = logging.getLogger("camkit")
 
 NORMALISATIONS = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), "none": ((0.0,) * 3, (1.0,) * 3)}
 MIN_INPUT_SIZE = 8
+# Beside an npy map: the (K,) weights a channel-weighted method summed the layer's channels with.
+CHANNEL_WEIGHTS_SUFFIX = "_channel_weights.npy"
 # What one bad input can raise, besides anything the model's own forward or backward raises
 # (errors.raised_by_model); any other exception is a bug in camkit and keeps its traceback.
 EXPLAIN_ERRORS = (CamkitError, RuntimeError)
@@ -90,10 +92,15 @@ class Plan:
     sources: list[Source]
 
     def outputs(self, source: Source, method: str) -> list[Path]:
-        """Every file one (input, method) should have: the overlay and, if asked, the saved map."""
+        """Every file one (input, method) should have: the overlay and, if asked, the saved map.
+
+        With npy maps a channel-weighted method also saves its ``(K,)`` channel weights beside the map.
+        """
         overlay_path = self.out / source.relative.parent / f"{source.relative.name}_{method.replace('+', 'p')}.png"
         saved = {"npy": "_map.npy", "png16": "_map.png"}.get(self.job.save_maps or "")
-        return [overlay_path] + ([overlay_path.with_name(overlay_path.stem + saved)] if saved else [])
+        sidecar = self.job.save_maps == "npy" and self.explainers[method].weighs_channels
+        return [overlay_path] + ([overlay_path.with_name(overlay_path.stem + saved)] if saved else []) + (
+            [overlay_path.with_name(overlay_path.stem + CHANNEL_WEIGHTS_SUFFIX)] if sidecar else [])
 
 
 @dataclass
@@ -350,7 +357,8 @@ def _explain_images(checked: Plan, sources: list[Source], manifest: Manifest, ta
                         paths = checked.outputs(source, method)
                         row = _row(source, paths[0], method, status="ok", result=result, row_index=row_index,
                                    loaded=checked.loaded, explained=_explained_class(target, row_index))
-                        writers.submit(row, _write_image, item.original, maps[row_index], paths, checked.job)
+                        weights = result.channel_weights[row_index].cpu() if result.channel_weights is not None else None
+                        writers.submit(row, _write_image, item.original, maps[row_index], paths, checked.job, weights)
             progress.update(len(batch))
 
 
@@ -375,17 +383,20 @@ def _explained(checked: Plan, policy: "TargetPolicy", items: list[Item], device:
         yield from _explained(checked, policy, [item], device, sources, manifest, tally)
 
 
-def _write_image(original: torch.Tensor, image_map: torch.Tensor, paths: list[Path], job: OverlayJob) -> None:
+def _write_image(original: torch.Tensor, image_map: torch.Tensor, paths: list[Path], job: OverlayJob,
+                 channel_weights: torch.Tensor | None = None) -> None:
     height, width = original.shape[1:]
     full = F.interpolate(image_map[None, None], size=(height, width), mode="bilinear", align_corners=False)[0]
     blended = overlay(original[None].float() / 255, full, alpha=job.alpha, colormap=job.colormap)
     write_atomically(paths[0], encode_png(to_uint8_hwc(blended)[0].numpy()))
-    _write_map(full[0], paths, job)
+    _write_map(full[0], paths, job, channel_weights)
 
 
-def _write_map(full: torch.Tensor, paths: list[Path], job: OverlayJob) -> None:
+def _write_map(full: torch.Tensor, paths: list[Path], job: OverlayJob, channel_weights: torch.Tensor | None = None) -> None:
     if job.save_maps == "npy":
         write_atomically(paths[1], encode_npy(full.numpy()))
+        if channel_weights is not None and len(paths) > 2:  # the sidecar: (K,) float32 weights of the layer's channels
+            write_atomically(paths[2], encode_npy(channel_weights.float().numpy()))
     elif job.save_maps == "png16":
         write_atomically(paths[1], encode_png((full * 65535).round().clamp(0, 65535).numpy().astype("uint16")))
 
@@ -421,7 +432,8 @@ def _explain_volumes(checked: Plan, sources: list[Source], manifest: Manifest, t
             picture = volumes.montage(volume[0], full, checked.job.alpha, checked.job.colormap)
             write_atomically(paths[0], encode_png(to_uint8_hwc(picture)[0].numpy()))
             if checked.job.save_maps == "npy":
-                write_atomically(paths[1], encode_npy(full.numpy()))
+                _write_map(full, paths, checked.job,
+                           result.channel_weights[0].cpu() if result.channel_weights is not None else None)
             manifest.add(_row(source, paths[0], method, status="ok", result=result, loaded=checked.loaded,
                               explained=_explained_class(target, 0)))
             tally.written += 1

@@ -8,8 +8,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..capture import Capture
-from ..errors import CamkitError, model_code
+from ..calls import ModelCall
+from ..capture import Capture, scored_target
+from ..errors import CamkitError
 from ..layers import LayersSpec
 from ..ops.perturbation import rows_of, scattered, strongest_channels
 from .perturbation import PerturbationExplainer, Probe, output_replaced, row_scores
@@ -55,7 +56,7 @@ class AblationCAM(PerturbationExplainer):
         self.path_used: str | None = None
 
     def score_channels(
-        self, x: torch.Tensor, captured: Capture, layer: nn.Module, probe: Probe,
+        self, call: ModelCall, captured: Capture, layer: nn.Module, probe: Probe,
         target: torch.Tensor | Callable[[Any], torch.Tensor],
     ) -> torch.Tensor:
         activations, clean_scores = captured.activations, captured.scores
@@ -63,11 +64,16 @@ class AblationCAM(PerturbationExplainer):
         channel_dim = _channel_dim(probe.layer_shape, activations.shape)
         image_index, channel_index = rows_of(strongest_channels(activations, self.top_channels))
         ablated: torch.Tensor | None = None
-        if self.path != "full":
+        # Per-image inputs would have to follow the fanned-out copies past the layer: full forwards only.
+        downstream_possible = self.path != "full" and not call.has_per_image_inputs
+        if self.path == "downstream" and call.has_per_image_inputs:
+            raise CamkitError("path='downstream' cannot fan per-image inputs out to the ablated copies; use "
+                              "path='auto' or 'full'.")
+        if downstream_possible:
             try:
                 # Only the layer's output and what follows it are held per copy.
-                ablated = self._ablated_scores(x, layer, channel_dim, image_index, channel_index, target,
-                                               clean_scores, self.rows_per_chunk(x, probe.largest_downstream,
+                ablated = self._ablated_scores(call, layer, channel_dim, image_index, channel_index, target,
+                                               clean_scores, self.rows_per_chunk(call.x, probe.largest_downstream,
                                                                                  with_input=False),
                                                downstream=True)
                 self.path_used = "downstream"
@@ -79,8 +85,8 @@ class AblationCAM(PerturbationExplainer):
                     ) from None
                 logger.info("Ablation-CAM: downstream-only pass refused (%s); running full forwards.", error)
         if ablated is None:
-            ablated = self._ablated_scores(x, layer, channel_dim, image_index, channel_index, target,
-                                           clean_scores, self.rows_per_chunk(x, probe.largest), downstream=False)
+            ablated = self._ablated_scores(call, layer, channel_dim, image_index, channel_index, target,
+                                           clean_scores, self.rows_per_chunk(call.x, probe.largest), downstream=False)
             self.path_used = "full"
         logger.info("Ablation-CAM ran the %s path on %d ablated copies.", self.path_used, len(image_index))
         reference = clean_scores.double()[image_index]
@@ -89,11 +95,12 @@ class AblationCAM(PerturbationExplainer):
         return scattered(drops, image_index, channel_index, (batch, channels))
 
     def _ablated_scores(
-        self, x: torch.Tensor, layer: nn.Module, channel_dim: int, image_index: torch.Tensor,
+        self, call: ModelCall, layer: nn.Module, channel_dim: int, image_index: torch.Tensor,
         channel_index: torch.Tensor, target: torch.Tensor | Callable[[Any], torch.Tensor],
         clean_scores: torch.Tensor, chunk_rows: int, *, downstream: bool,
     ) -> torch.Tensor:
         """``(R,)`` float64 scores with each row's channel zeroed, by downstream-only or full forwards."""
+        x = call.x
         found = torch.empty(image_index.shape[0], dtype=torch.float64, device=x.device)
         for row in self.chunks(image_index.shape[0], chunk_rows):
             row = row.to(x.device)
@@ -107,9 +114,11 @@ class AblationCAM(PerturbationExplainer):
                 row_images = torch.cat((images, inputs))
             else:
                 inputs, fan_out, row_images = images, torch.arange(len(images), device=x.device), images
-            with output_replaced(layer, _ablation(fan_out, ablated_channels, channel_dim)), model_code():
-                output = self.model(x[inputs])
-            scores = row_scores(output, target, row_images, probabilities=False).double()
+            chunk = call.rows(inputs)
+            with output_replaced(layer, _ablation(fan_out, ablated_channels, channel_dim)), \
+                    scored_target(self.model, target, chunk) as row_target:
+                output = chunk.run(self.model)
+                scores = row_scores(output, row_target, row_images, probabilities=False).double()
             if downstream:
                 unablated, expected = scores[len(row):], clean_scores.double()[inputs]
                 if not bool(((unablated - expected).abs() <= 1e-4 * (1 + expected.abs())).all()):

@@ -8,11 +8,13 @@ input's device, and the whole call runs inside :func:`camkit.modes.explaining`.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
+from ..calls import InputsSpec, ModelCall
 from ..capture import Capture, capture, concatenated
 from ..errors import CamkitError, CamkitTypeError
 from ..layers import LayersSpec, auto_layer, find_layers
@@ -23,7 +25,7 @@ from ..ops.maps import fuse, min_max_normalise, normalised_at_size
 from ..ops.pca import principal_projection
 from ..ops.weighting import weighted_sum
 from ..results import Explanation
-from ..targets import TargetSpec, logits_of
+from ..targets import TargetSpec, logits_of, target_rows
 
 Fuse = Literal["mean", "max"]
 # Images in a pass of copies by default, unless the input batch is larger (see Explainer's batch_size).
@@ -106,27 +108,37 @@ class Explainer:
     def target_layer(self) -> nn.Module | None:
         return self.layers[0][1] if self.layers else None
 
-    def __call__(self, x: torch.Tensor, target: TargetSpec = None) -> torch.Tensor:
-        """Maps ``(B, H, W)``, float32, on ``x.device``, each in [0, 1]."""
-        return self.explain(x, target).maps
+    def __call__(self, x: torch.Tensor, target: TargetSpec = None, *, inputs: InputsSpec = None) -> torch.Tensor:
+        """Maps ``(B, H, W)``, float32, on ``x.device``, each in [0, 1].
 
-    def explain(self, x: torch.Tensor, target: TargetSpec = None) -> Explanation:
-        """The maps together with targets, predictions and layer-resolution maps."""
+        ``inputs``: the model's other inputs, a dict of keyword arguments or a
+        tuple of positional ones after ``x`` (see :class:`camkit.calls.ModelCall`).
+        """
+        return self.explain(x, target, inputs=inputs).maps
+
+    def explain(self, x: torch.Tensor, target: TargetSpec = None, *, inputs: InputsSpec = None) -> Explanation:
+        """The maps together with targets, predictions, layer-resolution maps and channel weights."""
         images = _checked_input(x)
         with explaining(self.model):
             x = images.clone() if images.is_inference() else images
+            call = ModelCall.of(self.model, x, inputs)
             if not self.layers:
-                self.layers = [auto_layer(self.model, x)]
+                self.layers = [auto_layer(self.model, call)]
             if self.augment:
-                return self._augmented_explanation(images, x, target)
-            captures = self.capture(x, target)
+                return self._augmented_explanation(images, call, target)
+            captures = self.capture(call, target)
             with full_precision(x.device):
-                layer_maps = [self.layer_map(captured).clamp_min(0) for captured in captures]
+                layer_maps, weights = self._layer_maps(captures)
                 maps = self.combine(layer_maps, tuple(x.shape[2:]))
-        return self._explanation(images, maps, layer_maps[0], captures[0])
+        return self._explanation(images, maps, layer_maps[0], captures[0], weights)
 
-    def _augmented_explanation(self, images: torch.Tensor, x: torch.Tensor, target: TargetSpec) -> Explanation:
-        batch = x.shape[0]
+    def _layer_maps(self, captures: list[Capture]) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """Each layer's ReLU'd map, and the first layer's channel weights (None for methods without)."""
+        found = [self.layer_map_and_weights(captured) for captured in captures]
+        return [layer_map.clamp_min(0) for layer_map, _ in found], found[0][1]
+
+    def _augmented_explanation(self, images: torch.Tensor, call: ModelCall, target: TargetSpec) -> Explanation:
+        x, batch = call.x, call.batch
         if target is not None and not isinstance(target, int) and not callable(target):
             # One class per image: each of its copies explains the same class.
             try:
@@ -138,32 +150,34 @@ class Explainer:
                 raise CamkitError(f"target has {per_image.numel()} class indices for a batch of {batch} images; "
                                   "give one int for all images or exactly one per image.")
             target = per_image.expand(batch).repeat(COPIES)
-        captures = self._capture_in_passes(augmented_batch(x), target, batch)
+        else:
+            target = target_rows(target, torch.arange(batch, device=x.device).repeat(COPIES))
+        captures = self._capture_in_passes(call.repeat(COPIES, augmented_batch(x)), target, batch)
         with full_precision(x.device):
-            layer_maps = [self.layer_map(captured).clamp_min(0) for captured in captures]
+            layer_maps, weights = self._layer_maps(captures)
             maps = min_max_normalise(merged_maps(self.combine(layer_maps, tuple(x.shape[2:])), batch))
         first = captures[0]
         classes = identity_rows(first.classes, batch) if first.classes is not None else None
         unchanged = Capture(first.activations, first.gradients, _rows(first.output, batch),
                             identity_rows(first.scores, batch), classes)
-        return self._explanation(images, maps, identity_rows(layer_maps[0], batch), unchanged)
+        return self._explanation(images, maps, identity_rows(layer_maps[0], batch), unchanged,
+                                 identity_rows(weights, batch) if weights is not None else None)
 
     def images_per_pass(self, batch: int) -> int:
         """Images per pass when a method runs copies of a batch of ``batch``: ``batch_size``, or the default rule."""
         return self.batch_size if self.batch_size is not None else max(batch, PASS_IMAGES)
 
-    def _capture_in_passes(self, copies: torch.Tensor, target: TargetSpec, batch: int) -> list[Capture]:
+    def _capture_in_passes(self, copies: ModelCall, target: TargetSpec, batch: int) -> list[Capture]:
         """Captures of copy-major copies, whole copies per pass, at most ``batch_size`` images when it allows one."""
         per_pass = batch * max(1, self.images_per_pass(batch) // batch)
         parts = []
-        for start in range(0, copies.shape[0], per_pass):
-            rows = slice(start, start + per_pass)
-            part_target = target[rows] if isinstance(target, torch.Tensor) else target
-            parts.append(self.capture(copies[rows], part_target))
+        for start in range(0, copies.batch, per_pass):
+            rows = torch.arange(start, min(start + per_pass, copies.batch), device=copies.x.device)
+            parts.append(self.capture(copies.rows(rows), target_rows(target, rows)))
         return [concatenated(layer_parts) for layer_parts in zip(*parts)]
 
     def _explanation(self, images: torch.Tensor, maps: torch.Tensor, layer_maps: torch.Tensor,
-                     captured: Capture) -> Explanation:
+                     captured: Capture, channel_weights: torch.Tensor | None = None) -> Explanation:
         predictions, probabilities = _top_class(captured.output)
         return Explanation(
             images=images,
@@ -177,19 +191,29 @@ class Explainer:
             layer=self.target_layer_name or "",
             uses_gradients=self.uses_gradients,
             class_specific=self.class_specific,
+            channel_weights=channel_weights,
         )
 
     # The pipeline's steps: a method overrides one of them.
-    def capture(self, x: torch.Tensor, target: TargetSpec) -> list[Capture]:
+    def capture(self, call: ModelCall, target: TargetSpec) -> list[Capture]:
         """One forward (and backward, for gradient methods) through every target layer."""
         return capture(
-            self.model, self.layers, x, target, with_gradients=self.uses_gradients,
+            self.model, self.layers, call, target, with_gradients=self.uses_gradients,
             reshape=self.reshape, patch_size=patch_size_of(self.model),
         )
 
     def layer_map(self, captured: Capture) -> torch.Tensor:
         """The map at the layer's resolution before ReLU, ``(B, h, w)``."""
         raise NotImplementedError(f"{type(self).__name__} must define layer_map or channel_weights.")
+
+    def layer_map_and_weights(self, captured: Capture) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The layer map and the ``(B, K)`` channel weights it sums with (None: the method has none)."""
+        return self.layer_map(captured), None
+
+    @property
+    def weighs_channels(self) -> bool:
+        """Whether results carry ``channel_weights`` (the map is a weighted sum of the layer's channels)."""
+        return False
 
     def combine(self, layer_maps: list[torch.Tensor], size: tuple[int, ...]) -> torch.Tensor:
         """ReLU'd layer maps to the public map: upsampled, normalised per image, fused across layers."""
@@ -215,14 +239,18 @@ class ChannelWeightedExplainer(Explainer):
     ``eigen_smooth=True`` replaces the sum by the first principal component
     of the weighted channels w_k A_k (pytorch-grad-cam's option), its sign
     chosen to correlate with their channel mean, as Eigen-CAM's.
+    ``channels`` (channel indices) sums only those feature maps: the others
+    get weight 0 (Smooth Grad-CAM++'s "subset of feature maps"). The weights
+    used come back as ``Explanation.channel_weights``.
     """
 
     def __init__(self, model: nn.Module, target_layer: LayersSpec = None, *, eigen_smooth: bool = False,
-                 **options: Any) -> None:
+                 channels: Sequence[int] | torch.Tensor | None = None, **options: Any) -> None:
         super().__init__(model, target_layer, **options)
         if not isinstance(eigen_smooth, bool):
             raise CamkitTypeError(f"eigen_smooth must be True or False, got {eigen_smooth!r}.")
         self.eigen_smooth = eigen_smooth
+        self.channels = _checked_channels(channels)
 
     def channel_weights(self, captured: Capture) -> torch.Tensor:
         """One weight per image and channel, ``(B, K)``."""
@@ -230,13 +258,39 @@ class ChannelWeightedExplainer(Explainer):
 
     def contributions(self, captured: Capture) -> torch.Tensor:
         """Each channel's weighted activation w_k A_k, ``(B, K, *grid)``."""
+        return self._weighted(self.selected_weights(captured), captured.activations)
+
+    def selected_weights(self, captured: Capture) -> torch.Tensor:
+        """``channel_weights``, 0 outside ``channels``."""
         weights = self.channel_weights(captured)
-        return weights.reshape(*weights.shape, *([1] * (captured.activations.dim() - 2))) * captured.activations
+        return weights * self.channel_mask(weights.shape[1], weights) if self.channels is not None else weights
+
+    def channel_mask(self, count: int, like: torch.Tensor) -> torch.Tensor:
+        """``(K,)`` 1 on the chosen ``channels``, 0 elsewhere (all ones without ``channels``)."""
+        mask = torch.ones(count, dtype=like.dtype, device=like.device)
+        if self.channels is None:
+            return mask
+        if int(self.channels.max()) >= count:
+            raise CamkitError(f"channels {self.channels.tolist()} go past the layer's {count} channels "
+                              f"(0..{count - 1}).")
+        return torch.zeros_like(mask).index_fill_(0, self.channels.to(like.device), 1)
 
     def layer_map(self, captured: Capture) -> torch.Tensor:
+        return self.layer_map_and_weights(captured)[0]
+
+    @property
+    def weighs_channels(self) -> bool:
+        return True
+
+    def layer_map_and_weights(self, captured: Capture) -> tuple[torch.Tensor, torch.Tensor | None]:
+        weights = self.selected_weights(captured)
         if self.eigen_smooth:
-            return principal_projection(self.contributions(captured))
-        return weighted_sum(self.channel_weights(captured), captured.activations)
+            return principal_projection(self._weighted(weights, captured.activations)), weights
+        return weighted_sum(weights, captured.activations), weights
+
+    @staticmethod
+    def _weighted(weights: torch.Tensor, activations: torch.Tensor) -> torch.Tensor:
+        return weights.reshape(*weights.shape, *([1] * (activations.dim() - 2))) * activations
 
 
 class ElementWiseExplainer(ChannelWeightedExplainer):
@@ -245,9 +299,28 @@ class ElementWiseExplainer(ChannelWeightedExplainer):
     def contributions(self, captured: Capture) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must define contributions.")
 
-    def layer_map(self, captured: Capture) -> torch.Tensor:
+    @property
+    def weighs_channels(self) -> bool:
+        return False
+
+    def layer_map_and_weights(self, captured: Capture) -> tuple[torch.Tensor, torch.Tensor | None]:
         contributions = self.contributions(captured)
-        return principal_projection(contributions) if self.eigen_smooth else contributions.sum(dim=1)
+        if self.channels is not None:
+            mask = self.channel_mask(contributions.shape[1], contributions)
+            contributions = contributions * mask.reshape(-1, *([1] * (contributions.dim() - 2)))
+        return principal_projection(contributions) if self.eigen_smooth else contributions.sum(dim=1), None
+
+
+def _checked_channels(channels: Sequence[int] | torch.Tensor | None) -> torch.Tensor | None:
+    if channels is None:
+        return None
+    try:
+        chosen = torch.as_tensor(channels).reshape(-1)
+    except (TypeError, ValueError) as error:
+        raise CamkitTypeError(f"channels must be channel indices (a list of ints), got {channels!r}.") from error
+    if chosen.numel() == 0 or chosen.dtype.is_floating_point or chosen.dtype == torch.bool or bool((chosen < 0).any()):
+        raise CamkitError(f"channels must be non-empty, non-negative channel indices, got {channels!r}.")
+    return chosen.long()
 
 
 def _checked_input(x: Any) -> torch.Tensor:

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..calls import ModelCall
 from ..capture import Capture
 from ..errors import CamkitError, CamkitTypeError
 from ..layers import LayersSpec
@@ -43,16 +44,23 @@ class FinerCAM(Explainer):
                          **options)
         self.alpha, self.reference_ranks = float(alpha), tuple(reference_ranks)
 
-    def capture(self, x: torch.Tensor, target: TargetSpec) -> list[Capture]:
+    def capture(self, call: ModelCall, target: TargetSpec) -> list[Capture]:
         if callable(target) and not isinstance(target, torch.Tensor):
             raise CamkitError("Finer-CAM compares class logits; pass target=None, a class index or one per image.")
         self.base.layers = self.layers
         explained: list[torch.Tensor] = []
-        captures = self.base.capture(x, lambda output: self._finer_scores(output, target, explained))
+        captures = self.base.capture(call, lambda output: self._finer_scores(output, target, explained))
         return [replace(captured, classes=explained[0]) for captured in captures]
 
     def layer_map(self, captured: Capture) -> torch.Tensor:
         return self.base.layer_map(captured)
+
+    def layer_map_and_weights(self, captured: Capture) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.base.layer_map_and_weights(captured)
+
+    @property
+    def weighs_channels(self) -> bool:
+        return self.base.weighs_channels
 
     def combine(self, layer_maps: list[torch.Tensor], size: tuple[int, ...]) -> torch.Tensor:
         return self.base.combine(layer_maps, size)

@@ -17,12 +17,13 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..calls import ModelCall
 from ..capture import Capture, capture
 from ..errors import CamkitError, CamkitTypeError
 from ..layers import LayersSpec
 from ..layouts import patch_size_of
 from ..ops.perturbation import rows_per_chunk
-from ..targets import TargetSpec, logits_of, scores_for
+from ..targets import TargetSpec, logits_of, scores_for, target_rows
 from .base import ChannelWeightedExplainer
 
 # Bytes of perturbed copies (and their forward's tensors) one call may hold:
@@ -80,10 +81,10 @@ class PerturbationExplainer(ChannelWeightedExplainer):
             raise CamkitTypeError("progress must be a function progress(rows_done, rows_total) or None.")
         self.memory_budget, self.top_channels, self.progress = memory_budget, top_channels, progress
 
-    def capture(self, x: torch.Tensor, target: TargetSpec) -> list[Capture]:
+    def capture(self, call: ModelCall, target: TargetSpec) -> list[Capture]:
         """The clean pass, then each layer's channel weights from its perturbed forwards."""
-        with self._watching_sizes(x.shape[0]) as probes:  # the clean pass doubles as the memory probe
-            cleans = capture(self.model, self.layers, x, target, with_gradients=False,
+        with self._watching_sizes(call.batch) as probes:  # the clean pass doubles as the memory probe
+            cleans = capture(self.model, self.layers, call, target, with_gradients=False,
                              reshape=self.reshape, patch_size=patch_size_of(self.model))
         is_callable = callable(target) and not isinstance(target, torch.Tensor)
         if cleans[0].classes is None and not is_callable:
@@ -96,7 +97,7 @@ class PerturbationExplainer(ChannelWeightedExplainer):
         scored = []
         for clean, (name, module) in zip(cleans, self.layers):
             with torch.no_grad():
-                weights = self.score_channels(x, clean, module, probes[name], row_target)
+                weights = self.score_channels(call, clean, module, probes[name], row_target)
             values = {field.name: getattr(clean, field.name) for field in fields(Capture)}
             scored.append(ScoredCapture(**values, channel_weights=weights))
         return scored
@@ -107,10 +108,13 @@ class PerturbationExplainer(ChannelWeightedExplainer):
         return captured.channel_weights.float()
 
     def score_channels(
-        self, x: torch.Tensor, captured: Capture, layer: nn.Module, probe: Probe,
+        self, call: ModelCall, captured: Capture, layer: nn.Module, probe: Probe,
         target: torch.Tensor | Callable[[Any], torch.Tensor],
     ) -> torch.Tensor:
-        """``(B, K)`` channel weights from perturbed forwards, in chunks that fit ``memory_budget``."""
+        """``(B, K)`` channel weights from perturbed forwards (rows of ``call``), in chunks that fit ``memory_budget``.
+
+        The forwards run inside :func:`camkit.capture.scored_target` so that a NeuronTarget can be read.
+        """
         raise NotImplementedError(f"{type(self).__name__} must define score_channels.")
 
     # Helpers for the methods.
@@ -198,7 +202,7 @@ def row_scores(
     """``(R,)`` scores of the perturbed rows: each row's class (its softmax probability or raw logit), or the callable's score."""
     rows = image_index.shape[0]
     if callable(target) and not isinstance(target, torch.Tensor):
-        return scores_for(output, target, rows)[0]
+        return scores_for(output, target_rows(target, image_index), rows)[0]
     logits = logits_of(output)
     if logits.dim() != 2 or logits.shape[0] != rows:
         raise CamkitError(

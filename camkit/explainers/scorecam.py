@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..capture import Capture
-from ..errors import model_code
+from ..calls import ModelCall
+from ..capture import Capture, scored_target
 from ..ops.maps import min_max_normalise, upsample
 from ..ops.perturbation import rows_of, scattered, strongest_channels, varying_channels
 from .perturbation import PerturbationExplainer, Probe, row_scores
@@ -43,10 +43,10 @@ class ScoreCAM(PerturbationExplainer):
         return masks
 
     def score_channels(
-        self, x: torch.Tensor, captured: Capture, layer: nn.Module, probe: Probe,
+        self, call: ModelCall, captured: Capture, layer: nn.Module, probe: Probe,
         target: torch.Tensor | Callable[[Any], torch.Tensor],
     ) -> torch.Tensor:
-        activations = captured.activations
+        x, activations = call.x, captured.activations
         batch, channels = activations.shape[:2]
         selected = strongest_channels(activations, self.top_channels) & varying_channels(activations)
         image_index, channel_index = rows_of(selected)
@@ -60,7 +60,9 @@ class ScoreCAM(PerturbationExplainer):
             images, chunk_channels = image_index[pair], channel_index[pair]
             masks = min_max_normalise(upsample(activations[images, chunk_channels], size))
             masks = self.perturbed(masks, variant, chunk_channels, channels)
-            with model_code():
-                output = self.model(x[images] * masks.unsqueeze(1).to(x.dtype))
-            totals.index_add_(0, pair, row_scores(output, target, images, probabilities=True).double())
+            masked = call.rows(images, x[images] * masks.unsqueeze(1).to(x.dtype))
+            with scored_target(self.model, target, masked) as row_target:
+                output = masked.run(self.model)
+                scores = row_scores(output, row_target, images, probabilities=True)
+            totals.index_add_(0, pair, scores.double())
         return scattered(totals / variants, image_index, channel_index, (batch, channels))

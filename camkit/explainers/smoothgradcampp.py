@@ -7,11 +7,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..calls import ModelCall
 from ..capture import Capture, capture
 from ..errors import CamkitError
 from ..layers import LayersSpec
 from ..layouts import patch_size_of
-from ..targets import TargetSpec
+from ..targets import TargetSpec, target_rows
 from .gradcampp import GradCAMPlusPlus
 from .registry import register
 
@@ -51,9 +52,9 @@ class SmoothGradCAMPlusPlus(GradCAMPlusPlus):
             raise CamkitError(f"noise_level must be >= 0 (a fraction of each image's value range), got {noise_level!r}.")
         self.n_samples, self.noise_level, self.seed = n_samples, float(noise_level), seed
 
-    def capture(self, x: torch.Tensor, target: TargetSpec) -> list[Capture]:
+    def capture(self, call: ModelCall, target: TargetSpec) -> list[Capture]:
         """The clean image's activations with the gradient moments of the noisy copies."""
-        cleans = capture(self.model, self.layers, x, target, with_gradients=False,
+        cleans = capture(self.model, self.layers, call, target, with_gradients=False,
                          reshape=self.reshape, patch_size=patch_size_of(self.model))
         if cleans[0].classes is None and not callable(target):
             raise CamkitError(
@@ -63,12 +64,12 @@ class SmoothGradCAMPlusPlus(GradCAMPlusPlus):
         noisy_target = target if callable(target) and not isinstance(target, torch.Tensor) else cleans[0].classes
         return [
             replace(clean, gradients=moments[0], squared_gradients=moments[1], cubed_gradients=moments[2])
-            for clean, moments in zip(cleans, self._gradient_moments(x, noisy_target))
+            for clean, moments in zip(cleans, self._gradient_moments(call, noisy_target))
         ]
 
-    def _gradient_moments(self, x: torch.Tensor, target: TargetSpec) -> list[torch.Tensor]:
+    def _gradient_moments(self, call: ModelCall, target: TargetSpec) -> list[torch.Tensor]:
         """Per layer, the means over the noisy copies of g, g^2 and g^3, stacked as ``(3, B, K, h, w)``."""
-        batch = x.shape[0]
+        x, batch = call.x, call.batch
         sigma = self.noise_level * (x.flatten(1).amax(1) - x.flatten(1).amin(1))
         generator = torch.Generator(device=x.device)
         totals: list[torch.Tensor] | None = None
@@ -79,8 +80,8 @@ class SmoothGradCAMPlusPlus(GradCAMPlusPlus):
             copy_index, image_index = row // batch, row % batch
             noise = self._noise(x, generator, copy_index, image_index)
             noisy = x[image_index] + noise * sigma[image_index].reshape(-1, *([1] * (x.dim() - 1)))
-            chunk_target = target if callable(target) else target[image_index]
-            layers = capture(self.model, self.layers, noisy, chunk_target, with_gradients=True,
+            layers = capture(self.model, self.layers, call.rows(image_index, noisy), target_rows(target, image_index),
+                             with_gradients=True,
                              reshape=self.reshape, patch_size=patch_size_of(self.model))
             if totals is None:
                 totals = [torch.zeros((3, batch, *layer.gradients.shape[1:]), dtype=torch.float64, device=x.device)

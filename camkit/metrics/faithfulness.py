@@ -11,6 +11,10 @@ image the score is the class's softmax probability; a callable
 a multi-label sigmoid, ...). A callable is always called on the output of a
 whole batch of the B images in their order, so each perturbed pass then holds
 one step's B images (``chunk_size`` does not split it).
+
+``inputs`` are the model's other inputs, as for an explainer (a dict of
+keyword arguments or a tuple of positional ones): per-image inputs follow
+their images into every perturbed pass.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..calls import InputsSpec, ModelCall
 from ..errors import CamkitError, CamkitTypeError
 from ..modes import evaluation
 from ..targets import TargetSpec, class_indices, logits_of, scores_for
@@ -40,6 +45,7 @@ def deletion(
     baseline: BaselineSpec = "zero",
     chunk_size: int = 64,
     return_curves: bool = False,
+    inputs: InputsSpec = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Area under the target's score as the most salient pixels are replaced by the baseline.
 
@@ -49,7 +55,7 @@ def deletion(
     means), ``'blur'``, a tensor that broadcasts to ``x`` or a callable
     ``f(x) -> tensor`` that does.
     """
-    return _perturbation_auc(model, x, maps, target, steps, baseline, chunk_size, return_curves, delete=True)
+    return _perturbation_auc(model, x, maps, target, steps, baseline, chunk_size, return_curves, inputs, delete=True)
 
 
 def insertion(
@@ -62,17 +68,19 @@ def insertion(
     baseline: BaselineSpec = "blur",
     chunk_size: int = 64,
     return_curves: bool = False,
+    inputs: InputsSpec = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Area under the target's score as the most salient pixels are put back into the baseline.
 
     Higher is better. Starts from the baseline (blurred image by default, as
     in RISE) and ends at the image. ``baseline`` as for :func:`deletion`.
     """
-    return _perturbation_auc(model, x, maps, target, steps, baseline, chunk_size, return_curves, delete=False)
+    return _perturbation_auc(model, x, maps, target, steps, baseline, chunk_size, return_curves, inputs,
+                             delete=False)
 
 
 def average_drop(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, target: TargetSpec = None, *,
-                 baseline: BaselineSpec = "zero") -> torch.Tensor:
+                 baseline: BaselineSpec = "zero", inputs: InputsSpec = None) -> torch.Tensor:
     """Grad-CAM++'s average drop, in percent: 100 * max(0, Y - O) / Y.
 
     Y is the target's score on the image, O on the image multiplied by its map
@@ -81,38 +89,44 @@ def average_drop(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, target: 
     The drop is undefined, NaN, where Y <= 0 (possible with a callable target
     that returns logits; a probability is positive).
     """
-    clean, masked = _confidences(model, x, maps, target, baseline)
+    clean, masked = _confidences(model, x, maps, target, baseline, inputs)
     positive = clean > 0
     return torch.where(positive, 100.0 * (clean - masked).clamp_min(0) / torch.where(positive, clean, 1.0),
                        torch.nan)
 
 
 def increase_in_confidence(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, target: TargetSpec = None, *,
-                           baseline: BaselineSpec = "zero") -> torch.Tensor:
+                           baseline: BaselineSpec = "zero", inputs: InputsSpec = None) -> torch.Tensor:
     """Grad-CAM++'s increase in confidence, in percent: 100 where O > Y, else 0 (Y, O as in :func:`average_drop`)."""
-    clean, masked = _confidences(model, x, maps, target, baseline)
+    clean, masked = _confidences(model, x, maps, target, baseline, inputs)
     return 100.0 * (masked > clean).float()
 
 
 class ExplainedScore:
     """Reads the explained score of each image off model outputs: a class probability or the target callable's value.
 
-    Built from one clean pass over ``x``; :meth:`of` scores a pass over
-    perturbed copies whose rows are the images ``images`` of the batch.
+    Built from one clean pass over ``x`` (with the model's ``inputs``); :meth:`of`
+    scores a pass over perturbed copies whose rows are the images ``images`` of
+    the batch, and :meth:`run` makes such a pass.
     """
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, target: TargetSpec) -> None:
+    def __init__(self, model: nn.Module, x: torch.Tensor, target: TargetSpec, inputs: InputsSpec = None) -> None:
         self.batch = x.shape[0]
         self.target = target
         self.per_batch = callable(target) and not isinstance(target, torch.Tensor)
+        self.call = ModelCall.of(model, x, inputs)
         with torch.no_grad(), evaluation(model):
-            output = model(x)
+            output = self.call.run(model)
         if self.per_batch:
             self.classes = None
             self.clean = scores_for(output, target, self.batch)[0].detach().float()
         else:
             _, self.classes = scores_for(output, target, self.batch)
             self.clean = self.of(output, torch.arange(self.batch, device=x.device))
+
+    def run(self, model: nn.Module, images: torch.Tensor, perturbed: torch.Tensor) -> Any:
+        """The model's output on ``perturbed`` copies of the images ``images``, with their inputs."""
+        return self.call.rows(images, perturbed).run(model)
 
     def of(self, output: Any, images: torch.Tensor) -> torch.Tensor:
         if self.per_batch:
@@ -143,18 +157,18 @@ def perturbed_scores(
         for start in range(0, rows, per_pass):
             row = torch.arange(start, min(start + per_pass, rows), device=device)
             image, step = row % batch, row // batch
-            table[image, step] = score.of(model(perturb(image, step)), image)
+            table[image, step] = score.of(score.run(model, image, perturb(image, step)), image)
     return table
 
 
-def _perturbation_auc(model, x, maps, target, steps, baseline, chunk_size, return_curves, delete: bool):
+def _perturbation_auc(model, x, maps, target, steps, baseline, chunk_size, return_curves, inputs, delete: bool):
     check_maps_input(maps, x)
     if steps < 1 or chunk_size < 1:
         raise CamkitError("steps and chunk_size must be at least 1.")
     batch = x.shape[0]
     pixels = maps[0].numel()
     reference = reference_images(x, baseline)
-    score = ExplainedScore(model, x, target)
+    score = ExplainedScore(model, x, target, inputs)
     order = maps.flatten(1).argsort(dim=1, descending=True, stable=True)
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(pixels, device=x.device).expand(batch, pixels))
     counts = torch.round(torch.linspace(0, pixels, steps + 1, device=x.device)).long()
@@ -216,19 +230,20 @@ def _blurred(x: torch.Tensor) -> torch.Tensor:
     return blurred
 
 
-def _confidences(model, x, maps, target, baseline) -> tuple[torch.Tensor, torch.Tensor]:
+def _confidences(model, x, maps, target, baseline, inputs) -> tuple[torch.Tensor, torch.Tensor]:
     check_maps_input(maps, x)
-    score = ExplainedScore(model, x, target)
+    score = ExplainedScore(model, x, target, inputs)
     weights = maps[:, None].to(x.dtype)
     masked_images = x * weights if isinstance(baseline, str) and baseline == "zero" else (
         x * weights + reference_images(x, baseline) * (1 - weights))
     with torch.no_grad(), evaluation(model):
-        masked = score.of(model(masked_images), torch.arange(x.shape[0], device=x.device))
+        every = torch.arange(x.shape[0], device=x.device)
+        masked = score.of(score.run(model, every, masked_images), every)
     return score.clean, masked
 
 
-def explained_classes(model: nn.Module, x: torch.Tensor, target: TargetSpec) -> torch.Tensor:
+def explained_classes(model: nn.Module, x: torch.Tensor, target: TargetSpec, inputs: InputsSpec = None) -> torch.Tensor:
     if callable(target) and not isinstance(target, torch.Tensor):
         raise CamkitTypeError("these metrics score class probabilities: target must be None, an int or one int per image.")
     with torch.no_grad(), evaluation(model):
-        return class_indices(logits_of(model(x)), target)
+        return class_indices(logits_of(ModelCall.of(model, x, inputs).run(model)), target)

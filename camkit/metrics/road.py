@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..calls import InputsSpec
 from ..errors import CamkitError
 from ..ops.imputation import linear_imputation
 from ..targets import TargetSpec
@@ -46,6 +47,7 @@ def road(
     seed: int = 0,
     chunk_size: int = 64,
     difference: bool = True,
+    inputs: InputsSpec = None,
 ) -> torch.Tensor:
     """``(B, P)``: the ROAD score of each image at each percentile, removing in ``order`` ('morf' or 'lerf').
 
@@ -57,8 +59,9 @@ def road(
     callable) replaces the removed pixels with it instead, without noise.
     Volumes ``(B, C, D, H, W)`` with ``(B, D, H, W)`` maps impute over the
     26-neighbourhood. ``chunk_size`` copies are imputed and scored at a time.
+    ``inputs``: the model's other inputs, as for :func:`camkit.metrics.deletion`.
     """
-    return _road(model, x, maps, target, [order], percentiles, baseline, noise, seed, chunk_size, difference)
+    return _road(model, x, maps, target, [order], percentiles, baseline, noise, seed, chunk_size, difference, inputs)
 
 
 def road_most_relevant_first(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, target: TargetSpec = None, *,
@@ -98,9 +101,10 @@ def road_combined(
     noise: float = 0.01,
     seed: int = 0,
     chunk_size: int = 64,
+    inputs: InputsSpec = None,
 ) -> torch.Tensor:
     """``(B,)``: (LeRF average - MoRF average) / 2 over ``percentiles``, both orders in one batched run. Higher is better."""
-    table = _road(model, x, maps, target, list(ORDERS), percentiles, baseline, noise, seed, chunk_size, True)
+    table = _road(model, x, maps, target, list(ORDERS), percentiles, baseline, noise, seed, chunk_size, True, inputs)
     most, least = table.chunk(2, dim=1)
     return (least.mean(dim=1) - most.mean(dim=1)) / 2
 
@@ -135,7 +139,8 @@ def percentile_thresholds(values: torch.Tensor, percentiles: Sequence[float]) ->
     return torch.stack(thresholds)
 
 
-def _road(model, x, maps, target, orders, percentiles, baseline, noise, seed, chunk_size, difference) -> torch.Tensor:
+def _road(model, x, maps, target, orders, percentiles, baseline, noise, seed, chunk_size, difference,
+          inputs) -> torch.Tensor:
     check_maps_input(maps, x)
     percentiles = [float(percentile) for percentile in percentiles]
     if not percentiles or not all(0 <= percentile <= 100 for percentile in percentiles):
@@ -148,7 +153,7 @@ def _road(model, x, maps, target, orders, percentiles, baseline, noise, seed, ch
     # One noise stream per (order, percentile): an image's noise never depends on the chunking.
     keys = [seed * 1_000_003 + 500_000 * ORDERS.index(order) + round(percentile * 1000)
             for order in orders for percentile in percentiles]
-    score = ExplainedScore(model, x, target)
+    score = ExplainedScore(model, x, target, inputs)
     generator = torch.Generator(device=x.device)
 
     def perturb(image: torch.Tensor, step: torch.Tensor) -> torch.Tensor:

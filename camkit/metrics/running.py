@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..calls import InputsSpec
 from ..errors import CamkitError
 from ..targets import TargetSpec
 from .boxes import (
@@ -124,11 +125,12 @@ class RunningFaithfulness(_RunningScores):
         _known(list(self.options), {name: None for name in self.metrics}, what="options for")
         self.running = Running()
 
-    def update(self, x: torch.Tensor, maps: torch.Tensor, target: TargetSpec = None) -> dict[str, torch.Tensor]:
-        """Score the batch, add it to the totals and return its ``(B,)`` values per metric."""
+    def update(self, x: torch.Tensor, maps: torch.Tensor, target: TargetSpec = None, *,
+               inputs: InputsSpec = None) -> dict[str, torch.Tensor]:
+        """Score the batch (``inputs``: the model's other inputs), add it to the totals, return its ``(B,)`` values per metric."""
         broken = _broken_maps(maps)
         maps = torch.nan_to_num(maps, nan=0.0)
-        values = {name: torch.where(broken, torch.nan, FAITHFULNESS[name](self.model, x, maps, target,
+        values = {name: torch.where(broken, torch.nan, FAITHFULNESS[name](self.model, x, maps, target, inputs=inputs,
                                                                          **self.options.get(name, {})))
                   for name in self.metrics}
         self.running.update(**values)

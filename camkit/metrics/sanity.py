@@ -7,19 +7,26 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from ..calls import InputsSpec
 from ..errors import CamkitError
 from ..targets import TargetSpec
 from .faithfulness import explained_classes
 
 
 def class_sensitivity(explainer: Callable[..., torch.Tensor], x: torch.Tensor, targets_a: TargetSpec,
-                      targets_b: TargetSpec) -> torch.Tensor:
-    """Pearson correlation between each image's maps for two classes.
+                      targets_b: TargetSpec, *, inputs: InputsSpec = None) -> torch.Tensor:
+    """Pearson correlation between each image's maps for two classes (``inputs``: the model's other inputs).
 
     1 means the map ignores which class it explains (a failed sanity check,
     Adebayo et al. 2018); near 0 or negative means it is class-specific.
     """
-    return pearson(explainer(x, targets_a), explainer(x, targets_b))
+    return pearson(_explained(explainer, x, targets_a, inputs), _explained(explainer, x, targets_b, inputs))
+
+
+def _explained(explainer: Callable[..., torch.Tensor], x: torch.Tensor, target: TargetSpec,
+               inputs: InputsSpec) -> torch.Tensor:
+    # Plain callables (a peer's explainer) need not take inputs=; pass it only when there are some.
+    return explainer(x, target) if inputs is None else explainer(x, target, inputs=inputs)
 
 
 def model_randomisation(
@@ -30,6 +37,7 @@ def model_randomisation(
     *,
     layers: Sequence[str] | None = None,
     seed: int = 0,
+    inputs: InputsSpec = None,
 ) -> torch.Tensor:
     """Spearman rank correlation between maps of the model and of a copy with top layers re-drawn.
 
@@ -39,8 +47,8 @@ def model_randomisation(
     and the explained layer itself. The original model is never modified.
     """
     explainer = explainer_factory(model)
-    original = explainer(x, target)
-    classes = explained_classes(model, x, target)
+    original = _explained(explainer, x, target, inputs)
+    classes = explained_classes(model, x, target, inputs)
     randomised = copy.deepcopy(model)
     names = list(layers) if layers is not None else _top_layers(randomised, getattr(explainer, "target_layer_name", None))
     modules = dict(randomised.named_modules())
@@ -55,7 +63,7 @@ def model_randomisation(
                     module.reset_parameters()
     finally:
         torch.random.set_rng_state(generator_state)
-    return spearman(original, explainer_factory(randomised)(x, classes))
+    return spearman(original, _explained(explainer_factory(randomised), x, classes, inputs))
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -58,14 +58,16 @@ def overlay_grid(
     colormap: str = "jet",
     colorbar: bool = True,
     panel_size: float = 2.6,
+    bars: Sequence[tuple[Sequence[str], Sequence[float]]] | None = None,
 ) -> "Figure":
     """A figure with one row per image: the image, then one overlay per ``(title, maps)`` column.
 
     ``captions[row][column]`` (``column`` 0 is the image) go under each panel.
     Titles are wrapped to the panel's width rather than cut at the figure's edge.
+    ``bars[row]`` = (labels, values) adds a last column with a horizontal bar chart (the top channels' weights).
     """
     rows = images.shape[0]
-    width = len(columns) + 1
+    width = len(columns) + 1 + (1 if bars is not None else 0)
     figure = _figure_class()(figsize=(panel_size * width + (0.6 if colorbar else 0), panel_size * rows + 0.3), layout="constrained")
     axes = figure.subplots(rows, width, squeeze=False)
     shown = to_uint8_hwc(images.detach().float().expand(-1, 3, -1, -1)).cpu().numpy()
@@ -74,7 +76,9 @@ def overlay_grid(
         for column, (_, maps) in enumerate(columns, start=1):
             blended = overlay(images[row : row + 1].detach().float(), maps[row : row + 1].detach(), alpha, colormap)
             axes[row][column].imshow(to_uint8_hwc(blended)[0].cpu().numpy())
-        for column in range(width):
+        if bars is not None:
+            _bar_chart(axes[row][-1], *bars[row])
+        for column in range(width - (1 if bars is not None else 0)):
             axis = axes[row][column]
             axis.set_xticks([])
             axis.set_yticks([])
@@ -87,8 +91,26 @@ def overlay_grid(
         from matplotlib.cm import ScalarMappable
 
         mappable = ScalarMappable(norm=matplotlib.colors.Normalize(0, 1), cmap=colormap)
-        figure.colorbar(mappable, ax=axes[:, -1].tolist(), shrink=0.8, label="map value")
+        figure.colorbar(mappable, ax=axes[:, -2 if bars is not None else -1].tolist(), shrink=0.8, label="map value")
     return figure
+
+
+def _bar_chart(axis: Any, labels: Sequence[str], values: Sequence[float]) -> None:
+    positions = list(range(len(labels)))
+    axis.barh(positions, values, color=["tab:red" if value >= 0 else "tab:blue" for value in values])
+    axis.set_yticks(positions, labels, fontsize=7)
+    axis.invert_yaxis()  # the largest weight on top
+    axis.tick_params(axis="x", labelsize=7)
+    axis.set_title("top channels (weight)", fontsize=9)
+
+
+def channel_bars(result: Explanation, k: int = 8) -> list[tuple[list[str], list[float]]] | None:
+    """Per image, the ``k`` largest channel weights as ("channel i", weight) bars; None without channel weights."""
+    if result.channel_weights is None:
+        return None
+    indices, weights = result.top_channels(k)
+    return [([f"ch {index}" for index in row_indices], [float(weight) for weight in row_weights])
+            for row_indices, row_weights in zip(indices.tolist(), weights.detach().cpu().tolist())]
 
 
 def compare(
@@ -142,12 +164,17 @@ def explained_caption(result: Explanation, row: int) -> str:
     return f"explains {result.class_name(int(result.targets[row]))}" if result.targets is not None else "explains target"
 
 
-def explanation_figure(result: Explanation, alpha: float = 0.5, colormap: str = "jet", colorbar: bool = True) -> "Figure":
-    """Each image of ``result`` beside its overlay, captioned with classes and probability."""
+def explanation_figure(result: Explanation, alpha: float = 0.5, colormap: str = "jet", colorbar: bool = True,
+                       top_channels: int = 8) -> "Figure":
+    """Each image of ``result`` beside its overlay, captioned with classes and probability.
+
+    A channel-weighted result adds a bar chart of each image's ``top_channels`` largest channel weights (0: none).
+    """
     images = result.display if result.display is not None else display_images(result.images)
     captions = [[predicted_caption(result, row), explained_caption(result, row)] for row in range(len(result))]
     return overlay_grid(images, [(f"{result.method} @ {result.layer}", result.maps)], captions,
-                        alpha=alpha, colormap=colormap, colorbar=colorbar)
+                        alpha=alpha, colormap=colormap, colorbar=colorbar,
+                        bars=channel_bars(result, top_channels) if top_channels else None)
 
 
 def show_explanation(result: Explanation, **options: Any) -> None:
@@ -217,6 +244,9 @@ def save_explanation(result: Explanation, path: Path, **options: Any) -> Path:
         "scores": listed(result.scores), "class_names": list(result.class_names) if result.class_names else None,
         "images": files,
     }
+    if result.channel_weights is not None:  # (B, K): the weights the map summed the layer's channels with
+        np.save(path / "channel_weights.npy", result.channel_weights.detach().float().cpu().numpy())
+        record["channel_weights"] = "channel_weights.npy"
     (path / "explanation.json").write_text(json.dumps(record, indent=2, allow_nan=True) + "\n")
     return path
 

@@ -72,6 +72,9 @@ def test_every_good_image_written_at_its_size_and_broken_ones_reported(images, r
             assert written.size == (size[1], size[0]) and written.mode == "RGB"
             saved_map = np.load(out / f"{name}_{method}_map.npy")
             assert saved_map.shape == size and 0 <= saved_map.min() and saved_map.max() <= 1
+            # A channel-weighted method saves its (K,) channel weights beside the map; Eigen-CAM has none.
+            sidecar = out / f"{name}_{method}_channel_weights.npy"
+            assert np.load(sidecar).ndim == 1 if method == "gradcam" else not sidecar.exists()
     err = capsys.readouterr().err
     rows = _manifest(out)
     assert len(rows) == 2 * (len(GOOD) + len(BROKEN))

@@ -61,9 +61,24 @@ def test_result_shows_itself_as_png(shapes_model) -> None:
     assert png.startswith(b"\x89PNG")
     assert Image.open(io.BytesIO(png)).size[0] > 100
     figure = result.figure()
-    assert len(figure.axes) == 3 * 2 + 1  # panels and the colour bar
-    assert len(result.figure(colorbar=False).axes) == 3 * 2
+    assert len(figure.axes) == 3 * 3 + 1  # panels, each image's top-channel bars and the colour bar
+    assert len(result.figure(colorbar=False, top_channels=0).axes) == 3 * 2
     assert any(CLASSES[int(labels[0])] in axis.get_xlabel() for axis in figure.axes)
+    # The bars are the image's top channels, largest weight on top.
+    indices, weights = result.top_channels(8)
+    bars = figure.axes[2]
+    assert [label.get_text() for label in bars.get_yticklabels()] == [f"ch {i}" for i in indices[0].tolist()]
+    assert [patch.get_width() for patch in bars.patches] == pytest.approx(weights[0].tolist())
+
+
+def test_saved_folder_holds_the_channel_weights(shapes_model, tmp_path) -> None:
+    from ..shapes import make_shapes
+
+    x, labels, _ = make_shapes(2, seed=1)
+    result = camkit.GradCAM(shapes_model).explain(x, labels)
+    folder = result.save(tmp_path / "saved")
+    np.testing.assert_array_equal(np.load(folder / "channel_weights.npy"), result.channel_weights.numpy())
+    assert not (camkit.HiResCAM(shapes_model).explain(x, labels).save(tmp_path / "hires") / "channel_weights.npy").exists()
 
 
 def test_compare_grid_layout() -> None:
