@@ -8,12 +8,14 @@ input's device, and the whole call runs inside :func:`camkit.modes.explaining`.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
 from ..capture import Capture, capture, concatenated
+from ..detection import unwrapped
 from ..errors import CamkitError, CamkitTypeError
 from ..layers import LayersSpec, auto_layer, find_layers
 from ..layouts import Reshape, patch_size_of
@@ -22,8 +24,9 @@ from ..ops.augment import COPIES, augmented_batch, identity_rows, merged_maps
 from ..ops.maps import fuse, min_max_normalise, normalised_at_size
 from ..ops.pca import principal_projection
 from ..ops.weighting import weighted_sum
-from ..results import Explanation
+from ..results import DetectionExplanation, Explanation
 from ..targets import TargetSpec, logits_of
+from .detections import explain_detections
 
 Fuse = Literal["mean", "max"]
 # Images in a pass of copies by default, unless the input batch is larger (see Explainer's batch_size).
@@ -68,6 +71,8 @@ class Explainer:
     # Whether the map changes with the explained class (False: the target only names it). A method whose
     # options decide it (CF-CAM's weighting) sets it per instance.
     class_specific: bool = True
+    # Methods that read a classifier's class logits (CAM, Finer-CAM) cannot explain a detection's score.
+    needs_class_logits: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -85,7 +90,7 @@ class Explainer:
             raise CamkitTypeError("reshape must be a function from the layer's output to (B, K, h, w).")
         if fuse not in ("mean", "max"):
             raise CamkitError(f"fuse must be 'mean' or 'max', got {fuse!r}.")
-        self.model = model
+        self.model = unwrapped(model)  # ultralytics' YOLO() wrapper predicts without gradients; explain its network
         self.reshape = reshape
         if not isinstance(augment, bool):
             raise CamkitTypeError(f"augment must be True or False, got {augment!r}.")
@@ -124,6 +129,31 @@ class Explainer:
                 layer_maps = [self.layer_map(captured).clamp_min(0) for captured in captures]
                 maps = self.combine(layer_maps, tuple(x.shape[2:]))
         return self._explanation(images, maps, layer_maps[0], captures[0])
+
+    def explain_detections(
+        self,
+        x: torch.Tensor,
+        detections: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        score_threshold: float = 0.25,
+        max_detections: int = 20,
+        min_iou: float = 0.5,
+    ) -> DetectionExplanation:
+        """One map per detection of a detector (torchvision, ultralytics YOLO, Hugging Face DETR family).
+
+        With ``detections=None``: the detector's own detections scoring above
+        ``score_threshold`` (after its NMS), at most ``max_detections`` per image,
+        best first. With ``detections`` (one dict per image with ``boxes``
+        ``(N, 4)`` xyxy in input pixels and ``labels``, e.g. ground truth): for
+        each box, the detection of its label overlapping it most (IoU >= ``min_iou``).
+        One forward serves the batch; gradient methods get all detections'
+        gradients from batched backwards (methods with passes of their own run
+        one call per detection). See :mod:`camkit.explainers.detections`.
+        """
+        # A method that runs passes of its own (noisy copies, perturbed forwards) explains each detection alone.
+        one_pass = type(self).capture is Explainer.capture
+        return explain_detections(self, _checked_input(x), detections, (score_threshold, max_detections, min_iou),
+                                  one_pass)
 
     def _augmented_explanation(self, images: torch.Tensor, x: torch.Tensor, target: TargetSpec) -> Explanation:
         batch = x.shape[0]
