@@ -84,11 +84,15 @@ class TorchvisionDetector(Detector):
         return torch.stack([best_match_score(detections, box, label, min_iou) for detections in _dicts(output)])
 
     def default_layer(self, model: nn.Module) -> str | None:
-        body = getattr(getattr(model, "backbone", None), "body", None)
+        backbone = getattr(model, "backbone", None)
+        body = getattr(backbone, "body", None)
         if isinstance(body, nn.Module) and len(list(body.children())):
             # The last backbone stage feeds every FPN level, so every detection depends on it.
             return f"backbone.body.{list(body.named_children())[-1][0]}"
-        return None
+        if isinstance(getattr(backbone, "features", None), nn.Module):  # SSD: the first feature map feeds the rest
+            return "backbone.features"
+        # A backbone without FPN returns its one feature map (the RPN's layers are upstream of no score).
+        return "backbone" if isinstance(backbone, nn.Module) else None
 
 
 class YoloDetector(Detector):

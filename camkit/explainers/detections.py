@@ -1,9 +1,11 @@
-"""``explain_detections``: one forward lists a detector's detections, batched backwards explain them all.
+"""``explain_detections``: one forward lists a detector's detections, and serves all their backwards.
 
 The methods that keep the base capture (one forward, one backward) get every
-detection of a batch from one hooked forward and one ``autograd.grad`` over
-the N scores with ``is_grads_batched`` (a vmapped backward); each row of the
-result is the gradient of one detection's score, taken at its own image. The
+detection of a batch from one hooked forward; the N scores' gradients come
+from vmapped backwards (``autograd.grad`` with ``is_grads_batched``) on a GPU
+and from backwards through the retained graph on a CPU (see
+:func:`detection_gradients`); each row is the gradient of one detection's
+score, taken at its own image. The
 methods that run passes of their own (Smooth Grad-CAM++'s noisy copies, the
 perturbation family's masked or ablated forwards) explain each detection with
 its own call on its image, the target being :class:`~camkit.detection.DetectionScore`:
@@ -118,25 +120,35 @@ def _batched_maps(explainer: Explainer, x: torch.Tensor, tensors: list[torch.Ten
     return list(maps.split(counts))
 
 
-def detection_gradients(scores: torch.Tensor, tensors: list[torch.Tensor],
-                        image_index: torch.Tensor) -> list[torch.Tensor]:
-    """``(N, K, *grid)`` per layer: row n is d scores[n] / d tensor at image ``image_index[n]``, by vmapped backwards."""
+def detection_gradients(scores: torch.Tensor, tensors: list[torch.Tensor], image_index: torch.Tensor, *,
+                        vmapped: bool | None = None) -> list[torch.Tensor]:
+    """``(N, K, *grid)`` per layer: row n is d scores[n] / d tensor at image ``image_index[n]``.
+
+    ``vmapped`` (default: on CUDA): one ``autograd.grad`` with ``is_grads_batched`` per chunk of
+    detections, whose batched kernels fill a GPU. On a CPU, where a batched convolution costs what
+    its rows cost, one backward per score through the retained graph measured no slower (YOLOv8n,
+    320 x 320, 8 scores: 1.6 s vs 1.7 s on 2 loaded cores; benchmarks/bench_detection.py).
+    """
     count = scores.shape[0]
     if not scores.requires_grad:  # every score is a given box's constant 0: nothing matched
         return [torch.zeros_like(tensor[image_index]) for tensor in tensors]
-    rows = torch.arange(count, device=scores.device)
+    if vmapped is None:
+        vmapped = scores.device.type == "cuda"
+    step = DETECTIONS_PER_BACKWARD if vmapped else 1
     parts: list[list[torch.Tensor]] = [[] for _ in tensors]
     with torch.enable_grad():
-        for start in range(0, count, DETECTIONS_PER_BACKWARD):
-            chunk = rows[start:start + DETECTIONS_PER_BACKWARD]
-            one_hot = torch.zeros((len(chunk), count), dtype=scores.dtype, device=scores.device)
-            one_hot[torch.arange(len(chunk)), chunk] = 1.0
-            found = torch.autograd.grad(scores, tensors, grad_outputs=one_hot, is_grads_batched=True,
-                                        allow_unused=True, retain_graph=start + len(chunk) < count)
+        for start in range(0, count, step):
+            rows = torch.arange(start, min(start + step, count), device=scores.device)
+            one_hot = torch.zeros((len(rows), count), dtype=scores.dtype, device=scores.device)
+            one_hot[torch.arange(len(rows)), rows] = 1.0
+            found = torch.autograd.grad(scores, tensors, grad_outputs=one_hot if vmapped else one_hot[0],
+                                        is_grads_batched=vmapped, allow_unused=True, retain_graph=rows[-1] < count - 1)
             for part, gradient, tensor in zip(parts, found, tensors):
-                at_image = (gradient[torch.arange(len(chunk)), image_index[chunk]] if gradient is not None
-                            else torch.zeros_like(tensor[image_index[chunk]]))
-                part.append(at_image)
+                if gradient is None:
+                    part.append(torch.zeros_like(tensor[image_index[rows]]))
+                else:
+                    part.append(gradient[torch.arange(len(rows)), image_index[rows]] if vmapped
+                                else gradient[image_index[rows]])
     return [torch.cat(part) for part in parts]
 
 
