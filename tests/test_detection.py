@@ -15,16 +15,10 @@ from camkit.detection import (
     unwrapped,
 )
 
-from .helpers import tiny_detr, tiny_fasterrcnn, tiny_yolo
+from .helpers import tiny_detr, tiny_fasterrcnn
 
 # Small models: on one thread (thread hand-offs cost more than the maths, the more so on a loaded machine).
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-@pytest.fixture(scope="module")
-def yolo():
-    torch.manual_seed(0)
-    return tiny_yolo()
 
 
 def forward(model: torch.nn.Module, x: torch.Tensor):

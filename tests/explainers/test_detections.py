@@ -17,17 +17,10 @@ from ..helpers import (
     reference_finish,
     tiny_detr,
     tiny_fasterrcnn,
-    tiny_yolo,
 )
 
 # Small models: on one thread (thread hand-offs cost more than the maths, the more so on a loaded machine).
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-@pytest.fixture(scope="module")
-def yolo():
-    torch.manual_seed(0)
-    return tiny_yolo()
 
 
 def single_box_maps(explainer: camkit.Explainer, x: torch.Tensor, result: camkit.DetectionExplanation,
