@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import torch
 
@@ -19,15 +19,68 @@ from .errors import CamkitError
 from .ops.images import unnormalize
 
 _renderer: dict[str, Callable[..., Any]] = {}
+_Result = TypeVar("_Result", bound="_Drawn")
 
 
-def set_renderer(*, figure: Callable[..., Any], show: Callable[..., None], save: Callable[..., Path]) -> None:
-    """Install the functions that draw an :class:`Explanation` (``camkit.viz`` calls this on import)."""
-    _renderer.update(figure=figure, show=show, save=save)
+def set_renderer(*, figure: Callable[..., Any], show: Callable[..., None], save: Callable[..., Path],
+                 kind: str = "") -> None:
+    """Install the functions that draw an :class:`Explanation` (``kind="detection"``: a
+    :class:`DetectionExplanation`); ``camkit.viz`` calls this on import."""
+    _renderer.update({f"{kind}figure": figure, f"{kind}show": show, f"{kind}save": save})
+
+
+class _Drawn:
+    """What both result types share: a display image, class names, and drawing through camkit.viz."""
+
+    images: torch.Tensor
+    class_names: Sequence[str] | None
+    display: torch.Tensor | None
+    _drawing: ClassVar[str] = ""  # which renderer draws it (set_renderer's kind)
+
+    def with_display(
+        self: _Result,
+        images: torch.Tensor | None = None,
+        *,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        class_names: Sequence[str] | None = None,
+    ) -> _Result:
+        """The same result drawn over ``images`` (or the input un-normalised with mean/std), with class names."""
+        if images is None and mean is not None and std is not None:
+            images = unnormalize(self.images, mean, std)
+        return replace(self, display=images if images is not None else self.display,
+                       class_names=class_names if class_names is not None else self.class_names)
+
+    def class_name(self, index: int) -> str:
+        """A class index as its name when ``class_names`` has one."""
+        names = self.class_names
+        return names[index] if names is not None and 0 <= index < len(names) else str(index)
+
+    def figure(self, **options: Any) -> Any:
+        """A matplotlib figure: each image beside its overlay, captioned (see ``camkit.viz.explanation_figure``)."""
+        return self._render("figure")(self, **options)
+
+    def _repr_png_(self) -> bytes:
+        """Jupyter shows the result as its figure."""
+        return self.figure()._repr_png_()
+
+    def show(self, **options: Any) -> None:
+        """Display inline in IPython/Jupyter, else in a matplotlib window."""
+        self._render("show")(self, **options)
+
+    def save(self, path: str | Path, **options: Any) -> Path:
+        """``"x.png"``: the figure (any format matplotlib infers). ``"folder/"``: per-image maps (npy),
+        overlays (PNG) and ``explanation.json`` (method, layer, targets, predictions, versions)."""
+        return self._render("save")(self, Path(path), **options)
+
+    def _render(self, what: str) -> Callable[..., Any]:
+        if self._drawing + what not in _renderer:
+            raise CamkitError(f"Drawing an {type(self).__name__} needs camkit.viz; import camkit (or camkit.viz) first.")
+        return _renderer[self._drawing + what]
 
 
 @dataclass(repr=False)
-class Explanation:
+class Explanation(_Drawn):
     """Everything one ``explainer.explain(x)`` call produced, all on ``x``'s device.
 
     ``maps`` is what ``explainer(x)`` returns; ``layer_maps`` are the same maps
@@ -77,51 +130,52 @@ class Explanation:
         return (f"Explanation(method={self.method!r}, layer={self.layer!r}, images={len(self)}, maps={size}, "
                 f"layer_maps={grid}, targets={targets}, device={self.maps.device})")
 
-    def with_display(
-        self,
-        images: torch.Tensor | None = None,
-        *,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
-        class_names: Sequence[str] | None = None,
-    ) -> "Explanation":
-        """The same result drawn over ``images`` (or the input un-normalised with mean/std), with class names."""
-        if images is None and mean is not None and std is not None:
-            images = unnormalize(self.images, mean, std)
-        return replace(self, display=images if images is not None else self.display,
-                       class_names=class_names if class_names is not None else self.class_names)
 
-    def class_name(self, index: int) -> str:
-        """A class index as its name when ``class_names`` has one."""
-        names = self.class_names
-        return names[index] if names is not None and 0 <= index < len(names) else str(index)
+@dataclass(repr=False)
+class DetectionExplanation(_Drawn):
+    """One map per detection, from ``explainer.explain_detections(x)``; all on ``x``'s device.
 
-    def figure(self, **options: Any) -> Any:
-        """A matplotlib figure: each image beside its overlay, captioned (see ``camkit.viz.explanation_figure``)."""
-        return self._render("figure")(self, **options)
+    Per image ``b``: ``boxes[b]`` ``(N_b, 4)`` xyxy in input pixels, ``labels[b]``
+    and ``scores[b]`` ``(N_b,)`` (the explained score: a class confidence or
+    probability), ``maps[b]`` ``(N_b, H, W)`` in [0, 1], highest score first.
+    ``keys[b]`` says which anchor (YOLO), query (DETR) or list entry
+    (torchvision) each detection is; -1 for a given box no detection matched
+    (score 0, empty map). ``family`` names the detector's family.
+    """
 
-    def _repr_png_(self) -> bytes:
-        """Jupyter shows the result as its figure."""
-        return self.figure()._repr_png_()
+    _drawing: ClassVar[str] = "detection"
 
-    def show(self, **options: Any) -> None:
-        """Display inline in IPython/Jupyter, else in a matplotlib window."""
-        self._render("show")(self, **options)
+    images: torch.Tensor  # (B, C, H, W) the explained input
+    boxes: list[torch.Tensor]
+    labels: list[torch.Tensor]
+    scores: list[torch.Tensor]
+    maps: list[torch.Tensor]
+    keys: list[torch.Tensor]
+    method: str
+    layer: str
+    family: str
+    class_names: Sequence[str] | None = None
+    display: torch.Tensor | None = None  # (B, 3, H, W) in [0, 1], what to draw under the maps
 
-    def save(self, path: str | Path, **options: Any) -> Path:
-        """``"x.png"``: the figure (any format matplotlib infers). ``"folder/"``: per-image maps (npy),
-        overlays (PNG) and ``explanation.json`` (method, layer, targets, predictions, versions)."""
-        return self._render("save")(self, Path(path), **options)
+    def __len__(self) -> int:
+        return self.images.shape[0]
 
-    @staticmethod
-    def _render(what: str) -> Callable[..., Any]:
-        if what not in _renderer:
-            raise CamkitError("Drawing an Explanation needs camkit.viz; import camkit (or camkit.viz) first.")
-        return _renderer[what]
+    @property
+    def num_detections(self) -> int:
+        return sum(int(labels.shape[0]) for labels in self.labels)
 
+    def combined(self) -> torch.Tensor:
+        """``(B, H, W)``: each pixel's largest map over the image's detections (zeros for an image with none)."""
+        return torch.stack([maps.amax(dim=0) if maps.shape[0] else maps.new_zeros(maps.shape[1:])
+                            for maps in self.maps])
+
+    def __repr__(self) -> str:
+        counts = _short([int(labels.shape[0]) for labels in self.labels])
+        return (f"DetectionExplanation(method={self.method!r}, layer={self.layer!r}, family={self.family!r}, "
+                f"images={len(self)}, detections={counts}, device={self.images.device})")
 
 def _short(values: list[int]) -> str:
     return str(values) if len(values) <= 8 else f"[{', '.join(map(str, values[:8]))}, ...]"
 
 
-__all__ = ["Explanation", "set_renderer"]
+__all__ = ["DetectionExplanation", "Explanation", "set_renderer"]

@@ -43,3 +43,12 @@ def offline(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def yolo():
+    """ultralytics' YOLOv8n built from its yaml (nothing downloaded), calibrated to give confident boxes."""
+    from .helpers import tiny_yolo
+
+    torch.manual_seed(0)
+    return tiny_yolo()

@@ -492,3 +492,55 @@ def random_boxes(count: int, side: int, seed: int) -> list[torch.Tensor]:
                                 generator=generator)
         boxes.append(torch.cat((corners.amin(1), corners.amax(1)), dim=1))
     return boxes
+
+
+# Detectors: random-init, built offline, small enough for a test at 64 x 64.
+def calibrated(model: torch.nn.Module, size: int = 64) -> torch.nn.Module:
+    """BatchNorm statistics taken from one random batch: random-init YOLO's activations otherwise vanish."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for norm in norms:
+        norm.momentum = 1.0
+    model.train()
+    with torch.no_grad():
+        model(torch.rand(4, 3, size, size))
+    return model.eval()
+
+
+def tiny_yolo() -> torch.nn.Module:
+    """ultralytics' YOLOv8n from its yaml (no download), normalised activations and class priors at 0.5."""
+    tasks = pytest.importorskip("ultralytics.nn.tasks")
+    model = calibrated(tasks.DetectionModel("yolov8n.yaml", verbose=False))
+    for branch in model.model[-1].cv3:  # confidences spread around 0.5 (the prior bias makes them ~1e-4)
+        torch.nn.init.normal_(branch[-1].weight, std=0.002)
+        torch.nn.init.zeros_(branch[-1].bias)
+    return model
+
+
+def tiny_detr(classes: int = 5, queries: int = 10) -> torch.nn.Module:
+    """A Hugging Face DETR with a 4-stage ResNet of 8-32 channels and one encoder and decoder layer."""
+    transformers = pytest.importorskip("transformers")
+    backbone = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 16, 32], depths=[1, 1, 1, 1],
+                                         out_features=["stage4"])
+    config = transformers.DetrConfig(
+        use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=backbone, d_model=32,
+        encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=queries, num_labels=classes)
+    model = transformers.DetrForObjectDetection(config).eval()
+    # Queries that differ, and probabilities that spread over the classes.
+    torch.nn.init.normal_(model.model.query_position_embeddings.weight, std=3.0)
+    torch.nn.init.normal_(model.class_labels_classifier.weight, std=1.0)
+    return model
+
+
+def tiny_fasterrcnn(classes: int = 5) -> torch.nn.Module:
+    """torchvision's Faster R-CNN on a 3-conv backbone (stride 8), images kept at 64 px, every box kept."""
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    backbone = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, 2, 1), torch.nn.ReLU(), torch.nn.Conv2d(8, 16, 3, 2, 1), torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 16, 3, 2, 1), torch.nn.ReLU())
+    backbone.out_channels = 16
+    anchors = AnchorGenerator(sizes=((16, 32),), aspect_ratios=((0.5, 1.0, 2.0),))
+    return FasterRCNN(backbone, num_classes=classes, rpn_anchor_generator=anchors, min_size=64, max_size=64,
+                      box_score_thresh=0.0, rpn_pre_nms_top_n_test=40, rpn_post_nms_top_n_test=12).eval()

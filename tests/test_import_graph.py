@@ -15,7 +15,7 @@ PACKAGE = ROOT / "camkit"
 STOREYS: list[tuple[str, ...]] = [
     ("camkit.errors",),
     ("camkit.ops", "camkit.modes", "camkit.layouts", "camkit.calls"),
-    ("camkit.layers", "camkit.targets", "camkit.cluster", "camkit.results"),
+    ("camkit.layers", "camkit.targets", "camkit.cluster", "camkit.results", "camkit.detection"),
     ("camkit.capture",),
     ("camkit.explainers",),
     ("camkit.metrics", "camkit.viz"),

@@ -8,7 +8,7 @@ input's device, and the whole call runs inside :func:`camkit.modes.explaining`.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -16,6 +16,7 @@ from torch import nn
 
 from ..calls import InputsSpec, ModelCall
 from ..capture import Capture, capture, concatenated
+from ..detection import unwrapped
 from ..errors import CamkitError, CamkitTypeError
 from ..layers import LayersSpec, auto_layer, find_layers
 from ..layouts import Reshape, patch_size_of
@@ -24,8 +25,9 @@ from ..ops.augment import COPIES, augmented_batch, identity_rows, merged_maps
 from ..ops.maps import fuse, min_max_normalise, normalised_at_size
 from ..ops.pca import principal_projection
 from ..ops.weighting import weighted_sum
-from ..results import Explanation
+from ..results import DetectionExplanation, Explanation
 from ..targets import TargetSpec, logits_of, target_rows
+from .detections import explain_detections
 
 Fuse = Literal["mean", "max"]
 # Images in a pass of copies by default, unless the input batch is larger (see Explainer's batch_size).
@@ -70,6 +72,8 @@ class Explainer:
     # Whether the map changes with the explained class (False: the target only names it). A method whose
     # options decide it (CF-CAM's weighting) sets it per instance.
     class_specific: bool = True
+    # Methods that read a classifier's class logits (CAM, Finer-CAM) cannot explain a detection's score.
+    needs_class_logits: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -87,7 +91,7 @@ class Explainer:
             raise CamkitTypeError("reshape must be a function from the layer's output to (B, K, h, w).")
         if fuse not in ("mean", "max"):
             raise CamkitError(f"fuse must be 'mean' or 'max', got {fuse!r}.")
-        self.model = model
+        self.model = unwrapped(model)  # ultralytics' YOLO() wrapper predicts without gradients; explain its network
         self.reshape = reshape
         if not isinstance(augment, bool):
             raise CamkitTypeError(f"augment must be True or False, got {augment!r}.")
@@ -136,6 +140,31 @@ class Explainer:
         """Each layer's ReLU'd map, and the first layer's channel weights (None for methods without)."""
         found = [self.layer_map_and_weights(captured) for captured in captures]
         return [layer_map.clamp_min(0) for layer_map, _ in found], found[0][1]
+
+    def explain_detections(
+        self,
+        x: torch.Tensor,
+        detections: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        score_threshold: float = 0.25,
+        max_detections: int = 20,
+        min_iou: float = 0.5,
+    ) -> DetectionExplanation:
+        """One map per detection of a detector (torchvision, ultralytics YOLO, Hugging Face DETR family).
+
+        With ``detections=None``: the detector's own detections scoring above
+        ``score_threshold`` (after its NMS), at most ``max_detections`` per image,
+        best first. With ``detections`` (one dict per image with ``boxes``
+        ``(N, 4)`` xyxy in input pixels and ``labels``, e.g. ground truth): for
+        each box, the detection of its label overlapping it most (IoU >= ``min_iou``).
+        One forward serves the batch; gradient methods get all detections'
+        gradients from batched backwards (methods with passes of their own run
+        one call per detection). See :mod:`camkit.explainers.detections`.
+        """
+        # A method that runs passes of its own (noisy copies, perturbed forwards) explains each detection alone.
+        one_pass = type(self).capture is Explainer.capture
+        return explain_detections(self, _checked_input(x), detections, (score_threshold, max_detections, min_iou),
+                                  one_pass)
 
     def _augmented_explanation(self, images: torch.Tensor, call: ModelCall, target: TargetSpec) -> Explanation:
         x, batch = call.x, call.batch

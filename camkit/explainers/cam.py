@@ -26,6 +26,7 @@ class CAM(ChannelWeightedExplainer):
     """
 
     uses_gradients = False
+    needs_class_logits = True  # a classifier's weights per class: nothing to weigh on a detector
 
     def __init__(self, model: nn.Module, target_layer: LayersSpec = None, *, fc_layer: str | nn.Module | None = None,
                  **options: Any) -> None:

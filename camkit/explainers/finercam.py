@@ -30,6 +30,8 @@ class FinerCAM(Explainer):
     base method. ``base`` is any gradient method's class (Grad-CAM).
     """
 
+    needs_class_logits = True  # rivals are other classes' logits: a detection's score has none
+
     def __init__(self, model: nn.Module, target_layer: LayersSpec = None, *, alpha: float = 1.0,
                  reference_ranks: tuple[int, ...] = (1, 2, 3), base: type[Explainer] = GradCAM,
                  **options: Any) -> None:

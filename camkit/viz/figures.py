@@ -179,7 +179,11 @@ def explanation_figure(result: Explanation, alpha: float = 0.5, colormap: str = 
 
 def show_explanation(result: Explanation, **options: Any) -> None:
     """Inline in Jupyter; in a plain script, a matplotlib window (or a clear warning where none can open)."""
-    figure = explanation_figure(result, **options)
+    show_figure(explanation_figure(result, **options), "Explanation")
+
+
+def show_figure(figure: Figure, what: str) -> None:
+    """A result's figure inline in Jupyter, else in a matplotlib window (``what`` names the result in a warning)."""
     if _in_notebook():
         from IPython.display import Image, display
 
@@ -191,7 +195,7 @@ def show_explanation(result: Explanation, **options: Any) -> None:
     backend = matplotlib.get_backend().lower()
     if backend in ("agg", "pdf", "ps", "svg", "cairo", "template") or backend.startswith("module://matplotlib_inline"):
         warnings.warn(
-            f"Explanation.show(): matplotlib's backend {backend!r} cannot open a window (no display?); "
+            f"{what}.show(): matplotlib's backend {backend!r} cannot open a window (no display?); "
             "use .save('explanation.png') or .save('folder/') instead.", stacklevel=3,
         )
         return

@@ -1,0 +1,117 @@
+"""explain_detections: each detection's map equals its own call, YOLO's equals a hand-made Grad-CAM, the model is left as found."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import camkit
+from camkit.detection import DetectionScore, detector_of
+from camkit.explainers.detections import detection_gradients
+
+from ..helpers import (
+    NEEDS_CLASS_LOGITS,
+    no_hooks_left,
+    quick_options,
+    reference_capture,
+    reference_finish,
+    tiny_detr,
+    tiny_fasterrcnn,
+)
+
+# Small models: on one thread (thread hand-offs cost more than the maths, the more so on a loaded machine).
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def single_box_maps(explainer: camkit.Explainer, x: torch.Tensor, result: camkit.DetectionExplanation,
+                    image: int) -> torch.Tensor:
+    """Each detection of ``image`` explained by its own call, with the one-detection target."""
+    detector = detector_of(explainer.model)
+    return torch.cat([
+        explainer.explain(x[image:image + 1], DetectionScore(detector, box, label, key)).maps
+        for box, label, key in zip(result.boxes[image], result.labels[image].tolist(), result.keys[image].tolist())
+    ])
+
+
+def test_yolo_maps_are_grad_cam_of_each_anchors_confidence(yolo) -> None:
+    x = torch.rand(2, 3, 64, 64)
+    result = camkit.GradCAM(yolo).explain_detections(x, score_threshold=0.5, max_detections=4)
+    assert result.layer == "model.15" and result.family == "ultralytics" and [len(s) for s in result.scores] == [4, 4]
+    for image in range(2):
+        for row, (label, anchor) in enumerate(zip(result.labels[image].tolist(), result.keys[image].tolist())):
+            activations, gradients = reference_capture(
+                yolo, yolo.model[15], x[image:image + 1], lambda output, label=label, anchor=anchor: output[0][:, 4 + label, anchor])
+            expected = reference_finish((gradients.mean((2, 3), keepdim=True) * activations).sum(1), (64, 64))
+            np.testing.assert_allclose(result.maps[image][row:row + 1].numpy(), expected, atol=1e-4)
+        # Different detections, different maps.
+        assert float((result.maps[image][0] - result.maps[image][1]).abs().max()) > 0.05
+    assert all(p.grad is None for p in yolo.parameters())
+
+
+@pytest.mark.parametrize("build", [tiny_detr, tiny_fasterrcnn], ids=["detr", "fasterrcnn"])
+def test_each_detection_map_equals_its_single_box_call(build) -> None:
+    model = build()
+    x = torch.rand(2, 3, 64, 64)
+    explainer = camkit.GradCAMPlusPlus(model)
+    result = explainer.explain_detections(x, score_threshold=0.0, max_detections=3)
+    assert [len(maps) for maps in result.maps] == [3, 3]
+    for image in range(2):
+        torch.testing.assert_close(result.maps[image], single_box_maps(explainer, x, result, image), atol=1e-5, rtol=0)
+        assert float((result.maps[image][0] - result.maps[image][2]).abs().max()) > 1e-3
+    assert all(bool((maps >= 0).all() and (maps <= 1).all()) for maps in result.maps)
+
+
+@pytest.mark.parametrize("vmapped", [True, False])
+def test_batched_backwards_equal_one_backward_per_score(vmapped: bool) -> None:
+    weights = torch.randn(3, 5)
+    activations = torch.rand(2, 3, requires_grad=True)
+    outputs = activations @ weights
+    image_index = torch.tensor([0, 0, 1, 1])
+    scores = torch.stack([outputs[0, 1], outputs[0, 4] ** 2, outputs[1, 0], outputs[1, 2].exp()])
+    expected = [torch.autograd.grad(score, activations, retain_graph=True)[0][image] for score, image in
+                zip(scores, image_index)]
+    batched = detection_gradients(scores, [activations], image_index, vmapped=vmapped)[0]
+    torch.testing.assert_close(batched, torch.stack(expected))
+
+
+@pytest.mark.parametrize("name", sorted(camkit.METHODS))
+def test_every_method_explains_yolo_detections(yolo, name: str) -> None:
+    cls = camkit.METHODS[name]
+    explainer = cls(yolo, **quick_options(cls))
+    x = torch.rand(1, 3, 64, 64)
+    if name in NEEDS_CLASS_LOGITS:
+        with pytest.raises(camkit.CamkitError, match="detector"):
+            explainer.explain_detections(x)
+        return
+    flags = {module: module.training for module in yolo.modules()}
+    with torch.inference_mode():
+        result = explainer.explain_detections(x, score_threshold=0.5, max_detections=2)
+    maps = result.maps[0]
+    assert maps.shape == (2, 64, 64) and bool(torch.isfinite(maps).all()) and float(maps.amax()) == 1.0
+    torch.testing.assert_close(maps, single_box_maps(explainer, x, result, 0), atol=1e-5, rtol=0)
+    assert no_hooks_left(yolo) and all(module.training == flag for module, flag in flags.items())
+    assert all(p.grad is None for p in yolo.parameters())
+
+
+def test_given_boxes_are_explained_and_an_unmatched_box_gets_an_empty_map(yolo) -> None:
+    x = torch.rand(1, 3, 64, 64)
+    explainer = camkit.GradCAM(yolo)
+    own = explainer.explain_detections(x, score_threshold=0.5, max_detections=2)
+    given = [{"boxes": torch.cat([own.boxes[0][1:] + 0.5, torch.tensor([[0.0, 0.0, 2.0, 2.0]])]),
+              "labels": torch.cat([own.labels[0][1:], torch.tensor([7])])}]
+    result = explainer.explain_detections(x, given, score_threshold=0.5)
+    torch.testing.assert_close(result.maps[0][0], own.maps[0][1])
+    assert result.keys[0].tolist() == [int(own.keys[0][1]), -1] and float(result.scores[0][1]) == 0.0
+    assert float(result.maps[0][1].abs().max()) == 0.0
+
+
+def test_refusals_say_what_to_do(yolo) -> None:
+    x = torch.rand(1, 3, 64, 64)
+    with pytest.raises(camkit.CamkitTypeError, match="not a detector"):
+        camkit.GradCAM(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())).explain_detections(x)
+    with pytest.raises(camkit.CamkitError, match="augment"):
+        camkit.GradCAM(yolo, augment=True).explain_detections(x)
+    with pytest.raises(camkit.CamkitError, match="max_detections"):
+        camkit.GradCAM(yolo).explain_detections(x, max_detections=0)
+    nothing = camkit.GradCAM(yolo).explain_detections(x, score_threshold=0.999)
+    assert nothing.num_detections == 0 and nothing.maps[0].shape == (0, 64, 64) and nothing.combined().shape == (1, 64, 64)
