@@ -6,9 +6,10 @@ from importlib.metadata import PackageNotFoundError, version
 from . import cluster, metrics, modes, viz
 from .errors import CamkitError, CamkitTypeError, MissingDependency
 from .explainers import (
-    CAM, CFCAM, ISCAM, KPCACAM, METHODS, SSCAM, AblationCAM, ChannelWeightedExplainer, EigenCAM, EigenGradCAM,
-    ElementWiseExplainer, Explainer, FinerCAM, GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM,
-    ScoreCAM, SmoothGradCAMPlusPlus, XGradCAM, create, register,
+    CAM, CFCAM, ISCAM, KPCACAM, METHODS, SSCAM, AblationCAM, AttentionExplainer, AttentionRollout,
+    ChannelWeightedExplainer, EigenCAM, EigenGradCAM, ElementWiseExplainer, Explainer, FinerCAM, GradCAM,
+    GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM, LeGrad, ScoreCAM, SmoothGradCAMPlusPlus,
+    TransformerAttribution, XGradCAM, create, register,
 )
 from .results import Explanation
 from .targets import DetectionTarget, MultiLabelTarget, SegmentationTarget
@@ -33,6 +34,8 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 __all__ = [
     "AblationCAM",
+    "AttentionExplainer",
+    "AttentionRollout",
     "CAM",
     "CFCAM",
     "ISCAM",
@@ -52,6 +55,7 @@ __all__ = [
     "HiResCAM",
     "KPCACAM",
     "LayerCAM",
+    "LeGrad",
     "METHODS",
     "MissingDependency",
     "MultiLabelTarget",
@@ -59,6 +63,7 @@ __all__ = [
     "ScoreCAM",
     "SegmentationTarget",
     "SmoothGradCAMPlusPlus",
+    "TransformerAttribution",
     "XGradCAM",
     "cluster",
     "compare",

@@ -17,6 +17,7 @@ STOREYS: list[tuple[str, ...]] = [
     ("camkit.ops", "camkit.modes", "camkit.layouts"),
     ("camkit.layers", "camkit.targets", "camkit.cluster", "camkit.results"),
     ("camkit.capture",),
+    ("camkit.attention",),
     ("camkit.explainers",),
     ("camkit.metrics", "camkit.viz"),
     ("camkit.app",),

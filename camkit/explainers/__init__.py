@@ -24,9 +24,15 @@ from .sscam import SSCAM  # noqa: E402
 from .iscam import ISCAM  # noqa: E402
 from .ablationcam import AblationCAM  # noqa: E402
 
+from .attentionbase import AttentionExplainer  # noqa: E402
+from .attentionrollout import AttentionRollout  # noqa: E402
+from .transformerattribution import TransformerAttribution  # noqa: E402
+from .legrad import LeGrad  # noqa: E402
+
 
 __all__ = [
-    "AblationCAM", "CAM", "CFCAM", "ChannelWeightedExplainer", "EigenCAM", "EigenGradCAM", "ElementWiseExplainer",
-    "Explainer", "FinerCAM", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus", "HiResCAM", "ISCAM", "KPCACAM",
-    "LayerCAM", "METHODS", "SSCAM", "ScoreCAM", "SmoothGradCAMPlusPlus", "XGradCAM", "create", "register",
+    "AblationCAM", "AttentionExplainer", "AttentionRollout", "CAM", "CFCAM", "ChannelWeightedExplainer", "EigenCAM",
+    "EigenGradCAM", "ElementWiseExplainer", "Explainer", "FinerCAM", "GradCAM", "GradCAMElementWise",
+    "GradCAMPlusPlus", "HiResCAM", "ISCAM", "KPCACAM", "LayerCAM", "LeGrad", "METHODS", "SSCAM", "ScoreCAM",
+    "SmoothGradCAMPlusPlus", "TransformerAttribution", "XGradCAM", "create", "register",
 ]
