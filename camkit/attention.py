@@ -134,10 +134,15 @@ def read_attention(
     the graph between blocks; the caller then differentiates its own
     per-block scores (no gradient of the model's score is taken).
     """
+    with explaining(model):
+        return _read(model, blocks, x, target, with_gradients, separate_blocks)
+
+
+def _read(model: nn.Module, blocks: Sequence[AttentionBlock], x: torch.Tensor, target: TargetSpec,
+          with_gradients: bool, separate_blocks: bool) -> AttentionRead:
     probabilities: dict[int, list[torch.Tensor]] = {index: [] for index in range(len(blocks))}
     outputs: dict[int, torch.Tensor] = {}
-    with explaining(model), _reading(blocks, probabilities, outputs, with_gradients, separate_blocks), \
-            _grad_mode(False):
+    with _reading(blocks, probabilities, outputs, with_gradients, separate_blocks), _grad_mode(False):
         output = model(x)
     missing = [blocks[index].name for index, found in probabilities.items() if len(found) != 1]
     if missing or (separate_blocks and len(outputs) != len(blocks)):
@@ -148,14 +153,14 @@ def read_attention(
         )
     found = [probabilities[index][0] for index in range(len(blocks))]
     # nn.MultiheadAttention's probabilities come as (B * heads, N, N)
-    batch = x.shape[0]
-    laid_out = [tensor.reshape(batch, -1, *tensor.shape[-2:]) for tensor in found]
+    laid_out = [tensor.reshape(x.shape[0], -1, *tensor.shape[-2:]) for tensor in found]
     prefix, grid = _token_grid(model, laid_out[0], tuple(x.shape[2:]))
-    with _grad_mode(with_gradients and not separate_blocks):
-        scores, classes = explained_scores(output, target, x.shape[0], required=with_gradients and not separate_blocks)
+    differentiated = with_gradients and not separate_blocks
+    with _grad_mode(differentiated):
+        scores, classes = explained_scores(output, target, x.shape[0], required=differentiated)
     read = AttentionRead(laid_out, None, [outputs[index] for index in sorted(outputs)], output, scores.detach(),
                          classes, prefix, grid, found)
-    if with_gradients and not separate_blocks:
+    if differentiated:
         if not scores.requires_grad:
             raise CamkitError("The explained score does not depend on the attention of the blocks read; "
                               "explain a score the transformer computes.")
