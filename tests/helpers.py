@@ -74,6 +74,14 @@ QUICK_OPTIONS: dict[str, dict[str, int]] = {
 }
 
 
+def applicable_methods(model: torch.nn.Module) -> dict[str, type]:
+    """The entries of ``camkit.METHODS`` that can explain ``model`` (the attention methods need a transformer)."""
+    import camkit
+    from camkit.explainers import methods_for
+
+    return {name: camkit.METHODS[name] for name in methods_for(model)}
+
+
 def quick_options(cls: type) -> dict[str, int]:
     """A method's options for a loop over ``camkit.METHODS`` that must stay fast."""
     return dict(QUICK_OPTIONS.get(getattr(cls, "name", ""), {}))

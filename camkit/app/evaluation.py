@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .. import metrics
 from ..errors import CamkitError
-from ..explainers import METHODS, create
+from ..explainers import METHODS, create, methods_for
 from . import distributed
 from .io import discover, read_rgb, write_atomically
 from .models import load_model, resolve_device
@@ -59,6 +59,8 @@ def _run(args: EvaluationJob, ranks: distributed.Ranks) -> int:
         raise CamkitError(f"unknown method {', '.join(unknown)}; choose from {', '.join(METHODS)} or 'all'")
     device = resolve_device(distributed.device_for(ranks, args.device))
     loaded = load_model(args.model, args.weights, device)
+    if args.methods == "all":  # the attention methods need a transformer
+        names = methods_for(loaded.model)
     x, masks = _data(args, loaded)
     share = distributed.shard(list(range(x.shape[0])), ranks)
     x = x[share].to(device)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .base import ChannelWeightedExplainer, ElementWiseExplainer, Explainer
-from .registry import METHODS, create, register
+from .registry import METHODS, create, methods_for, register
 
 # Each import registers its method; the order is the order of camkit.METHODS.
 from .gradcam import GradCAM  # noqa: E402  (isort: skip)
@@ -34,5 +34,5 @@ __all__ = [
     "AblationCAM", "AttentionExplainer", "AttentionRollout", "CAM", "CFCAM", "ChannelWeightedExplainer", "EigenCAM",
     "EigenGradCAM", "ElementWiseExplainer", "Explainer", "FinerCAM", "GradCAM", "GradCAMElementWise",
     "GradCAMPlusPlus", "HiResCAM", "ISCAM", "KPCACAM", "LayerCAM", "LeGrad", "METHODS", "SSCAM", "ScoreCAM",
-    "SmoothGradCAMPlusPlus", "TransformerAttribution", "XGradCAM", "create", "register",
+    "SmoothGradCAMPlusPlus", "TransformerAttribution", "XGradCAM", "create", "methods_for", "register",
 ]

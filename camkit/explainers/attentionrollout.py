@@ -19,7 +19,10 @@ HeadFusion = Literal["mean", "max", "min"]
 @register("attentionrollout", paper="Abnar & Zuidema, Quantifying Attention Flow in Transformers, ACL 2020 "
                                     "(arXiv:2005.00928)")
 class AttentionRollout(AttentionExplainer):
-    """R = Ã_L ... Ã_1 with Ã = rows-normalised (fuse_h(A) + I) / 2; the map is the class token's row of R.
+    """The class token's row of the product of the blocks' head-fused attention, each averaged with the identity.
+
+    R = Ã_L ... Ã_1 with Ã = (fuse_h(A) + I) / 2, rows normalised to sum 1;
+    the map is the class token's row of R over the patch tokens.
 
     ``head_fusion``: the heads' probabilities fused by ``"mean"`` (the paper),
     ``"max"`` or ``"min"``. ``discard_ratio``: per image and block, that

@@ -20,7 +20,9 @@ ScoreProjection = Callable[[torch.Tensor], torch.Tensor]
 @register("legrad", paper="Bousselham et al., LeGrad: An Explainability Method for Vision Transformers via Feature "
                           "Formation Sensitivity, ICCV 2025 (arXiv:2404.03214)")
 class LeGrad(AttentionExplainer):
-    """Map = mean over blocks l of mean over heads and queries of ReLU(ds^l / dA^l), keys = patch tokens.
+    """Each block's positive gradient of its own class score by its attention, averaged over heads, queries, blocks.
+
+    Map = mean over blocks l of mean over heads and queries of ReLU(ds^l / dA^l), keys = patch tokens.
 
     s^l is block l's class score: the model's final norm and head applied to
     the mean of block l's output tokens (the authors' code and torchcam's

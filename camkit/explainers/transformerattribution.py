@@ -13,7 +13,9 @@ from .registry import register
                                           "Interpreting Bi-Modal and Encoder-Decoder Transformers, ICCV 2021 "
                                           "(arXiv:2103.15679)")
 class TransformerAttribution(AttentionExplainer):
-    """The generic self-attention rule (Chefer et al. 2021, eq. 6): R = I; for each block in order,
+    """The class token's row of R = (I + Ā_L) ... (I + Ā_1), Ā = mean over heads of ReLU(dS/dA * A).
+
+    The generic self-attention rule (Chefer et al. 2021, eq. 6): R = I; for each block in order,
     R <- R + Ā R with Ā = mean over heads of ReLU(dS/dA * A), S the explained (raw) score and A the
     block's attention probabilities; the map is the class token's row of R over the patch tokens (the
     mean of R's rows for a model without special tokens), as the authors' code.
