@@ -105,3 +105,32 @@ def test_special_tokens_of_timm_variants_are_dropped(options: dict, prefix: int)
         explanation = cls(model).explain(torch.randn(2, 3, 32, 40), [0, 1])
         assert explanation.maps.shape == (2, 32, 40) and explanation.layer_maps.shape == (2, 4, 5)
         assert torch.isfinite(explanation.maps).all()
+
+
+def _hf(kind: str) -> torch.nn.Module:
+    import transformers
+
+    small = {"image_size": 32, "patch_size": 8, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "intermediate_size": 32, "num_labels": 5}
+    config, model = {"deit": (transformers.DeiTConfig, transformers.DeiTForImageClassificationWithTeacher),
+                     "dinov2": (transformers.Dinov2Config, transformers.Dinov2ForImageClassification),
+                     "beit": (transformers.BeitConfig, transformers.BeitForImageClassification)}[kind]
+    return model(config(**small))
+
+
+@pytest.mark.parametrize("name", ["hf:deit", "hf:dinov2", "hf:beit", "beit_base_patch16_224", "eva02_tiny_patch14_224",
+                                  "vit_base_patch16_siglip_224", "deit3_small_patch16_224"])
+def test_other_transformers_run_every_attention_method(name: str) -> None:
+    # Relative position biases (BEiT), rotary embeddings (EVA-02), an attention-pooling head (SigLIP), DeiT's
+    # two heads and DINOv2's class-and-mean head: read through the same capture, default score projection.
+    if name.startswith("hf:"):
+        model = _hf(name[3:]).eval()
+    else:
+        import timm
+
+        model = timm.create_model(name, pretrained=False, img_size=32, patch_size=8, depth=2, num_classes=5).eval()
+    x = torch.randn(2, 3, 32, 32)
+    for cls in (camkit.AttentionRollout, camkit.TransformerAttribution, camkit.LeGrad):
+        maps = cls(model)(x, [0, 3])
+        assert maps.shape == (2, 32, 32) and torch.isfinite(maps).all() and maps.max() == 1
+    assert no_hooks_left(model) and all(parameter.grad is None for parameter in model.parameters())

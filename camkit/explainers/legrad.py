@@ -79,5 +79,12 @@ def default_score_projection(model: nn.Module) -> ScoreProjection | None:
     classifiers = [getattr(model, name, None) for name in ("classifier", "cls_classifier", "distillation_classifier")]
     classifiers = [head for head in classifiers if isinstance(head, nn.Module)]
     if isinstance(layernorm, nn.Module) and classifiers:
-        return lambda tokens: torch.stack([head(layernorm(tokens.mean(dim=1))) for head in classifiers]).mean(dim=0)
+        return lambda tokens: torch.stack([head(_pooled_for(head, layernorm(tokens.mean(dim=1))))
+                                           for head in classifiers]).mean(dim=0)
     return None
+
+
+def _pooled_for(head: nn.Module, token: torch.Tensor) -> torch.Tensor:
+    # DINOv2's head reads the class token beside the mean patch token: both are the mean token here.
+    wants = getattr(head, "in_features", token.shape[-1])
+    return torch.cat([token] * (wants // token.shape[-1]), dim=-1) if wants != token.shape[-1] else token
