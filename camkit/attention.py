@@ -152,7 +152,16 @@ def _read(model: nn.Module, blocks: Sequence[AttentionBlock], x: torch.Tensor, t
             "F.scaled_dot_product_attention and softmax calls of torchvision, timm and Hugging Face attention)."
         )
     found = [probabilities[index][0] for index in range(len(blocks))]
-    # nn.MultiheadAttention's probabilities come as (B * heads, N, N)
+    for block, tensor in zip(blocks, found):
+        # nn.MultiheadAttention's probabilities come as (B * heads, N, N), the others' as (B, heads, N, N);
+        # windowed attention (Swin) has a row per window, not per image.
+        heads = block.attention.num_heads if tensor.dim() == 3 else 1
+        if tensor.shape[0] != x.shape[0] * heads:
+            raise CamkitError(
+                f"The attention of block {block.name!r} has shape {tuple(tensor.shape)}, not one (heads, N, N) "
+                f"per image of the batch of {x.shape[0]}: windowed or pooled attention (Swin) has no "
+                "token-to-token attention over the image to roll out; use a CAM method for this model."
+            )
     laid_out = [tensor.reshape(x.shape[0], -1, *tensor.shape[-2:]) for tensor in found]
     prefix, grid = _token_grid(model, laid_out[0], tuple(x.shape[2:]))
     differentiated = with_gradients and not separate_blocks

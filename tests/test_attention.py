@@ -107,6 +107,16 @@ def test_special_tokens_of_timm_variants_are_dropped(options: dict, prefix: int)
         assert torch.isfinite(explanation.maps).all()
 
 
+def test_windowed_attention_is_refused_in_one_line() -> None:
+    import torchvision
+
+    swin = torchvision.models.SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 2],
+                                              window_size=[4, 4], num_classes=5).eval()
+    with pytest.raises(camkit.CamkitError, match="windowed or pooled attention"):
+        camkit.AttentionRollout(swin)(torch.randn(2, 3, 64, 64))
+    assert no_hooks_left(swin) and not torch.overrides._is_torch_function_mode_enabled()
+
+
 def _hf(kind: str) -> torch.nn.Module:
     import transformers
 
