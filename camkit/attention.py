@@ -220,10 +220,12 @@ class _AttentionReader(TorchFunctionMode):
             logits = logits.masked_fill(~allowed, float("-inf"))
         if attn_mask is not None:
             logits = logits.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else logits + attn_mask
-        probabilities = _recorded(self.found, logits.softmax(dim=-1), self.with_gradients)
+        # In float32 for half-precision models, as fused kernels accumulate; the recorded probabilities stay float32.
+        probabilities = _recorded(self.found, logits.float().softmax(dim=-1), self.with_gradients)
+        mixing = probabilities.to(value.dtype)
         if dropout_p > 0:
-            return F.dropout(probabilities, dropout_p) @ value
-        return probabilities @ value
+            mixing = F.dropout(mixing, dropout_p)
+        return mixing @ value
 
 
 def _recorded(found: list[torch.Tensor], probabilities: torch.Tensor, with_gradients: bool) -> torch.Tensor:

@@ -144,3 +144,19 @@ def test_other_transformers_run_every_attention_method(name: str) -> None:
         maps = cls(model)(x, [0, 3])
         assert maps.shape == (2, 32, 32) and torch.isfinite(maps).all() and maps.max() == 1
     assert no_hooks_left(model) and all(parameter.grad is None for parameter in model.parameters())
+
+
+@pytest.mark.parametrize("family", VIT_FAMILIES)
+def test_half_precision_and_autocast_give_float32_maps_close_to_float32(family: str) -> None:
+    import copy
+
+    model = tiny_transformer(family)
+    x = torch.randn(2, 3, 32, 32)
+    for cls in (camkit.AttentionRollout, camkit.TransformerAttribution, camkit.LeGrad):
+        reference = cls(model)(x, [0, 1])
+        for dtype in (torch.float16, torch.bfloat16):
+            maps = cls(copy.deepcopy(model).to(dtype))(x.to(dtype), [0, 1])
+            assert maps.dtype == torch.float32 and (maps - reference).abs().mean() < 1e-2, (cls.__name__, dtype)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            maps = cls(model)(x, [0, 1])
+        assert maps.dtype == torch.float32 and (maps - reference).abs().mean() < 1e-2, cls.__name__

@@ -19,6 +19,7 @@ from ..attention import AttentionBlock, AttentionRead, attention_blocks, grid_of
 from ..capture import Capture
 from ..errors import CamkitError
 from ..layers import LayersSpec
+from ..modes import full_precision
 from ..targets import TargetSpec
 from .base import Explainer
 
@@ -55,7 +56,8 @@ class AttentionExplainer(Explainer):
     def capture(self, x: torch.Tensor, target: TargetSpec) -> list[Capture]:
         read = read_attention(self.model, self.blocks, x, target, with_gradients=self.uses_gradients,
                               separate_blocks=self.separate_blocks)
-        relevance = self.token_relevance(read, target).float()
+        with full_precision(x.device):  # the relevance in float32 also under the caller's autocast
+            relevance = self.token_relevance(read, target).float()
         scores = self.explained_scores(read)
         return [Capture(grid_of(relevance, read).detach(), None, read.output, scores, read.classes)]
 
