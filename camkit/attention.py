@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .capture import _grad_mode, explained_scores
+from .capture import _detached, _grad_mode, explained_scores
 from .errors import CamkitError
 from .layouts import patch_size_of, prefix_tokens_of, token_layout
 from .modes import explaining
@@ -155,7 +155,7 @@ def _read(model: nn.Module, blocks: Sequence[AttentionBlock], x: torch.Tensor, t
     for block, tensor in zip(blocks, found):
         # nn.MultiheadAttention's probabilities come as (B * heads, N, N), the others' as (B, heads, N, N);
         # windowed attention (Swin) has a row per window, not per image.
-        heads = block.attention.num_heads if tensor.dim() == 3 else 1
+        heads = int(getattr(block.attention, "num_heads", 1)) if tensor.dim() == 3 else 1
         if tensor.shape[0] != x.shape[0] * heads:
             raise CamkitError(
                 f"The attention of block {block.name!r} has shape {tuple(tensor.shape)}, not one (heads, N, N) "
@@ -167,7 +167,7 @@ def _read(model: nn.Module, blocks: Sequence[AttentionBlock], x: torch.Tensor, t
     differentiated = with_gradients and not separate_blocks
     with _grad_mode(differentiated):
         scores, classes = explained_scores(output, target, x.shape[0], required=differentiated)
-    read = AttentionRead(laid_out, None, [outputs[index] for index in sorted(outputs)], output, scores.detach(),
+    read = AttentionRead(laid_out, None, [outputs[index] for index in sorted(outputs)], _detached(output), scores.detach(),
                          classes, prefix, grid, found)
     if differentiated:
         if not scores.requires_grad:

@@ -82,3 +82,13 @@ def grayscale() -> nn.Module:
                           nn.Linear(4, 2))
     model.input_size = 32
     return model
+
+
+def tiny_vit() -> nn.Module:
+    """A tiny timm ViT (random init) for 32 x 32 inputs: the attention methods' command-line test."""
+    import timm
+
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2,
+                              num_classes=3)
+    model.input_size = 32
+    return model

@@ -160,3 +160,25 @@ def test_half_precision_and_autocast_give_float32_maps_close_to_float32(family: 
         with torch.autocast("cpu", dtype=torch.bfloat16):
             maps = cls(model)(x, [0, 1])
         assert maps.dtype == torch.float32 and (maps - reference).abs().mean() < 1e-2, cls.__name__
+
+
+def test_the_command_line_runs_the_attention_methods_and_all_includes_them(tmp_path) -> None:
+    import csv
+
+    from camkit.cli import main
+    from camkit.explainers import methods_for
+
+    from .helpers import ROOT, user_code_on_path
+
+    assert methods_for(tiny_transformer("timm")) == list(camkit.METHODS)
+    assert set(camkit.METHODS) - set(methods_for(tiny_cnn())) == {"attentionrollout", "transformerattribution",
+                                                                  "legrad"}
+    out = tmp_path / "out"
+    sample = sorted((ROOT / "assets" / "samples").glob("*.png"))[0]
+    methods = "attentionrollout,transformerattribution,legrad"
+    with user_code_on_path():
+        assert main(["overlay", str(sample), "-o", str(out), "--model", "factory_model:tiny_vit", "--method", methods,
+                     "--workers", "0", "--quiet"]) == 0
+    with open(out / "manifest.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert sorted(row["method"] for row in rows) == sorted(methods.split(",")) and {row["status"] for row in rows} == {"ok"}

@@ -68,18 +68,21 @@ class LeGrad(AttentionExplainer):
 
 def default_score_projection(model: nn.Module) -> ScoreProjection | None:
     """The final norm and head of a torchvision, timm or Hugging Face ViT, applied to the mean token."""
-    encoder, heads = getattr(model, "encoder", None), getattr(model, "heads", None)
-    if isinstance(getattr(encoder, "ln", None), nn.Module) and isinstance(heads, nn.Module):
-        return lambda tokens: heads(encoder.ln(tokens.mean(dim=1)))
-    norm = getattr(model, "norm", None)
-    if isinstance(norm, nn.Module) and callable(getattr(model, "forward_head", None)):
+    final_norm, heads = getattr(getattr(model, "encoder", None), "ln", None), getattr(model, "heads", None)
+    if isinstance(final_norm, nn.Module) and isinstance(heads, nn.Module):
+        torchvision_norm, torchvision_heads = final_norm, heads
+        return lambda tokens: torchvision_heads(torchvision_norm(tokens.mean(dim=1)))
+    norm, forward_head = getattr(model, "norm", None), getattr(model, "forward_head", None)
+    if isinstance(norm, nn.Module) and callable(forward_head):
+        timm_norm, timm_head = norm, forward_head
         # Every token the mean: timm's own pooling (class token or average), fc_norm and heads apply unchanged.
-        return lambda tokens: model.forward_head(norm(tokens.mean(dim=1, keepdim=True).expand_as(tokens)))
+        return lambda tokens: timm_head(timm_norm(tokens.mean(dim=1, keepdim=True).expand_as(tokens)))
     layernorm = getattr(getattr(model, "base_model", None), "layernorm", None)
-    classifiers = [getattr(model, name, None) for name in ("classifier", "cls_classifier", "distillation_classifier")]
-    classifiers = [head for head in classifiers if isinstance(head, nn.Module)]
+    found = [getattr(model, name, None) for name in ("classifier", "cls_classifier", "distillation_classifier")]
+    classifiers = [head for head in found if isinstance(head, nn.Module)]
     if isinstance(layernorm, nn.Module) and classifiers:
-        return lambda tokens: torch.stack([head(_pooled_for(head, layernorm(tokens.mean(dim=1))))
+        hf_norm = layernorm
+        return lambda tokens: torch.stack([head(_pooled_for(head, hf_norm(tokens.mean(dim=1))))
                                            for head in classifiers]).mean(dim=0)
     return None
 
