@@ -77,11 +77,14 @@ class AttentionRead:
 
 
 def is_attention(module: nn.Module) -> bool:
-    """An attention module camkit can read: ``nn.MultiheadAttention`` or a module named ``...Attention``."""
+    """An attention module camkit can read: ``nn.MultiheadAttention`` or a module named ``...Attention``,
+    not a windowed one (Swin's ``window_size``, MaxViT's partitions: no token-to-token attention over the image)."""
     if isinstance(module, nn.MultiheadAttention):
         return True
     name = type(module).__name__
-    return name.endswith("Attention") and "Pool" not in name and "Cross" not in name
+    windowed = hasattr(module, "window_size") or hasattr(getattr(module, "config", None), "window_size")
+    return (name.endswith("Attention") and not windowed
+            and not any(word in name for word in ("Pool", "Cross", "Window", "RelativePositional")))
 
 
 def attention_blocks(model: nn.Module, within: Sequence[nn.Module] | None = None) -> list[AttentionBlock]:

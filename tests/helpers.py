@@ -82,6 +82,13 @@ def applicable_methods(model: torch.nn.Module) -> dict[str, type]:
     return {name: camkit.METHODS[name] for name in methods_for(model)}
 
 
+def cam_methods() -> dict[str, type]:
+    """The entries of ``camkit.METHODS`` that explain a CNN (all but the transformer-attention methods)."""
+    import camkit
+
+    return {name: cls for name, cls in camkit.METHODS.items() if not issubclass(cls, camkit.AttentionExplainer)}
+
+
 def quick_options(cls: type) -> dict[str, int]:
     """A method's options for a loop over ``camkit.METHODS`` that must stay fast."""
     return dict(QUICK_OPTIONS.get(getattr(cls, "name", ""), {}))

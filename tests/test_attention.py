@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import camkit
-from camkit.attention import attention_blocks, read_attention
+from camkit.attention import AttentionBlock, attention_blocks, read_attention
 
 from .helpers import (
     VIT_FAMILIES, class_scores, explicit_attention_forward, no_hooks_left, tiny_cnn, tiny_transformer,
@@ -112,8 +112,14 @@ def test_windowed_attention_is_refused_in_one_line() -> None:
 
     swin = torchvision.models.SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 2],
                                               window_size=[4, 4], num_classes=5).eval()
+    assert not camkit.AttentionRollout.applies_to(swin)
+    with pytest.raises(camkit.CamkitError, match="found no attention block"):
+        camkit.AttentionRollout(swin)
+    # named by hand, a windowed block is refused when its attention shows a row per window
+    blocks = [AttentionBlock(f"features.1.{index}", swin.features[1][index], swin.features[1][index].attn)
+              for index in range(2)]
     with pytest.raises(camkit.CamkitError, match="windowed or pooled attention"):
-        camkit.AttentionRollout(swin)(torch.randn(2, 3, 64, 64))
+        read_attention(swin, blocks, torch.randn(2, 3, 64, 64), None, with_gradients=False)
     assert no_hooks_left(swin) and not torch.overrides._is_torch_function_mode_enabled()
 
 
