@@ -7,9 +7,10 @@ from . import cluster, metrics, modes, viz
 from .calls import ModelCall, Shared
 from .errors import CamkitError, CamkitTypeError, MissingDependency
 from .explainers import (
-    CAM, CFCAM, ISCAM, KPCACAM, METHODS, SSCAM, AblationCAM, ChannelWeightedExplainer, EigenCAM, EigenGradCAM,
-    ElementWiseExplainer, Explainer, FinerCAM, GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM,
-    ScoreCAM, SmoothGradCAMPlusPlus, XGradCAM, create, register,
+    CAM, CFCAM, ISCAM, KPCACAM, METHODS, SSCAM, AblationCAM, AttentionExplainer, AttentionRollout,
+    ChannelWeightedExplainer, EigenCAM, EigenGradCAM, ElementWiseExplainer, Explainer, FinerCAM, GradCAM,
+    GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM, LeGrad, ScoreCAM, SmoothGradCAMPlusPlus,
+    TransformerAttribution, XGradCAM, create, register,
 )
 from .results import Explanation
 from .targets import CaptionTarget, DetectionTarget, MultiLabelTarget, NeuronTarget, SegmentationTarget
@@ -34,6 +35,8 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 __all__ = [
     "AblationCAM",
+    "AttentionExplainer",
+    "AttentionRollout",
     "CAM",
     "CFCAM",
     "ISCAM",
@@ -54,6 +57,7 @@ __all__ = [
     "HiResCAM",
     "KPCACAM",
     "LayerCAM",
+    "LeGrad",
     "METHODS",
     "MissingDependency",
     "ModelCall",
@@ -64,6 +68,7 @@ __all__ = [
     "SegmentationTarget",
     "Shared",
     "SmoothGradCAMPlusPlus",
+    "TransformerAttribution",
     "XGradCAM",
     "cluster",
     "compare",

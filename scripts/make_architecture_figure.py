@@ -27,12 +27,15 @@ def main() -> None:
     photo = torch.tensor(load_sample_image("flower.jpg")).permute(2, 0, 1)[None].float() / 255
     image = F.interpolate(photo[:, :, 50:400, 150:500], size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
     x = (image - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
-    rows, columns, layers = [], {name: [] for name in camkit.METHODS}, []
+    # one column per method that every family can run (the attention methods need a transformer)
+    columns = {name: [] for name, cls in camkit.METHODS.items() if not issubclass(cls, camkit.AttentionExplainer)}
+    rows, layers = [], []
     for family in FAMILIES:
         model = torchvision.models.get_model(family, weights=None).eval()
         if family == "vit_b_16":
             torch.nn.init.normal_(model.heads.head.weight, std=0.02)  # zero-initialised by torchvision
-        for name, cls in camkit.METHODS.items():
+        for name in columns:
+            cls = camkit.METHODS[name]
             options = {"n_samples": 4} if name == "smoothgradcam++" else {}
             explainer = cls(model, **options)
             columns[name].append(explainer(x))

@@ -104,3 +104,13 @@ def picky() -> nn.Module:
     model = _Picky()
     model.input_size = 32
     return model
+
+
+def tiny_vit() -> nn.Module:
+    """A tiny timm ViT (random init) for 32 x 32 inputs: the attention methods' command-line test."""
+    import timm
+
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2,
+                              num_classes=3)
+    model.input_size = 32
+    return model

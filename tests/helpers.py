@@ -74,6 +74,21 @@ QUICK_OPTIONS: dict[str, dict[str, int]] = {
 }
 
 
+def applicable_methods(model: torch.nn.Module) -> dict[str, type]:
+    """The entries of ``camkit.METHODS`` that can explain ``model`` (the attention methods need a transformer)."""
+    import camkit
+    from camkit.explainers import methods_for
+
+    return {name: camkit.METHODS[name] for name in methods_for(model)}
+
+
+def cam_methods() -> dict[str, type]:
+    """The entries of ``camkit.METHODS`` that explain a CNN (all but the transformer-attention methods)."""
+    import camkit
+
+    return {name: cls for name, cls in camkit.METHODS.items() if not issubclass(cls, camkit.AttentionExplainer)}
+
+
 def quick_options(cls: type) -> dict[str, int]:
     """A method's options for a loop over ``camkit.METHODS`` that must stay fast."""
     return dict(QUICK_OPTIONS.get(getattr(cls, "name", ""), {}))
@@ -544,3 +559,121 @@ def tiny_fasterrcnn(classes: int = 5) -> torch.nn.Module:
     anchors = AnchorGenerator(sizes=((16, 32),), aspect_ratios=((0.5, 1.0, 2.0),))
     return FasterRCNN(backbone, num_classes=classes, rpn_anchor_generator=anchors, min_size=64, max_size=64,
                       box_score_thresh=0.0, rpn_pre_nms_top_n_test=40, rpn_post_nms_top_n_test=12).eval()
+
+
+# Vision Transformers of the three libraries camkit reads attention from: tiny, random-init, 32 x 32 inputs,
+# 8 x 8 patches (a 4 x 4 grid after one class token), three blocks, logits that depend on the image.
+VIT_FAMILIES = ("torchvision", "timm", "huggingface")
+
+
+def tiny_transformer(family: str, classes: int = 5, **options) -> torch.nn.Module:
+    """A tiny ViT of ``family`` in eval mode; ``options`` go to timm's ``create_model``."""
+    if family == "torchvision":
+        import torchvision
+
+        model = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=3, num_heads=2,
+                                                     hidden_dim=16, mlp_dim=32, num_classes=classes)
+        torch.nn.init.normal_(model.heads.head.weight)  # torchvision starts the head at zero
+    elif family == "timm":
+        import timm
+
+        settings = {"img_size": 32, "patch_size": 8, "depth": 3, "embed_dim": 24, "num_heads": 3, "num_classes": classes}
+        model = timm.create_model(options.pop("name", "vit_tiny_patch16_224"), pretrained=False, **{**settings, **options})
+    else:
+        import transformers
+
+        config = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=3,
+                                        num_attention_heads=2, intermediate_size=32, num_labels=classes)
+        model = transformers.ViTForImageClassification(config)
+    return model.eval()
+
+
+class _ExplicitMultiheadAttention(torch.nn.Module):
+    """torchvision's self-attention written out, for references: probabilities kept with their gradients."""
+
+    def __init__(self, attention: torch.nn.MultiheadAttention, kept: list) -> None:
+        super().__init__()
+        self.attention, self.kept = attention, kept
+
+    def forward(self, query, _key, _value, need_weights=False):
+        batch, tokens, width = query.shape
+        heads = self.attention.num_heads
+        q, k, v = F.linear(query, self.attention.in_proj_weight, self.attention.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = (t.reshape(batch, tokens, heads, width // heads).transpose(1, 2) for t in (q, k, v))
+        probabilities = (q @ k.transpose(-2, -1) / (width // heads) ** 0.5).softmax(dim=-1)
+        probabilities.retain_grad()
+        self.kept.append(probabilities)
+        mixed = (probabilities @ v).transpose(1, 2).reshape(batch, tokens, width)
+        return self.attention.out_proj(mixed), None
+
+
+def explicit_attention_forward(model: torch.nn.Module, family: str, x: torch.Tensor,
+                               block_outputs: list | None = None) -> tuple[object, list[torch.Tensor]]:
+    """A float64 copy of ``model`` run on ``x`` with its attention computed in the open (the libraries' own
+    non-fused paths, or torchvision's written out): the output and each block's probabilities ``(B, heads, N, N)``,
+    which keep their gradients. ``block_outputs`` collects each block's output tokens."""
+    import copy
+
+    twin = copy.deepcopy(model).double().requires_grad_(True)
+    kept: list[torch.Tensor] = []
+    blocks = {"torchvision": lambda: list(twin.encoder.layers), "timm": lambda: list(twin.blocks),
+              "huggingface": lambda: list(twin.vit.layers)}[family]()
+    for block in blocks:
+        if family == "torchvision":
+            block.self_attention = _ExplicitMultiheadAttention(block.self_attention, kept)
+        elif family == "timm":
+            block.attn.fused_attn = False
+
+            def keep(_module, _inputs, out) -> None:
+                out.retain_grad()
+                kept.append(out)
+
+            block.attn.attn_drop.register_forward_hook(keep)
+        if block_outputs is not None:
+            block.register_forward_hook(lambda _m, _i, out: block_outputs.append(out[0] if isinstance(out, tuple) else out))
+    if family == "huggingface":
+        twin.config._attn_implementation = "eager"
+        output = twin(x.double(), output_attentions=True)
+        for probabilities in output.attentions:
+            probabilities.retain_grad()
+            kept.append(probabilities)
+        return output, kept
+    return twin(x.double()), kept
+
+
+def class_scores(output, classes) -> torch.Tensor:
+    logits = getattr(output, "logits", output)
+    return logits.gather(1, torch.as_tensor(classes)[:, None]).squeeze(1)
+
+
+def rollout_reference(probabilities: list[torch.Tensor], prefix: int, fusion: str = "mean",
+                      discard_ratio: float = 0.0, normalise: str = "rows") -> torch.Tensor:
+    """Attention rollout in float64 from the blocks' probabilities ``(B, heads, N, N)``: the first token's row
+    of R = Ã_L ... Ã_1 over the patch tokens ``(B, N - prefix)``. ``normalise="columns"`` divides column j by
+    the sum of row j instead, as the popular vit-explain script's ``a / a.sum(dim=-1)`` does."""
+    tokens = probabilities[0].shape[-1]
+    eye = torch.eye(tokens, dtype=torch.float64)
+    rollout = eye.expand(probabilities[0].shape[0], tokens, tokens)
+    for block in probabilities:
+        fused = {"mean": lambda a: a.mean(1), "max": lambda a: a.amax(1), "min": lambda a: a.amin(1)}[fusion](block.double())
+        fused = fused.clone()
+        for image in range(fused.shape[0]):
+            flat = fused[image].reshape(-1)
+            lowest = flat.argsort()[: int(flat.numel() * discard_ratio)]
+            flat[lowest[lowest != 0]] = 0
+        mixed = (fused + eye) / 2
+        sums = mixed.sum(dim=-1)
+        mixed = mixed / (sums[:, :, None] if normalise == "rows" else sums[:, None, :])
+        rollout = mixed @ rollout
+    return rollout[:, 0, prefix:]
+
+
+def chefer_reference(probabilities: list[torch.Tensor], gradients: list[torch.Tensor], prefix: int) -> torch.Tensor:
+    """Chefer et al.'s generic rule in float64, as their code: R = I; R += mean_h((dS/dA * A)^+) @ R per block;
+    the first token's row over the patch tokens."""
+    tokens = probabilities[0].shape[-1]
+    relevance = torch.eye(tokens, dtype=torch.float64).repeat(probabilities[0].shape[0], 1, 1)
+    for block, gradient in zip(probabilities, gradients):
+        averaged = (gradient.double() * block.double()).clamp(min=0).mean(dim=1)
+        relevance = relevance + averaged @ relevance
+    return relevance[:, 0, prefix:]

@@ -17,6 +17,7 @@ STOREYS: list[tuple[str, ...]] = [
     ("camkit.ops", "camkit.modes", "camkit.layouts", "camkit.calls"),
     ("camkit.layers", "camkit.targets", "camkit.cluster", "camkit.results", "camkit.detection"),
     ("camkit.capture",),
+    ("camkit.attention",),
     ("camkit.explainers",),
     ("camkit.metrics", "camkit.viz"),
     ("camkit.app",),

@@ -11,7 +11,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, Semanti
 
 import camkit
 
-from .helpers import NEEDS_CLASS_LOGITS, NEEDS_LINEAR_HEAD, no_hooks_left, quick_options, reference_capture, user_code_on_path
+from .helpers import NEEDS_CLASS_LOGITS, NEEDS_LINEAR_HEAD, applicable_methods, no_hooks_left, quick_options, reference_capture, user_code_on_path
 
 
 def _peer(model, layers, x, targets):
@@ -45,7 +45,7 @@ def test_r3d_maps_have_the_volume_size_and_match_the_peer() -> None:
 def test_every_method_on_video_models(name: str) -> None:
     model = torchvision.models.get_model(name, weights=None, num_classes=4).eval()
     x = torch.randn(1, 3, 8, 64, 64)
-    for method, cls in camkit.METHODS.items():
+    for method, cls in applicable_methods(model).items():
         maps = cls(model, **quick_options(cls))(x)
         assert maps.shape == (1, 8, 64, 64) and torch.isfinite(maps).all() and maps.max() <= 1, method
     assert no_hooks_left(model)
@@ -72,7 +72,7 @@ def test_tiny_3d_unet_with_a_segmentation_target() -> None:
     x = torch.randn(2, 1, 8, 16, 16)
     mask = torch.zeros(8, 16, 16)
     mask[2:6, 4:12, 4:12] = 1
-    for method, cls in camkit.METHODS.items():
+    for method, cls in applicable_methods(model).items():
         options = quick_options(cls)
         if method in NEEDS_CLASS_LOGITS:  # a segmenter's callable target is no class of the logits
             with pytest.raises(camkit.CamkitError, match="not a callable|compares class logits"):
@@ -160,7 +160,7 @@ def test_multi_layer_fusion_equals_the_per_layer_maps_averaged() -> None:
     flat = stacked_max.flatten(1)
     expected = (stacked_max - flat.min(1).values[:, None, None]) / (flat.max(1).values - flat.min(1).values)[:, None, None]
     torch.testing.assert_close(maxed, expected, atol=1e-6, rtol=0)
-    for name, cls in camkit.METHODS.items():  # every explainer fuses, in one pass
+    for name, cls in applicable_methods(model).items():  # every explainer fuses, in one pass
         if name in NEEDS_LINEAR_HEAD:  # no classifier reads layer3's 256 channels
             with pytest.raises(camkit.CamkitError, match="256 channels"):
                 cls(model, layers, **quick_options(cls))(x)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from .. import metrics
 from ..errors import CamkitError
-from ..explainers import METHODS, create
+from ..explainers import METHODS, create, methods_for
 from . import distributed
 from .annotations import find_mask, read_boxes, scale_boxes
 from .io import discover, read_rgb, write_atomically
@@ -105,6 +105,8 @@ def _run(args: EvaluationJob, ranks: distributed.Ranks) -> int:
         raise CamkitError(f"unknown method {', '.join(unknown)}; choose from {', '.join(METHODS)} or 'all'")
     device = resolve_device(distributed.device_for(ranks, args.device))
     loaded = load_model(args.model, args.weights, device)
+    if args.methods == "all":  # the attention methods need a transformer
+        names = methods_for(loaded.model)
     data = _data(args, loaded)
     data = data.take(distributed.shard(list(range(data.x.shape[0])), ranks), device)
     scored = [_score(name, create(name, loaded.model, args.layer), loaded.model, data, args, ranks) for name in names]

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..errors import CamkitError, model_code, raised_by_model
-from ..explainers import METHODS, Explainer, create
+from ..explainers import METHODS, Explainer, create, methods_for
 from ..layers import dry_run
 from ..modes import evaluation
 from ..results import Explanation
@@ -182,6 +182,8 @@ def plan(job: OverlayJob, ranks: distributed.Ranks | None = None) -> Plan:
     mean, std = (mean, std) if job.normalize is not None else (loaded.mean, loaded.std)
     size = (job.input_size, job.input_size) if job.input_size else loaded.input_size
     target = None if job.target == "top1" else _class_index(job.target, loaded)
+    if job.method == "all":  # the attention methods need a transformer
+        methods = methods_for(loaded.model)
     explainers = {name: create(name, loaded.model, job.layer) for name in methods}
     _preflight(loaded, explainers, size, device)
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .base import ChannelWeightedExplainer, ElementWiseExplainer, Explainer
-from .registry import METHODS, create, register
+from .registry import METHODS, create, methods_for, register
 
 # Each import registers its method; the order is the order of camkit.METHODS.
 from .gradcam import GradCAM  # noqa: E402  (isort: skip)
@@ -24,9 +24,15 @@ from .sscam import SSCAM  # noqa: E402
 from .iscam import ISCAM  # noqa: E402
 from .ablationcam import AblationCAM  # noqa: E402
 
+from .attentionbase import AttentionExplainer  # noqa: E402
+from .attentionrollout import AttentionRollout  # noqa: E402
+from .transformerattribution import TransformerAttribution  # noqa: E402
+from .legrad import LeGrad  # noqa: E402
+
 
 __all__ = [
-    "AblationCAM", "CAM", "CFCAM", "ChannelWeightedExplainer", "EigenCAM", "EigenGradCAM", "ElementWiseExplainer",
-    "Explainer", "FinerCAM", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus", "HiResCAM", "ISCAM", "KPCACAM",
-    "LayerCAM", "METHODS", "SSCAM", "ScoreCAM", "SmoothGradCAMPlusPlus", "XGradCAM", "create", "register",
+    "AblationCAM", "AttentionExplainer", "AttentionRollout", "CAM", "CFCAM", "ChannelWeightedExplainer", "EigenCAM",
+    "EigenGradCAM", "ElementWiseExplainer", "Explainer", "FinerCAM", "GradCAM", "GradCAMElementWise",
+    "GradCAMPlusPlus", "HiResCAM", "ISCAM", "KPCACAM", "LayerCAM", "LeGrad", "METHODS", "SSCAM", "ScoreCAM",
+    "SmoothGradCAMPlusPlus", "TransformerAttribution", "XGradCAM", "create", "methods_for", "register",
 ]

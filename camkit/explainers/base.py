@@ -103,6 +103,12 @@ class Explainer:
         self.batch_size = batch_size
         self.layers: list[tuple[str, nn.Module]] = find_layers(model, target_layer)
 
+    @classmethod
+    def applies_to(cls, model: nn.Module) -> bool:
+        """Whether the method can explain ``model`` at all (``--method all`` runs those that can): every CAM
+        method can; the attention methods need transformer blocks."""
+        return True
+
     @property
     def target_layer_name(self) -> str | None:
         """The explained layer's dotted name (several joined by '+'); None until chosen."""

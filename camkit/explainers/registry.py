@@ -59,4 +59,10 @@ def create(method: str | type[Explainer], model: nn.Module, target_layer: Any = 
     return cls(model, target_layer, **options)
 
 
-__all__ = ["METHODS", "create", "register"]
+def methods_for(model: nn.Module) -> list[str]:
+    """The registered methods that can explain ``model`` (``--method all``): every CAM method; the attention
+    methods only where the model has transformer blocks."""
+    return [name for name, cls in METHODS.items() if cls.applies_to(model)]
+
+
+__all__ = ["METHODS", "create", "methods_for", "register"]

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import MissingDependency
-from ..explainers import METHODS, create
+from ..explainers import create, methods_for
 from ..modes import evaluation
 from ..ops.images import display_images
 from .figures import overlay_grid
@@ -48,7 +48,7 @@ def interact(
     except ImportError:
         raise MissingDependency("The interactive view needs ipywidgets: pip install 'camkit[widgets]'") from None
 
-    methods = list(methods or METHODS)
+    methods = list(methods or methods_for(model))
     shown = images if images is not None else display_images(x)
     with torch.no_grad(), evaluation(model):
         logits = model(x)

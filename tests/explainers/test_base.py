@@ -10,7 +10,7 @@ import torchvision
 
 import camkit
 
-from ..helpers import NEEDS_LINEAR_HEAD, no_hooks_left, quick_options
+from ..helpers import NEEDS_LINEAR_HEAD, applicable_methods, no_hooks_left, quick_options
 
 
 def test_model_left_as_found() -> None:
@@ -20,7 +20,7 @@ def test_model_left_as_found() -> None:
     flags = [p.requires_grad for p in model.parameters()]
     bn_stats = model.bn1.running_mean.clone()
     x = torch.randn(2, 3, 64, 64)
-    for cls in camkit.METHODS.values():
+    for cls in applicable_methods(model).values():
         cls(model, **quick_options(cls))(x)
         assert model.training and all(m.training for m in model.modules())
         assert [p.requires_grad for p in model.parameters()] == flags
@@ -35,7 +35,7 @@ def test_constant_map_is_zeros_not_nan() -> None:
         torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2)
     )
     torch.nn.init.zeros_(model[3].weight)  # every gradient is zero
-    for cls in camkit.METHODS.values():
+    for cls in applicable_methods(model).values():
         maps = cls(model, "0", **quick_options(cls))(torch.randn(2, 3, 16, 16))
         assert torch.isfinite(maps).all()
         # Eigen-CAM and KPCA-CAM ignore the class; CF-CAM's softmax of all-zero weights is uniform, and so
@@ -115,7 +115,7 @@ def test_a_map_flat_at_the_layer_is_zeros_not_noise() -> None:
     # which min-max normalisation used to stretch into a {0, 0.5, 1} pattern.
     model = torchvision.models.vgg11(num_classes=10).eval()
     x = torch.randn(2, 3, 32, 32)
-    for name, cls in camkit.METHODS.items():
+    for name, cls in applicable_methods(model).items():
         if name in NEEDS_LINEAR_HEAD:  # vgg's head takes 512 x 7 x 7 inputs, not the 512 channels
             with pytest.raises(camkit.CamkitError, match="linear classifier from the layer's 512 channels"):
                 cls(model, "features", **quick_options(cls))(x)
@@ -155,7 +155,7 @@ def test_create_takes_a_name_or_a_class() -> None:
 def test_options_shared_by_every_method_pass_through_to_the_base() -> None:
     model = torchvision.models.resnet18(num_classes=4).eval()
     swap = lambda tensor: tensor  # noqa: E731 - an identity reshape
-    for cls in camkit.METHODS.values():
+    for cls in applicable_methods(model).values():
         explainer = cls(model, ["layer3", "layer4"], reshape=swap, fuse="max")
         assert explainer.fuse == "max" and explainer.reshape is swap
         with pytest.raises(camkit.CamkitError, match="fuse must be"):
