@@ -10,6 +10,7 @@ from .explainers import (
     ElementWiseExplainer, Explainer, FinerCAM, GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM,
     ScoreCAM, SmoothGradCAMPlusPlus, XGradCAM, create, register,
 )
+from .explainers import FEM, RandomCAM, SegEigenCAM, ShapleyCAM
 from .results import Explanation
 from .targets import DetectionTarget, MultiLabelTarget, SegmentationTarget
 from .viz import compare, interactive
@@ -45,6 +46,7 @@ __all__ = [
     "ElementWiseExplainer",
     "Explainer",
     "Explanation",
+    "FEM",
     "FinerCAM",
     "GradCAM",
     "GradCAMElementWise",
@@ -55,9 +57,12 @@ __all__ = [
     "METHODS",
     "MissingDependency",
     "MultiLabelTarget",
+    "RandomCAM",
     "SSCAM",
     "ScoreCAM",
+    "SegEigenCAM",
     "SegmentationTarget",
+    "ShapleyCAM",
     "SmoothGradCAMPlusPlus",
     "XGradCAM",
     "cluster",

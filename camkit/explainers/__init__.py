@@ -18,6 +18,10 @@ from .layercam import LayerCAM  # noqa: E402
 from .eigengradcam import EigenGradCAM  # noqa: E402
 from .kpcacam import KPCACAM  # noqa: E402
 from .finercam import FinerCAM  # noqa: E402
+from .shapleycam import ShapleyCAM  # noqa: E402
+from .fem import FEM  # noqa: E402
+from .segeigencam import SegEigenCAM  # noqa: E402
+from .randomcam import RandomCAM  # noqa: E402
 
 from .scorecam import ScoreCAM  # noqa: E402
 from .sscam import SSCAM  # noqa: E402
@@ -27,6 +31,6 @@ from .ablationcam import AblationCAM  # noqa: E402
 
 __all__ = [
     "AblationCAM", "CAM", "CFCAM", "ChannelWeightedExplainer", "EigenCAM", "EigenGradCAM", "ElementWiseExplainer",
-    "Explainer", "FinerCAM", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus", "HiResCAM", "ISCAM", "KPCACAM",
-    "LayerCAM", "METHODS", "SSCAM", "ScoreCAM", "SmoothGradCAMPlusPlus", "XGradCAM", "create", "register",
+    "Explainer", "FEM", "FinerCAM", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus", "HiResCAM", "ISCAM", "KPCACAM",
+    "LayerCAM", "METHODS", "RandomCAM", "SSCAM", "ScoreCAM", "SegEigenCAM", "ShapleyCAM", "SmoothGradCAMPlusPlus", "XGradCAM", "create", "register",
 ]
