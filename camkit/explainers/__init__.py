@@ -22,6 +22,7 @@ from .shapleycam import ShapleyCAM  # noqa: E402
 from .fem import FEM  # noqa: E402
 from .segeigencam import SegEigenCAM  # noqa: E402
 from .randomcam import RandomCAM  # noqa: E402
+from .refinecam import RefineCAM  # noqa: E402
 
 from .scorecam import ScoreCAM  # noqa: E402
 from .sscam import SSCAM  # noqa: E402
@@ -32,5 +33,5 @@ from .ablationcam import AblationCAM  # noqa: E402
 __all__ = [
     "AblationCAM", "CAM", "CFCAM", "ChannelWeightedExplainer", "EigenCAM", "EigenGradCAM", "ElementWiseExplainer",
     "Explainer", "FEM", "FinerCAM", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus", "HiResCAM", "ISCAM", "KPCACAM",
-    "LayerCAM", "METHODS", "RandomCAM", "SSCAM", "ScoreCAM", "SegEigenCAM", "ShapleyCAM", "SmoothGradCAMPlusPlus", "XGradCAM", "create", "register",
+    "LayerCAM", "METHODS", "RandomCAM", "RefineCAM", "SSCAM", "ScoreCAM", "SegEigenCAM", "ShapleyCAM", "SmoothGradCAMPlusPlus", "XGradCAM", "create", "register",
 ]
