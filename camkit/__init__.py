@@ -10,7 +10,7 @@ from .explainers import (
     ElementWiseExplainer, Explainer, FinerCAM, GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM,
     ScoreCAM, SmoothGradCAMPlusPlus, XGradCAM, create, register,
 )
-from .explainers import FEM, RandomCAM, RefineCAM, SegEigenCAM, ShapleyCAM
+from .explainers import FEM, DeepFeatureFactorization, RandomCAM, RefineCAM, SegEigenCAM, ShapleyCAM
 from .results import Explanation
 from .targets import DetectionTarget, MultiLabelTarget, SegmentationTarget
 from .viz import compare, interactive
@@ -40,6 +40,7 @@ __all__ = [
     "CamkitError",
     "CamkitTypeError",
     "ChannelWeightedExplainer",
+    "DeepFeatureFactorization",
     "DetectionTarget",
     "EigenCAM",
     "EigenGradCAM",

@@ -23,6 +23,7 @@ from .fem import FEM  # noqa: E402
 from .segeigencam import SegEigenCAM  # noqa: E402
 from .randomcam import RandomCAM  # noqa: E402
 from .refinecam import RefineCAM  # noqa: E402
+from .dff import DeepFeatureFactorization  # noqa: E402
 
 from .scorecam import ScoreCAM  # noqa: E402
 from .sscam import SSCAM  # noqa: E402
@@ -31,7 +32,7 @@ from .ablationcam import AblationCAM  # noqa: E402
 
 
 __all__ = [
-    "AblationCAM", "CAM", "CFCAM", "ChannelWeightedExplainer", "EigenCAM", "EigenGradCAM", "ElementWiseExplainer",
+    "AblationCAM", "CAM", "CFCAM", "DeepFeatureFactorization", "ChannelWeightedExplainer", "EigenCAM", "EigenGradCAM", "ElementWiseExplainer",
     "Explainer", "FEM", "FinerCAM", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus", "HiResCAM", "ISCAM", "KPCACAM",
     "LayerCAM", "METHODS", "RandomCAM", "RefineCAM", "SSCAM", "ScoreCAM", "SegEigenCAM", "ShapleyCAM", "SmoothGradCAMPlusPlus", "XGradCAM", "create", "register",
 ]
