@@ -12,6 +12,7 @@ from .explainers import (
     GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM, LeGrad, ScoreCAM, SmoothGradCAMPlusPlus,
     TransformerAttribution, XGradCAM, create, register,
 )
+from .explainers import FEM, DeepFeatureFactorization, RandomCAM, RefineCAM, SegEigenCAM, ShapleyCAM
 from .results import Explanation
 from .targets import CaptionTarget, DetectionTarget, MultiLabelTarget, NeuronTarget, SegmentationTarget
 from .viz import compare, interactive
@@ -44,12 +45,14 @@ __all__ = [
     "CamkitTypeError",
     "CaptionTarget",
     "ChannelWeightedExplainer",
+    "DeepFeatureFactorization",
     "DetectionTarget",
     "EigenCAM",
     "EigenGradCAM",
     "ElementWiseExplainer",
     "Explainer",
     "Explanation",
+    "FEM",
     "FinerCAM",
     "GradCAM",
     "GradCAMElementWise",
@@ -63,10 +66,14 @@ __all__ = [
     "ModelCall",
     "MultiLabelTarget",
     "NeuronTarget",
+    "RandomCAM",
+    "RefineCAM",
     "SSCAM",
     "ScoreCAM",
+    "SegEigenCAM",
     "SegmentationTarget",
     "Shared",
+    "ShapleyCAM",
     "SmoothGradCAMPlusPlus",
     "TransformerAttribution",
     "XGradCAM",

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .calls import as_call
 from .capture import _detached, _grad_mode, explained_scores
 from .errors import CamkitError
 from .layouts import patch_size_of, prefix_tokens_of, token_layout
@@ -146,7 +147,7 @@ def _read(model: nn.Module, blocks: Sequence[AttentionBlock], x: torch.Tensor, t
     probabilities: dict[int, list[torch.Tensor]] = {index: [] for index in range(len(blocks))}
     outputs: dict[int, torch.Tensor] = {}
     with _reading(blocks, probabilities, outputs, with_gradients, separate_blocks), _grad_mode(False):
-        output = model(x)
+        output = as_call(model, x).run(model)
     missing = [blocks[index].name for index, found in probabilities.items() if len(found) != 1]
     if missing or (separate_blocks and len(outputs) != len(blocks)):
         raise CamkitError(

@@ -159,15 +159,16 @@ def explained_scores(
         return torch.full((batch_size,), float("nan"), device=device), None
 
 
-def layer_gradients(scores: torch.Tensor, tensors: list[torch.Tensor], layers: Layers) -> list[torch.Tensor]:
-    """dS/dA for every captured layer, in one backward that stops at the first layer."""
+def layer_gradients(scores: torch.Tensor, tensors: list[torch.Tensor], layers: Layers, *,
+                    create_graph: bool = False) -> list[torch.Tensor]:
+    """dS/dA for every captured layer, in one backward that stops at the first layer (``create_graph``: differentiable)."""
     if not scores.requires_grad:
         raise CamkitError(
             f"The explained score does not depend on the target layer {layers[0][0]!r}; "
             "choose a layer on the path from the input to that score."
         )
     with _grad_mode(True), model_code():
-        found = torch.autograd.grad(scores.sum(), tensors, allow_unused=True)
+        found = torch.autograd.grad(scores.sum(), tensors, allow_unused=True, create_graph=create_graph)
     return [g if g is not None else torch.zeros_like(a) for g, a in zip(found, tensors)]
 
 

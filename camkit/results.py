@@ -178,4 +178,21 @@ def _short(values: list[int]) -> str:
     return str(values) if len(values) <= 8 else f"[{', '.join(map(str, values[:8]))}, ...]"
 
 
-__all__ = ["DetectionExplanation", "Explanation", "set_renderer"]
+@dataclass(repr=False)
+class FactorizationExplanation(Explanation):
+    """Deep Feature Factorization's result: an :class:`Explanation` plus the concepts the batch was factorised into.
+
+    ``concept_maps`` ``(B, n, H, W)`` in [0, 1] (each normalised on its own);
+    ``concepts`` ``(K, n)``: each concept's embedding in the layer's channel
+    space; ``concept_scores`` ``(n, classes)``: the head applied to each
+    concept (None without a head). ``maps`` is, per image, the map of the
+    concept that scores the explained class highest (without a head: of the
+    concept with the most energy in that image).
+    """
+
+    concept_maps: torch.Tensor | None = None
+    concepts: torch.Tensor | None = None
+    concept_scores: torch.Tensor | None = None
+
+
+__all__ = ["DetectionExplanation", "Explanation", "FactorizationExplanation", "set_renderer"]

@@ -96,22 +96,28 @@ def scores_for(output: Any, target: TargetSpec, batch_size: int) -> tuple[torch.
     return logits.gather(1, classes[:, None]).squeeze(1), classes
 
 
-def contrastive_scores(logits: torch.Tensor, classes: torch.Tensor, ranks: Sequence[int], alpha: float) -> torch.Tensor:
+def contrastive_scores(logits: torch.Tensor, classes: torch.Tensor, ranks: Sequence[int], alpha: float, *,
+                       rivals: torch.Tensor | None = None, weighting: str = "softmax") -> torch.Tensor:
     """Finer-CAM's score ``(B,)``: z_c - alpha * sum_i q_i z_i over the rivals at ``ranks`` of |z_i - z_c|.
 
     q is the softmax over the rivals' logits, which equals the authors'
-    p_i / sum_j p_j (p the softmax over all classes) without their 1e-9.
+    p_i / sum_j p_j (p the softmax over all classes) without their 1e-9;
+    ``weighting="mean"`` takes q_i = 1 / n instead (torchcam's rule).
     Rank 0 is the target itself (first whatever ties); ranks past the last
     class are dropped, and with none left the score is the target's logit.
+    ``rivals``: explicit ``(B, n)`` rival classes instead of the ranks.
     """
     target_logits = logits.gather(1, classes[:, None]).squeeze(1)
-    kept = [rank for rank in ranks if rank < logits.shape[1]]
-    if not kept:
-        return target_logits
-    distance = (logits.detach() - target_logits.detach()[:, None]).abs()
-    distance.scatter_(1, classes[:, None], -1.0)
-    rival_logits = logits.gather(1, distance.argsort(dim=1, stable=True)[:, kept])
-    return target_logits - alpha * (rival_logits.softmax(dim=1) * rival_logits).sum(dim=1)
+    if rivals is None:
+        kept = [rank for rank in ranks if rank < logits.shape[1]]
+        if not kept:
+            return target_logits
+        distance = (logits.detach() - target_logits.detach()[:, None]).abs()
+        distance.scatter_(1, classes[:, None], -1.0)
+        rivals = distance.argsort(dim=1, stable=True)[:, kept]
+    rival_logits = logits.gather(1, rivals)
+    weights = rival_logits.softmax(dim=1) if weighting == "softmax" else torch.full_like(rival_logits, 1 / rivals.shape[1])
+    return target_logits - alpha * (weights * rival_logits).sum(dim=1)
 
 
 def class_indices(logits: torch.Tensor, target: TargetSpec) -> torch.Tensor:

@@ -45,6 +45,18 @@ def reference_capture(model: torch.nn.Module, layer: torch.nn.Module, x: torch.T
     return store["a"].detach().double(), store["g"].double()
 
 
+def layer_output(model: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A layer's output for ``x`` from a plain hook, without gradients."""
+    store = {}
+    handle = layer.register_forward_hook(lambda _m, _i, out: store.__setitem__("a", out.detach()))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    return store["a"]
+
+
 def reference_finish(layer_maps: torch.Tensor, size: tuple[int, ...]) -> np.ndarray:
     """DESIGN.md's output rule in float64: ReLU, upsample (half-pixel centres), min-max per image."""
     mode = "bilinear" if len(size) == 2 else "trilinear"

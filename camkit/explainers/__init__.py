@@ -18,6 +18,12 @@ from .layercam import LayerCAM  # noqa: E402
 from .eigengradcam import EigenGradCAM  # noqa: E402
 from .kpcacam import KPCACAM  # noqa: E402
 from .finercam import FinerCAM  # noqa: E402
+from .shapleycam import ShapleyCAM  # noqa: E402
+from .fem import FEM  # noqa: E402
+from .segeigencam import SegEigenCAM  # noqa: E402
+from .randomcam import RandomCAM  # noqa: E402
+from .refinecam import RefineCAM  # noqa: E402
+from .dff import DeepFeatureFactorization  # noqa: E402
 
 from .scorecam import ScoreCAM  # noqa: E402
 from .sscam import SSCAM  # noqa: E402
@@ -31,8 +37,9 @@ from .legrad import LeGrad  # noqa: E402
 
 
 __all__ = [
-    "AblationCAM", "AttentionExplainer", "AttentionRollout", "CAM", "CFCAM", "ChannelWeightedExplainer", "EigenCAM",
-    "EigenGradCAM", "ElementWiseExplainer", "Explainer", "FinerCAM", "GradCAM", "GradCAMElementWise",
-    "GradCAMPlusPlus", "HiResCAM", "ISCAM", "KPCACAM", "LayerCAM", "LeGrad", "METHODS", "SSCAM", "ScoreCAM",
-    "SmoothGradCAMPlusPlus", "TransformerAttribution", "XGradCAM", "create", "methods_for", "register",
+    "AblationCAM", "AttentionExplainer", "AttentionRollout", "CAM", "CFCAM", "ChannelWeightedExplainer",
+    "DeepFeatureFactorization", "EigenCAM", "EigenGradCAM", "ElementWiseExplainer", "Explainer", "FEM", "FinerCAM",
+    "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus", "HiResCAM", "ISCAM", "KPCACAM", "LayerCAM", "LeGrad",
+    "METHODS", "RandomCAM", "RefineCAM", "SSCAM", "ScoreCAM", "SegEigenCAM", "ShapleyCAM", "SmoothGradCAMPlusPlus",
+    "TransformerAttribution", "XGradCAM", "create", "methods_for", "register",
 ]

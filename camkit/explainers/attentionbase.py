@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..attention import AttentionBlock, AttentionRead, attention_blocks, grid_of, read_attention
+from ..calls import ModelCall
 from ..capture import Capture
 from ..errors import CamkitError
 from ..layers import LayersSpec
@@ -53,7 +54,8 @@ class AttentionExplainer(Explainer):
         names = [name for name, _ in self.layers]
         return names[0] if len(names) == 1 else f"{names[0]}..{names[-1]}"
 
-    def capture(self, x: torch.Tensor, target: TargetSpec) -> list[Capture]:
+    def capture(self, call: ModelCall, target: TargetSpec) -> list[Capture]:
+        x = call.x  # the attention is read from the image alone (ModelCall's extra inputs are not passed on)
         read = read_attention(self.model, self.blocks, x, target, with_gradients=self.uses_gradients,
                               separate_blocks=self.separate_blocks)
         with full_precision(x.device):  # the relevance in float32 also under the caller's autocast

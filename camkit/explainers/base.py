@@ -29,7 +29,7 @@ from ..results import DetectionExplanation, Explanation
 from ..targets import TargetSpec, logits_of, target_rows
 from .detections import explain_detections
 
-Fuse = Literal["mean", "max"]
+Fuse = Literal["mean", "max", "product"]
 # Images in a pass of copies by default, unless the input batch is larger (see Explainer's batch_size).
 PASS_IMAGES = 8
 
@@ -46,9 +46,10 @@ class Explainer:
         reshape: optional function turning the layer's raw output into
             ``(B, K, h, w)``; overrides camkit's token / channels-last rules.
         fuse: how the maps of several layers combine: ``"mean"`` (as
-            pytorch-grad-cam) or ``"max"``; each layer's map is normalised
-            at its own resolution and upsampled first, the fused map
-            normalised again.
+            pytorch-grad-cam), ``"max"`` or ``"product"`` (RefineCAM's rule:
+            each layer's map also normalised again after upsampling); each
+            layer's map is normalised at its own resolution and upsampled
+            first, the fused map normalised again.
         augment: test-time augmentation (six flipped and intensity-scaled
             copies, maps mapped back and averaged).
         batch_size: the most images one pass through the model takes where a
@@ -89,8 +90,8 @@ class Explainer:
             raise CamkitTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
         if reshape is not None and not callable(reshape):
             raise CamkitTypeError("reshape must be a function from the layer's output to (B, K, h, w).")
-        if fuse not in ("mean", "max"):
-            raise CamkitError(f"fuse must be 'mean' or 'max', got {fuse!r}.")
+        if fuse not in ("mean", "max", "product"):
+            raise CamkitError(f"fuse must be 'mean', 'max' or 'product', got {fuse!r}.")
         self.model = unwrapped(model)  # ultralytics' YOLO() wrapper predicts without gradients; explain its network
         self.reshape = reshape
         if not isinstance(augment, bool):

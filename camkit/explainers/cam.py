@@ -19,10 +19,12 @@ from .registry import register
 class CAM(ChannelWeightedExplainer):
     """Each channel weighted by the classifier's weight for the class; no backward pass.
 
-    ``fc_layer`` names the ``nn.Linear`` after the pooling (a name or the
-    module); None takes the last ``nn.Linear`` with as many inputs as the
-    layer has channels and as many outputs as the model has classes. On a
-    GAP + linear head the map equals Grad-CAM's. The target must be a class.
+    ``fc_layer`` names the ``nn.Linear`` after the pooling, or a 1x1
+    ``nn.Conv2d`` classifier before it (SqueezeNet's; its bias and the ReLU
+    after it are left out, as torchcam), by name or as the module; None takes
+    the last such layer with as many inputs as the layer has channels and as
+    many outputs as the model has classes. On a GAP + linear head the map
+    equals Grad-CAM's. The target must be a class.
     """
 
     uses_gradients = False
@@ -32,8 +34,8 @@ class CAM(ChannelWeightedExplainer):
                  **options: Any) -> None:
         super().__init__(model, target_layer, **options)
         self.fc_layer = None if fc_layer is None else find_layer(model, fc_layer)[1]
-        if self.fc_layer is not None and not isinstance(self.fc_layer, nn.Linear):
-            raise CamkitTypeError(f"fc_layer must be an nn.Linear, got {type(self.fc_layer).__name__}.")
+        if self.fc_layer is not None and not _is_classifier(self.fc_layer):
+            raise CamkitTypeError(f"fc_layer must be an nn.Linear or a 1x1 nn.Conv2d, got {self.fc_layer!r}.")
 
     def channel_weights(self, captured: Capture) -> torch.Tensor:
         if captured.classes is None:
@@ -41,16 +43,24 @@ class CAM(ChannelWeightedExplainer):
                               "a class index or one per image, not a callable.")
         channels, classes = captured.activations.shape[1], logits_of(captured.output).shape[1]
         fc = self.fc_layer or _last_linear(self.model, channels, classes)
-        if fc.weight.shape != (classes, channels):
+        if fc.weight.shape[:2] != (classes, channels):
             raise CamkitError(f"fc_layer has weights {tuple(fc.weight.shape)}, but CAM needs (classes={classes}, "
                               f"channels={channels}); name the classifier that follows the layer's pooling.")
-        return fc.weight.detach()[captured.classes].to(captured.activations)
+        return fc.weight.detach().reshape(classes, channels)[captured.classes].to(captured.activations)
 
 
-def _last_linear(model: nn.Module, channels: int, classes: int) -> nn.Linear:
-    found = [m for m in model.modules() if isinstance(m, nn.Linear) and (m.in_features, m.out_features) == (channels, classes)]
+def _is_classifier(module: nn.Module) -> bool:
+    """An nn.Linear, or a 1x1 convolution acting as one at every position (SqueezeNet, NiN)."""
+    if isinstance(module, nn.Linear):
+        return True
+    return (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.groups == 1
+            and module.stride == (1, 1))
+
+
+def _last_linear(model: nn.Module, channels: int, classes: int) -> nn.Linear | nn.Conv2d:
+    found = [m for m in model.modules() if _is_classifier(m) and tuple(m.weight.shape[:2]) == (classes, channels)]
     if not found:
         raise CamkitError(f"CAM needs a linear classifier from the layer's {channels} channels to the {classes} "
-                          "classes (global average pooling + nn.Linear) and this model has none; pass fc_layer= "
-                          "or use Grad-CAM, which equals CAM on such a head.")
+                          "classes (global average pooling + nn.Linear, or a 1x1 convolution) and this model has "
+                          "none; pass fc_layer= or use Grad-CAM, which equals CAM on such a head.")
     return found[-1]

@@ -5,13 +5,13 @@ import torch
 
 from ..capture import Capture
 from ..ops.pca import principal_projection
-from .base import Explainer
+from .eigencam import PrincipalComponentExplainer
 from .registry import register
 
 
 @register("eigengradcam", paper="Gildenblat et al., pytorch-grad-cam: Eigen-Grad-CAM, after Muhammad & Yeasin, "
                                 "Eigen-CAM, IJCNN 2020 (arXiv:2008.00299)")
-class EigenGradCAM(Explainer):
+class EigenGradCAM(PrincipalComponentExplainer):
     """First principal component of g * A over positions, sign fixed by the channel mean of g * A.
 
     The channel mean of A would give the opposite sign on about a third of

@@ -10,13 +10,13 @@ from ..capture import Capture
 from ..errors import CamkitError
 from ..layers import LayersSpec
 from ..ops.pca import kernel_principal_projection
-from .base import Explainer
+from .eigencam import PrincipalComponentExplainer
 from .registry import register
 
 
 @register("kpcacam", paper="Karmani et al., KPCA-CAM: Visual Explainability of Deep Computer Vision Models "
                            "using Kernel PCA, MMSP 2024 (arXiv:2410.00267)")
-class KPCACAM(Explainer):
+class KPCACAM(PrincipalComponentExplainer):
     """First kernel principal component (RBF) of the activations, sign fixed; gradient-free.
 
     ``gamma`` is the RBF rate (None: 1 / channels, scikit-learn's default).

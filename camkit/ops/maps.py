@@ -45,12 +45,17 @@ def normalised_at_size(layer_maps: torch.Tensor, size: tuple[int, ...]) -> torch
     return _zero_flat(min_max_normalise(upsample(layer_maps, size)), is_flat(layer_maps))
 
 
-def fuse(layer_maps: Sequence[torch.Tensor], size: tuple[int, ...], how: Literal["mean", "max"]) -> torch.Tensor:
-    """Several layers' maps (after ReLU) fused at ``size`` by mean or max, then normalised again.
+def fuse(layer_maps: Sequence[torch.Tensor], size: tuple[int, ...],
+         how: Literal["mean", "max", "product"]) -> torch.Tensor:
+    """Several layers' maps (after ReLU) fused at ``size`` by mean, max or product, then normalised again.
 
     As pytorch-grad-cam: each layer's map is normalised at its own resolution
-    (constant ones become zeros), then upsampled.
+    (constant ones become zeros), then upsampled. For the product (RefineCAM)
+    each upsampled map is normalised once more, as each factor there is a
+    whole single-layer map, so that a layer's peak is exactly 1.
     """
+    if how == "product":
+        return min_max_normalise(torch.stack([normalised_at_size(maps, size) for maps in layer_maps]).prod(0))
     stacked = torch.stack([upsample(_zero_flat(min_max_normalise(maps), is_flat(maps)), size) for maps in layer_maps])
     return min_max_normalise(stacked.mean(0) if how == "mean" else stacked.amax(0))
 

@@ -1,10 +1,16 @@
 """Principal-component projections of a layer's positions, batched (Eigen-CAM and its relatives)."""
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
+# How a projection's arbitrary sign is fixed: Eigen-CAM's rule in camkit (correlate with the channel mean), or
+# Seg-Eigen-CAM's eq. 13 (the larger of |max| and |min| becomes the positive side).
+SignRule = Literal["channel_mean", "extreme"]
 
-def principal_projection(activations: torch.Tensor) -> torch.Tensor:
+
+def principal_projection(activations: torch.Tensor, sign: SignRule = "channel_mean") -> torch.Tensor:
     """Eigen-CAM's map: positions projected on the first principal direction, ``(B, h, w)`` or ``(B, d, h, w)``.
 
     Each channel is centred over positions; the projection on the first right
@@ -12,7 +18,8 @@ def principal_projection(activations: torch.Tensor) -> torch.Tensor:
     value, read here from the eigendecomposition of the smaller Gram matrix
     (positions x positions, or channels x channels) in float64, which is far
     cheaper than an SVD of the (positions x channels) matrix. The sign is
-    chosen to correlate positively with the channel-mean activation.
+    chosen to correlate positively with the channel-mean activation
+    (``sign="extreme"``: flipped where |min| > |max|, Seg-Eigen-CAM's eq. 13).
     """
     batch, channels = activations.shape[:2]
     positions = activations.reshape(batch, channels, -1).transpose(1, 2).double()
@@ -23,6 +30,10 @@ def principal_projection(activations: torch.Tensor) -> torch.Tensor:
     else:
         _, eigenvectors = torch.linalg.eigh(centred.transpose(1, 2) @ centred)
         projection = (centred @ eigenvectors[:, :, -1:]).squeeze(2)
+    if sign == "extreme":
+        flip = projection.amin(dim=1).abs() > projection.amax(dim=1).abs()
+        signed = projection * torch.where(flip, -1.0, 1.0).to(projection.dtype)[:, None]
+        return signed.reshape(batch, *activations.shape[2:]).to(activations.dtype)
     return _signed(projection, positions).reshape(batch, *activations.shape[2:]).to(activations.dtype)
 
 

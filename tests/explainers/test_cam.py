@@ -39,3 +39,12 @@ def test_cam_finds_the_classifier_or_says_what_to_pass() -> None:
 
 def test_cam_contract() -> None:
     check_method_contract("cam")
+
+
+def test_cam_on_a_1x1_convolution_classifier_equals_torchcam() -> None:
+    model = torchvision.models.squeezenet1_1(num_classes=6).eval()  # Conv2d(512, 6, 1), ReLU, GAP
+    x, classes = torch.randn(2, 3, 64, 64), [2, 5]
+    ours = camkit.CAM(model, "features")(x, classes)  # the 1x1 convolution found automatically
+    torch.testing.assert_close(ours, camkit.CAM(model, "features", fc_layer="classifier.1")(x, classes))
+    np.testing.assert_allclose(ours.numpy(), torchcam_maps("CAM", model, ["features"], x, classes,
+                                                           fc_layer="classifier.1"), atol=1e-4)

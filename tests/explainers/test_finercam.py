@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torchcam.methods
 import torchvision
 from pytorch_grad_cam import FinerCAM as PeerFinerCAM
 
@@ -60,3 +61,27 @@ def test_finercam_with_alpha_zero_is_its_base_method() -> None:
 
 def test_finercam_contract() -> None:
     check_method_contract("finercam")
+
+
+def test_finercam_with_explicit_comparison_classes_equals_torchcam() -> None:
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x, classes = torch.randn(2, 3, 64, 64), [1, 7]
+    references = [[2, 3, 4], [0, 5, 9]]
+    ours = camkit.FinerCAM(model, "layer4", alpha=0.6, comparison_classes=references, weighting="mean")(x, classes)
+    with torchcam.methods.FinerCAM(model, "layer4", gamma=0.6) as extractor:
+        cams = extractor(classes, model(x), comparison_idx=references, normalized=False)
+    model.zero_grad(set_to_none=True)
+    np.testing.assert_allclose(ours.numpy(), reference_finish(cams[0].detach(), (64, 64)), atol=1e-3)
+    # One list for every image, the authors' softmax weights: the rivals' logits weighted by their softmax.
+    logits = model(x).detach()
+    rivals = logits[:, [3, 4]]
+    expected = (logits.gather(1, torch.tensor(classes)[:, None])[:, 0]
+                - (rivals.softmax(1) * rivals).sum(1))
+    explained = camkit.FinerCAM(model, "layer4", comparison_classes=[3, 4]).explain(x, classes)
+    torch.testing.assert_close(explained.scores, expected)
+    with pytest.raises(camkit.CamkitError, match="explained class"):
+        camkit.FinerCAM(model, "layer4", comparison_classes=[1, 2])(x, classes)
+    with pytest.raises(camkit.CamkitError, match="rows for a batch"):
+        camkit.FinerCAM(model, "layer4", comparison_classes=[[2], [3], [4]])(x, classes)
+    with pytest.raises(camkit.CamkitError, match="weighting"):
+        camkit.FinerCAM(model, "layer4", weighting="max")

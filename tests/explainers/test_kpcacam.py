@@ -11,23 +11,14 @@ from sklearn.decomposition import KernelPCA
 import camkit
 from camkit.ops.pca import kernel_principal_projection
 
-from ..helpers import check_method_contract, matches_up_to_sign, reference_finish, signed_projections
-
-
-def _layer3(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    store = {}
-    handle = model.layer3.register_forward_hook(lambda _m, _i, out: store.__setitem__("a", out.detach()))
-    with torch.no_grad():
-        model(x)
-    handle.remove()
-    return store["a"]
+from ..helpers import check_method_contract, layer_output, matches_up_to_sign, reference_finish, signed_projections
 
 
 @pytest.mark.parametrize("gamma", [None, 0.01])
 def test_kpcacam_equals_scikit_learn_and_pytorch_grad_cam_up_to_its_sign(gamma) -> None:
     model = torchvision.models.resnet18(num_classes=10).eval()
     x = torch.randn(4, 3, 96, 96)
-    activations = _layer3(model, x)
+    activations = layer_output(model, model.layer3, x)
 
     def kernel_pca(positions: np.ndarray) -> np.ndarray:
         rate = 1.0 / positions.shape[1] if gamma is None else gamma
