@@ -211,7 +211,9 @@ def _score(name: str, explainer, model, data: EvaluationData, args, ranks: distr
             "insertion": metrics.insertion(model, batch, maps, classes, steps=args.steps),
             "average_drop": metrics.average_drop(model, batch, maps, classes),
             "increase_in_confidence": metrics.increase_in_confidence(model, batch, maps, classes),
-            "road_combined": metrics.road_combined(model, batch, maps, classes, percentiles=ROAD_PERCENTILES),
+            # Imputation noise off: its draws depend on the batch, and the table must not (torchrun, batch size).
+            "road_combined": metrics.road_combined(model, batch, maps, classes, percentiles=ROAD_PERCENTILES,
+                                                   noise=0.0),
             "class_sensitivity": metrics.pearson(maps, explainer(batch, top_two[:, 1])),
             "model_randomisation": metrics.model_randomisation(
                 lambda model_copy: create(name, model_copy, args.layer), model, batch, classes),
