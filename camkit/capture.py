@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -39,6 +39,7 @@ from .modes import explaining
 from .targets import NeuronTarget, TargetSpec, check_finite_scores, scores_for
 
 Layers = Sequence[tuple[str, nn.Module]]
+Target = TypeVar("Target")
 
 
 @dataclass
@@ -185,7 +186,7 @@ def concatenated(parts: Sequence[Capture]) -> Capture:
 
 
 @contextlib.contextmanager
-def scored_target(model: nn.Module, target: TargetSpec, call: ModelCall) -> Iterator[TargetSpec]:
+def scored_target(model: nn.Module, target: Target, call: ModelCall) -> Iterator[Target | Callable[[Any], torch.Tensor]]:
     """The target to score forwards run inside the block: ``target`` itself, or a NeuronTarget bound to its hooked layer.
 
     For methods that run the model outside :func:`capture` (perturbed forwards);
@@ -201,7 +202,7 @@ def scored_target(model: nn.Module, target: TargetSpec, call: ModelCall) -> Iter
                                prefix_tokens_of(model))
 
 
-def _neuron_layer(model: nn.Module, target: TargetSpec) -> nn.Module | None:
+def _neuron_layer(model: nn.Module, target: object) -> nn.Module | None:
     return find_layers(model, target.layer)[0][1] if isinstance(target, NeuronTarget) else None
 
 
