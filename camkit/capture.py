@@ -27,7 +27,7 @@ import contextlib
 import contextvars
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -44,6 +44,7 @@ GradientTransform = Callable[[torch.Tensor], torch.Tensor]
 # Set for one call by :func:`transformed_gradients` (per thread and task, as a context variable).
 _gradient_transform: contextvars.ContextVar[GradientTransform | None] = contextvars.ContextVar(
     "camkit_gradient_transform", default=None)
+Target = TypeVar("Target")
 
 
 @dataclass
@@ -208,7 +209,7 @@ def concatenated(parts: Sequence[Capture]) -> Capture:
 
 
 @contextlib.contextmanager
-def scored_target(model: nn.Module, target: TargetSpec, call: ModelCall) -> Iterator[TargetSpec]:
+def scored_target(model: nn.Module, target: Target, call: ModelCall) -> Iterator[Target | Callable[[Any], torch.Tensor]]:
     """The target to score forwards run inside the block: ``target`` itself, or a NeuronTarget bound to its hooked layer.
 
     For methods that run the model outside :func:`capture` (perturbed forwards);
@@ -224,7 +225,7 @@ def scored_target(model: nn.Module, target: TargetSpec, call: ModelCall) -> Iter
                                prefix_tokens_of(model))
 
 
-def _neuron_layer(model: nn.Module, target: TargetSpec) -> nn.Module | None:
+def _neuron_layer(model: nn.Module, target: object) -> nn.Module | None:
     return find_layers(model, target.layer)[0][1] if isinstance(target, NeuronTarget) else None
 
 

@@ -338,7 +338,8 @@ class NeuronTarget:
         grid = tuple(activation.shape[2:])
         if len(self.position) != len(grid) or any(not 0 <= i < n for i, n in zip(self.position, grid)):
             raise CamkitError(f"NeuronTarget position {self.position} is not on the layer's grid {grid}.")
-        return chosen[(slice(None), slice(None), *self.position)].sum(dim=1)
+        neuron: tuple[slice | int, ...] = (slice(None), slice(None), *self.position)
+        return chosen[neuron].sum(dim=1)
 
     def __call__(self, output: Any) -> torch.Tensor:
         raise CamkitError("NeuronTarget scores a layer inside the model, not its output: pass it as an explainer's "
