@@ -79,11 +79,12 @@ class AttentionRead:
 
 def is_attention(module: nn.Module) -> bool:
     """An attention module camkit can read: ``nn.MultiheadAttention`` or a module named ``...Attention``,
-    not a windowed one (Swin's ``window_size``, MaxViT's partitions: no token-to-token attention over the image)."""
+    not a windowed one (Swin's window attention, MaxViT's partitions: no token-to-token attention over the
+    image; BEiT's ``window_size`` only sizes its relative position bias)."""
     if isinstance(module, nn.MultiheadAttention):
         return True
     name = type(module).__name__
-    windowed = hasattr(module, "window_size") or hasattr(getattr(module, "config", None), "window_size")
+    windowed = hasattr(getattr(module, "config", None), "window_size")  # Hugging Face's Swin family
     return (name.endswith("Attention") and not windowed
             and not any(word in name for word in ("Pool", "Cross", "Window", "RelativePositional")))
 
