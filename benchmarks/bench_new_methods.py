@@ -22,19 +22,7 @@ from pytorch_grad_cam import FEM, DeepFeatureFactorization, RandomCAM, RefineCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 import camkit
-
-
-def floor_pass(model: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor) -> Callable[[], object]:
-    def run() -> object:
-        store = {}
-        handle = layer.register_forward_hook(lambda _m, _i, out: store.__setitem__("a", out))
-        try:
-            logits = model(x)
-            return torch.autograd.grad(logits.max(1).values.sum(), store["a"])
-        finally:
-            handle.remove()
-
-    return run
+from bench_methods import floor_pass  # the same floor as the main benchmark (run from benchmarks/ or the root)
 
 
 def peer_call(peer: object, x: torch.Tensor, classes: list[int]) -> Callable[[], object]:
