@@ -193,9 +193,11 @@ def detector_of(model: nn.Module) -> Detector | None:
         head = layers[-1] if isinstance(layers, nn.Sequential) and len(layers) else None
         if head is not None and hasattr(head, "nc") and hasattr(head, "stride"):
             inputs = getattr(head, "f", None)
-            return YoloDetector(int(head.nc), int(inputs[0]) if isinstance(inputs, (list, tuple)) and inputs else None)
+            classes: Any = head.nc
+            return YoloDetector(int(classes), int(inputs[0]) if isinstance(inputs, (list, tuple)) and inputs else None)
     if module.startswith("transformers") and type(model).__name__.endswith("ForObjectDetection"):
-        return DetrDetector(int(model.config.num_labels))
+        config: Any = model.config
+        return DetrDetector(int(config.num_labels))
     if module.startswith("torchvision.models.detection"):
         return TorchvisionDetector()
     return None
