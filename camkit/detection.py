@@ -89,8 +89,10 @@ class TorchvisionDetector(Detector):
         if isinstance(body, nn.Module) and len(list(body.children())):
             # The last backbone stage feeds every FPN level, so every detection depends on it.
             return f"backbone.body.{list(body.named_children())[-1][0]}"
-        if isinstance(getattr(backbone, "features", None), nn.Module):  # SSD: the first feature map feeds the rest
-            return "backbone.features"
+        features = getattr(backbone, "features", None)
+        if isinstance(features, nn.Module):  # SSD: the first feature map feeds the extra layers and every head
+            # SSDlite runs its feature stages one by one, VGG's SSD the whole Sequential.
+            return "backbone.features.0" if type(backbone).__name__.startswith("SSDLite") else "backbone.features"
         # A backbone without FPN returns its one feature map (the RPN's layers are upstream of no score).
         return "backbone" if isinstance(backbone, nn.Module) else None
 
@@ -191,9 +193,11 @@ def detector_of(model: nn.Module) -> Detector | None:
         head = layers[-1] if isinstance(layers, nn.Sequential) and len(layers) else None
         if head is not None and hasattr(head, "nc") and hasattr(head, "stride"):
             inputs = getattr(head, "f", None)
-            return YoloDetector(int(head.nc), int(inputs[0]) if isinstance(inputs, (list, tuple)) and inputs else None)
+            classes: Any = head.nc
+            return YoloDetector(int(classes), int(inputs[0]) if isinstance(inputs, (list, tuple)) and inputs else None)
     if module.startswith("transformers") and type(model).__name__.endswith("ForObjectDetection"):
-        return DetrDetector(int(model.config.num_labels))
+        config: Any = model.config
+        return DetrDetector(int(config.num_labels))
     if module.startswith("torchvision.models.detection"):
         return TorchvisionDetector()
     return None

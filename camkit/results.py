@@ -48,7 +48,7 @@ class _Drawn:
         """The same result drawn over ``images`` (or the input un-normalised with mean/std), with class names."""
         if images is None and mean is not None and std is not None:
             images = unnormalize(self.images, mean, std)
-        return replace(self, display=images if images is not None else self.display,
+        return replace(self, display=images if images is not None else self.display,  # type: ignore[type-var]
                        class_names=class_names if class_names is not None else self.class_names)
 
     def class_name(self, index: int) -> str:

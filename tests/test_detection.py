@@ -99,3 +99,13 @@ def test_yolo_wrapper_is_unwrapped_and_other_models_are_not_detectors() -> None:
     wrapper = ultralytics.YOLO("yolov8n.yaml")  # built from the yaml, nothing downloaded
     assert unwrapped(wrapper) is wrapper.model and isinstance(detector_of(wrapper), YoloDetector)
     assert detector_of(torch.nn.Conv2d(3, 3, 1)) is None
+
+
+def test_torchvision_default_layers_run_and_feed_every_head() -> None:
+    from torchvision.models import detection
+
+    ssdlite = detection.ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=3)
+    retina = detection.retinanet_resnet50_fpn(weights=None, weights_backbone=None, num_classes=3)
+    assert detector_of(ssdlite).default_layer(ssdlite) == "backbone.features.0"  # SSDlite calls its stages one by one
+    assert detector_of(retina).default_layer(retina) == "backbone.body.layer4"
+    assert detector_of(tiny_fasterrcnn()).default_layer(tiny_fasterrcnn()) == "backbone"

@@ -56,6 +56,8 @@ def load_model(spec: str | None, weights: str | None = None, device: torch.devic
     if spec is None or spec == "demo":
         return _demo(weights, device)
     path = Path(spec)
+    if _is_ultralytics(path):
+        return _ultralytics(spec, device)
     if path.suffix in (".pt2", ".pt", ".pth", ".ts", ".zip") or path.exists():
         if not path.exists():
             raise CamkitError(f"model file {spec} does not exist.")
@@ -163,10 +165,54 @@ def _from_factory(spec: str, weights: str | None, device: torch.device) -> Loade
                        list(names) if names is not None else None, f"{spec}")
 
 
+def _is_ultralytics(path: Path) -> bool:
+    """An ultralytics model: its architecture yaml (``yolo11n.yaml``) or a YOLO checkpoint (``yolov8n.pt``)."""
+    return path.suffix in (".yaml", ".yml") or (path.suffix == ".pt" and path.name.lower().startswith("yolo"))
+
+
+def _ultralytics(spec: str, device: torch.device) -> LoadedModel:
+    """ultralytics builds a yaml with random weights, offline; a ``.pt`` is unpickled by its own loader (trust it)."""
+    try:
+        from ultralytics import YOLO
+    except ImportError:
+        raise MissingDependency(f"--model {spec} needs ultralytics: pip install 'camkit[yolo]'") from None
+    if spec.endswith(".pt") and not Path(spec).exists():
+        raise CamkitError(f"model file {spec} does not exist (camkit never downloads ultralytics checkpoints).")
+    try:
+        network = YOLO(spec).model
+    except Exception as error:  # noqa: BLE001 - ultralytics raises many kinds for a bad file or yaml
+        raise CamkitError(f"ultralytics cannot load --model {spec}: {str(error).strip()[:200]}") from None
+    names = getattr(network, "names", None)
+    class_names = [str(names[index]) for index in sorted(names)] if isinstance(names, dict) else None
+    # ultralytics models take RGB in [0, 1], unnormalised, at a multiple of their largest stride.
+    return LoadedModel(network.to(device).eval(), (640, 640), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), class_names,
+                       f"ultralytics {spec}")
+
+
+def _torchvision_detector(name: str, weights: str | None, device: torch.device) -> LoadedModel:
+    """A torchvision detector from a local state dict; never its (downloading) backbone weights."""
+    import torchvision
+
+    if weights is None or not Path(weights).exists():
+        raise CamkitError(f"--model {name} is a torchvision detector: give --weights a local state-dict file "
+                          "(camkit does not download detector weights here).")
+    state = _state_dict(weights)
+    classes = state.get("roi_heads.box_predictor.cls_score.weight")
+    num_classes = int(classes.shape[0]) if isinstance(classes, torch.Tensor) else 91
+    model = torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=num_classes)
+    _load_weights(model, weights, name, state)
+    coco = list(torchvision.models.get_model_weights(name).DEFAULT.meta.get("categories", []))
+    # torchvision detectors normalise and resize inside; they take RGB in [0, 1].
+    return LoadedModel(model.to(device).eval(), (640, 640), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0),
+                       coco if len(coco) == num_classes else None, f"{name} ({weights})")
+
+
 def _torchvision(name: str, weights: str | None, device: torch.device) -> LoadedModel:
     import torchvision
 
     available = torchvision.models.list_models(module=torchvision.models)
+    if name in torchvision.models.list_models(module=torchvision.models.detection):
+        return _torchvision_detector(name, weights, device)
     if name not in available:
         close = difflib.get_close_matches(name, available, n=4) or sorted(available)[:6]
         raise CamkitError(f"unknown model {name!r}; did you mean {', '.join(close)}? (or a timm name, a .pt2 file, "

@@ -28,13 +28,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..detection import detector_of
 from ..errors import CamkitError, model_code, raised_by_model
 from ..explainers import METHODS, Explainer, create, methods_for
 from ..layers import dry_run
 from ..modes import evaluation
 from ..results import Explanation
 from ..targets import SegmentationTarget, logits_of
-from ..viz import colormap_lut, overlay, to_uint8_hwc
+from ..viz import colormap_lut, detection_overlays, overlay, to_uint8_hwc
 from . import distributed, report, volumes
 from .io import (IMAGE_SUFFIXES, Source, discover, encode_npy, encode_png, is_volume, read_rgb, read_volume,
                  remove_stale_parts, write_atomically)
@@ -75,6 +76,10 @@ class OverlayJob:
     quiet: bool = False
     report: bool = False
     label_from_folder: bool = False
+    # Detectors (torchvision, ultralytics YOLO, Hugging Face DETR): which detections, and one file each.
+    score_threshold: float = 0.25
+    max_detections: int = 20
+    per_detection: bool = False
 
 
 @dataclass
@@ -341,6 +346,9 @@ def _explain_images(checked: Plan, sources: list[Source], manifest: Manifest, ta
         Images(sources, checked.size, checked.mean, checked.std), batch_size=checked.job.batch_size,
         num_workers=checked.job.workers, collate_fn=list, worker_init_fn=_quiet_worker, persistent_workers=False,
     )
+    if detector_of(checked.loaded.model) is not None:
+        _explain_detections(checked, sources, manifest, tally)
+        return
     policy = TargetPolicy(checked.loaded.model, checked.target)
     device = _device_of(checked.loaded.model)
     show = not checked.job.quiet and sys.stderr.isatty()
@@ -439,6 +447,90 @@ def _explain_volumes(checked: Plan, sources: list[Source], manifest: Manifest, t
             manifest.add(_row(source, paths[0], method, status="ok", result=result, loaded=checked.loaded,
                               explained=_explained_class(target, 0)))
             tally.written += 1
+
+
+# Detectors: one overlay per image with every box over its combined map (and with --per-detection one
+# file per detection); manifest.csv keeps one row per (image, method) with the best detection, and
+# detections.csv one row per detection with its box, label, label name and score.
+DETECTION_FIELDS = ("input", "output", "method", "detection", "x1", "y1", "x2", "y2", "label", "label_name", "score")
+
+
+def _explain_detections(checked: Plan, sources: list[Source], manifest: Manifest, tally: Tally) -> None:
+    job, device = checked.job, _device_of(checked.loaded.model)
+    loader = torch.utils.data.DataLoader(
+        Images(sources, checked.size, checked.mean, checked.std), batch_size=job.batch_size,
+        num_workers=job.workers, collate_fn=list, worker_init_fn=_quiet_worker, persistent_workers=False)
+    rows: list[dict[str, Any]] = []
+    for batch in loader:
+        for item in batch:
+            if item.error is not None:
+                _fail(sources[item.index], checked, manifest, tally, item.error)
+                continue
+            source = sources[item.index]
+            for method, explainer in checked.explainers.items():
+                paths = checked.outputs(source, method)
+                try:
+                    result = explainer.explain_detections(item.pixels[None].to(device), score_threshold=job.score_threshold,
+                                                          max_detections=job.max_detections)
+                except EXPLAIN_ERRORS as error:
+                    _fail(source, checked, manifest, tally, f"cannot explain: {_one_line(error)}")
+                    break
+                rows += _write_detections(result, item.original, source, paths[0], method, checked)
+                manifest.add(_detection_row(source, paths[0], method, result, checked.loaded.class_names))
+                tally.written += 1
+    _write_detection_table(checked.out, rows, {str(source.path) for source in sources})
+
+
+def _write_detections(result: Any, original: torch.Tensor, source: Source, path: Path, method: str,
+                      checked: Plan) -> list[dict[str, Any]]:
+    """The image's overlay (and one per detection), at the image's own size; the detections' table rows."""
+    height, width = original.shape[1:]
+    scale = torch.tensor([width / checked.size[1], height / checked.size[0]] * 2)
+    display = original[None].float() / 255
+    maps = [F.interpolate(result.maps[0][None].cpu(), size=(height, width), mode="bilinear", align_corners=False)[0]]
+    boxes = result.boxes[0].cpu() * scale
+    resized = type(result)(**{**result.__dict__, "images": display, "display": display, "maps": maps,
+                              "boxes": [boxes], "class_names": checked.loaded.class_names})
+    colors = {"alpha": checked.job.alpha, "colormap": checked.job.colormap}
+    write_atomically(path, encode_png(detection_overlays(resized, **colors)[0].permute(1, 2, 0).numpy()))
+    singles = detection_overlays(resized, per_detection=True, **colors)[0] if checked.job.per_detection else None
+    rows = []
+    for index in range(boxes.shape[0]):
+        output = path.with_name(f"{path.stem}_det{index:02d}.png") if singles is not None else path
+        if singles is not None:
+            write_atomically(output, encode_png(singles[index].permute(1, 2, 0).numpy()))
+        label = int(result.labels[0][index])
+        rows.append({"input": str(source.path), "output": str(output), "method": method, "detection": index,
+                     **dict(zip(("x1", "y1", "x2", "y2"), (f"{value:.1f}" for value in boxes[index].tolist()))),
+                     "label": label, "label_name": resized.class_name(label),
+                     "score": f"{float(result.scores[0][index]):.6f}"})
+    return rows
+
+
+def _detection_row(source: Source, path: Path, method: str, result: Any, names: list[str] | None) -> dict[str, Any]:
+    row = _row(source, path, method, status="ok")
+    if result.labels[0].numel():
+        label = int(result.labels[0][0])
+        row.update(predicted_class=label, predicted_name=names[label] if names and label < len(names) else "",
+                   score=f"{float(result.scores[0][0]):.6f}", explained_class=label)
+    return row
+
+
+def _write_detection_table(out: Path, rows: list[dict[str, Any]], explained: set[str]) -> None:
+    """``detections.csv``: earlier runs' rows for other inputs kept, this run's rows for its inputs."""
+    import csv
+    import io
+
+    table = out / "detections.csv"
+    kept: list[dict[str, Any]] = []
+    if table.exists():
+        with open(table, newline="", encoding="utf-8", errors="surrogateescape") as file:
+            kept = [row for row in csv.DictReader(file) if row.get("input") not in explained]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=DETECTION_FIELDS)
+    writer.writeheader()
+    writer.writerows(kept + rows)
+    write_atomically(table, buffer.getvalue().encode("utf-8", errors="surrogateescape"))
 
 
 def _fail(source: Source, checked: Plan, manifest: Manifest, tally: Tally, message: str) -> None:

@@ -48,6 +48,16 @@ def register(commands: Any) -> None:
                         "of the manifest in one page, filtered by class and sorted by score (static, works offline)")
     parser.add_argument("--label-from-folder", action="store_true", help="with --report: each image's folder name "
                         "is its label (a class name or index), and the report can show where the prediction differs")
+    detectors = parser.add_argument_group(
+        "detectors", "a torchvision detector (with --weights), an ultralytics YOLO (yolov8n.pt, yolo11n.yaml; "
+        "pip install 'camkit[yolo]') or a factory returning a Hugging Face *ForObjectDetection is explained "
+        "detection by detection: OUT/detections.csv lists each one's box, label, label name and score. An "
+        "ultralytics .pt file is unpickled by ultralytics' own loader, which can run code: load only files you trust "
+        "(camkit's own --weights files are read with weights_only=True)")
+    detectors.add_argument("--score-threshold", type=float, default=0.25, help="explain detections scoring above this")
+    detectors.add_argument("--max-detections", type=int, default=20, help="at most this many per image, best first")
+    detectors.add_argument("--per-detection", action="store_true", help="also one overlay file per detection "
+                           "(NAME_METHOD_detNN.png) beside the image's overlay of all its boxes")
     parser.set_defaults(run=_run)
 
 

@@ -102,7 +102,7 @@ class Explainer:
             raise CamkitError(f"batch_size must be a positive int (images per pass through the model) or None, "
                               f"got {batch_size!r}.")
         self.batch_size = batch_size
-        self.layers: list[tuple[str, nn.Module]] = find_layers(model, target_layer)
+        self.layers: list[tuple[str, nn.Module]] = find_layers(self.model, target_layer)
 
     @classmethod
     def applies_to(cls, model: nn.Module) -> bool:

@@ -143,7 +143,8 @@ def detection_gradients(scores: torch.Tensor, tensors: list[torch.Tensor], image
             one_hot = torch.zeros((len(rows), count), dtype=scores.dtype, device=scores.device)
             one_hot[torch.arange(len(rows)), rows] = 1.0
             found = torch.autograd.grad(scores, tensors, grad_outputs=one_hot if vmapped else one_hot[0],
-                                        is_grads_batched=vmapped, allow_unused=True, retain_graph=rows[-1] < count - 1)
+                                        is_grads_batched=vmapped, allow_unused=True,
+                                        retain_graph=bool(rows[-1] < count - 1))
             for part, gradient, tensor in zip(parts, found, tensors):
                 if gradient is None:
                     part.append(torch.zeros_like(tensor[image_index[rows]]))

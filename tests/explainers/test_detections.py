@@ -115,3 +115,12 @@ def test_refusals_say_what_to_do(yolo) -> None:
         camkit.GradCAM(yolo).explain_detections(x, max_detections=0)
     nothing = camkit.GradCAM(yolo).explain_detections(x, score_threshold=0.999)
     assert nothing.num_detections == 0 and nothing.maps[0].shape == (0, 64, 64) and nothing.combined().shape == (1, 64, 64)
+
+
+def test_yolo_wrapper_is_explained_as_the_network_inside() -> None:
+    ultralytics = pytest.importorskip("ultralytics")
+    wrapper = ultralytics.YOLO("yolov8n.yaml")  # built from the yaml, nothing downloaded
+    explainer = camkit.GradCAM(wrapper, "model.15")
+    assert explainer.model is wrapper.model and explainer.layers[0][1] is wrapper.model.model[15]
+    result = explainer.explain_detections(torch.rand(1, 3, 64, 64), score_threshold=0.0, max_detections=1)
+    assert result.layer == "model.15" and result.maps[0].shape == (1, 64, 64)
