@@ -10,6 +10,9 @@ from .explainers import (
     ElementWiseExplainer, Explainer, FinerCAM, GradCAM, GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM,
     ScoreCAM, SmoothGradCAMPlusPlus, XGradCAM, create, register,
 )
+from .explainers import (
+    FullGrad, GuidedBackprop, GuidedGradCAM, InputXGradient, IntegratedGradients, PixelExplainer, Saliency,
+)
 from .results import Explanation
 from .targets import DetectionTarget, MultiLabelTarget, SegmentationTarget
 from .viz import compare, interactive
@@ -32,6 +35,13 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0"
 
 __all__ = [
+    "Saliency",
+    "PixelExplainer",
+    "IntegratedGradients",
+    "InputXGradient",
+    "GuidedGradCAM",
+    "GuidedBackprop",
+    "FullGrad",
     "AblationCAM",
     "CAM",
     "CFCAM",

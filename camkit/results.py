@@ -32,7 +32,11 @@ class Explanation:
 
     ``maps`` is what ``explainer(x)`` returns; ``layer_maps`` are the same maps
     at the target layer's resolution (after ReLU, before upsampling and
-    normalisation). ``targets`` holds the explained class of each image (None
+    normalisation). The pixel methods (saliency, guided backprop, integrated
+    gradients, ...) also fill ``attributions``: the signed, raw attribution of
+    every input value, shaped like ``images`` (FullGrad's has one channel);
+    their ``maps`` are its per-image min-max normalised reduction over
+    channels, and ``layer_maps`` that reduction before normalising. ``targets`` holds the explained class of each image (None
     when the target was a callable); ``predictions`` and ``probabilities``
     the model's top class and its softmax probability (None when the model's
     output has no class scores).
@@ -52,6 +56,7 @@ class Explanation:
 
     class_names: Sequence[str] | None = None
     display: torch.Tensor | None = None  # (B, 3, H, W) in [0, 1], what to draw under the maps
+    attributions: torch.Tensor | None = None  # (B, C, H, W) signed, raw; pixel methods only
 
     def __len__(self) -> int:
         return self.maps.shape[0]

@@ -17,6 +17,7 @@ STOREYS: list[tuple[str, ...]] = [
     ("camkit.ops", "camkit.modes", "camkit.layouts"),
     ("camkit.layers", "camkit.targets", "camkit.cluster", "camkit.results"),
     ("camkit.capture",),
+    ("camkit.capture_input",),  # the pixel methods' capture: reuses capture's scores and checks
     ("camkit.explainers",),
     ("camkit.metrics", "camkit.viz"),
     ("camkit.app",),

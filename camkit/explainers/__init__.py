@@ -24,9 +24,19 @@ from .sscam import SSCAM  # noqa: E402
 from .iscam import ISCAM  # noqa: E402
 from .ablationcam import AblationCAM  # noqa: E402
 
+# The pixel methods: explanations at the input's resolution (explainers/pixel.py).
+from .pixel import PixelExplainer  # noqa: E402
+from .guidedbackprop import GuidedBackprop  # noqa: E402
+from .guidedgradcam import GuidedGradCAM  # noqa: E402
+from .saliency import Saliency  # noqa: E402
+from .inputxgradient import InputXGradient  # noqa: E402
+from .integratedgradients import IntegratedGradients  # noqa: E402
+from .fullgrad import FullGrad  # noqa: E402
+
 
 __all__ = [
     "AblationCAM", "CAM", "CFCAM", "ChannelWeightedExplainer", "EigenCAM", "EigenGradCAM", "ElementWiseExplainer",
-    "Explainer", "FinerCAM", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus", "HiResCAM", "ISCAM", "KPCACAM",
-    "LayerCAM", "METHODS", "SSCAM", "ScoreCAM", "SmoothGradCAMPlusPlus", "XGradCAM", "create", "register",
+    "Explainer", "FinerCAM", "FullGrad", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus", "GuidedBackprop",
+    "GuidedGradCAM", "HiResCAM", "ISCAM", "InputXGradient", "IntegratedGradients", "KPCACAM", "LayerCAM", "METHODS",
+    "PixelExplainer", "SSCAM", "Saliency", "ScoreCAM", "SmoothGradCAMPlusPlus", "XGradCAM", "create", "register",
 ]
