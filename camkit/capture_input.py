@@ -115,7 +115,8 @@ def input_gradients(
     the rest of the model gets a copy of each output, so an in-place op after it leaves it intact.
     """
     with explaining(model), _grad_mode(True):
-        leaf = x.detach().requires_grad_(True)
+        # A leaf of our own (an inference-mode tensor cannot join a graph: cloned out of it).
+        leaf = (x.clone() if x.is_inference() else x).detach().requires_grad_(True)
         stash: list[tuple[nn.Module, torch.Tensor]] = []
         with _watching(modules, stash), guided_relus(guided) as mode:
             output = model(leaf)
