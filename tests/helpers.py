@@ -245,17 +245,22 @@ def tiny_vit(classes: int = 5) -> torch.nn.Module:
                                                 mlp_dim=32, num_classes=classes)
 
 
+def contract_setup() -> tuple[torch.nn.Module, list[bool], torch.Tensor, list]:
+    """A fine-tuning tiny CNN (training mode, first conv frozen), its requires_grad flags, 3 images, every target type."""
+    model = tiny_cnn()
+    model.train()
+    model[0].requires_grad_(False)
+    flags = [p.requires_grad for p in model.parameters()]
+    targets = [None, 2, [0, 1, 4], torch.tensor([4, 3, 2]), lambda out: out[:, 1] - out[:, 0]]
+    return model, flags, torch.randn(3, 3, 12, 10), targets
+
+
 def check_method_contract(name: str, **options) -> None:
     """One method on 4-D and 5-D inputs, ViT tokens, two fused layers, every target type; the model left as found."""
     import camkit
 
     cls = camkit.METHODS[name]
-    model = tiny_cnn()
-    model.train()
-    model[0].requires_grad_(False)
-    flags = [p.requires_grad for p in model.parameters()]
-    x = torch.randn(3, 3, 12, 10)
-    targets = [None, 2, [0, 1, 4], torch.tensor([4, 3, 2]), lambda out: out[:, 1] - out[:, 0]]
+    model, flags, x, targets = contract_setup()
     runs = [(target, layers, False) for target in targets for layers in ("3", ["1", "3"])]
     runs += [([0, 1, 4], ["1", "3"], True), (targets[-1], "3", True)]
     for target, layers, augment in runs:
@@ -461,13 +466,8 @@ def check_pixel_contract(name: str, **options) -> None:
     import camkit
 
     cls = camkit.METHODS[name]
-    model = tiny_cnn()
-    model.train()
-    model[0].requires_grad_(False)
-    flags = [p.requires_grad for p in model.parameters()]
-    x = torch.randn(3, 3, 12, 10)
-    targets = [None, 2, [0, 1, 4], torch.tensor([4, 3, 2]), lambda out: out[:, 1] - out[:, 0],
-               camkit.MultiLabelTarget([1, 2, 0])]
+    model, flags, x, targets = contract_setup()
+    targets.append(camkit.MultiLabelTarget([1, 2, 0]))
     for target in targets:
         for context in (contextlib.nullcontext, torch.no_grad, torch.inference_mode):
             with context():

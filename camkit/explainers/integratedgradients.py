@@ -77,6 +77,8 @@ class IntegratedGradients(PixelExplainer):
         batch, difference = x.shape[0], x - baseline
         total = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
         rows, per_pass = self.steps * batch, self.images_per_pass(batch)
+        if callable(path_target):  # a callable may hold one thing per image (masks, labels): whole copies per pass
+            per_pass, path_target = batch * max(1, per_pass // batch), _per_copy(path_target, batch)
         shape = (-1,) + (1,) * (x.dim() - 1)
         for start in range(0, rows, per_pass):  # step-major rows: row r is step r // B of image r % B
             row = torch.arange(start, min(start + per_pass, rows), device=x.device)
@@ -86,3 +88,33 @@ class IntegratedGradients(PixelExplainer):
             gradients = input_gradients(self.model, points, part_target).gradients
             total.index_add_(0, image, gradients * weights[step].reshape(shape).float())
         return Attribution(difference.float() * total, output, scores, classes)
+
+
+def _per_copy(target: Callable[[Any], torch.Tensor], batch: int) -> Callable[[Any], torch.Tensor]:
+    """The target callable applied to each copy of the batch in a pass's output, its scores concatenated."""
+    def scores(output: Any) -> torch.Tensor:
+        rows = _rows_of(output)
+        return torch.cat([target(_sliced(output, start, start + batch)) for start in range(0, rows, batch)])
+
+    return scores
+
+
+def _rows_of(output: Any) -> int:
+    if isinstance(output, torch.Tensor):
+        return output.shape[0]
+    values = list(output.values()) if isinstance(output, dict) else output if isinstance(output, (tuple, list)) else []
+    for value in values:
+        if isinstance(value, (torch.Tensor, dict, tuple, list)):
+            return _rows_of(value)
+    raise CamkitTypeError(f"Cannot split a model output of type {type(output).__name__} into images for the "
+                          "target callable; pass batch_size= the number of images, so each pass holds one copy.")
+
+
+def _sliced(output: Any, start: int, stop: int) -> Any:
+    if isinstance(output, torch.Tensor):
+        return output[start:stop]
+    if isinstance(output, dict):
+        return {key: _sliced(value, start, stop) for key, value in output.items()}
+    if isinstance(output, (tuple, list)):
+        return type(output)(_sliced(value, start, stop) for value in output)
+    return output
