@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from ..ops.images import display_images, unnormalize
 from . import interactive
-from .colors import IMAGENET_MEAN, IMAGENET_STD, colorize, colormap_lut, overlay, to_uint8_hwc
+from .colors import IMAGENET_MEAN, IMAGENET_STD, attribution_picture, colorize, colormap_lut, overlay, to_uint8_hwc
 from .figures import compare, explanation_figure, overlay_grid
 
 __all__ = [
-    "IMAGENET_MEAN", "IMAGENET_STD", "colorize", "colormap_lut", "compare", "display_images", "explanation_figure",
+    "IMAGENET_MEAN", "IMAGENET_STD", "attribution_picture", "colorize", "colormap_lut", "compare", "display_images", "explanation_figure",
     "interactive", "overlay", "overlay_grid", "to_uint8_hwc", "unnormalize",
 ]
