@@ -21,7 +21,7 @@ Rescale = Literal["layer", "channel"]
 @register("fullgrad", paper="Srinivas & Fleuret, Full-Gradient Representation for Neural Network Visualization, "
                             "NeurIPS 2019 (arXiv:1905.00780)")
 class FullGrad(PixelExplainer):
-    """|x * dS/dx| plus every conv/BatchNorm bias-gradient map |b * dS/dz|, each rescaled to [0, 1], summed.
+    """abs(x * dS/dx) plus every conv/BatchNorm bias-gradient map abs(b * dS/dz), each rescaled to [0, 1], summed.
 
     z is the output of a convolution or BatchNorm layer with a bias (BatchNorm's
     effective bias in eval mode: beta - mu * gamma / sqrt(var + eps)); all of

@@ -16,7 +16,7 @@ from .registry import register
 
 @register("saliency", paper="Simonyan et al., Deep Inside Convolutional Networks, ICLR workshop 2014 (arXiv:1312.6034)")
 class Saliency(PixelExplainer):
-    """The input gradient |dS/dx|; the map is its largest magnitude over channels.
+    """The input gradient's magnitude abs(dS/dx); the map is its largest over channels.
 
     ``abs=True`` (the paper's and captum's default) gives |dS/dx| as the
     attributions; ``abs=False`` keeps the sign. The map is max_c |dS/dx_c|,
