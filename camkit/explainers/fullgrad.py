@@ -48,9 +48,10 @@ class FullGrad(PixelExplainer):
         size = tuple(x.shape[2:])
         total = self._rescaled((x.detach().float() * captured.gradients).abs(), size)
         for module, gradients in zip(captured.modules, captured.module_gradients):
-            if gradients.dim() != x.dim():  # a 1-D BatchNorm or a conv over another grid: not an image map
+            bias = _bias_of(module)
+            if bias is None or gradients.dim() != x.dim():  # a 1-D BatchNorm or a conv over another grid: no image map
                 continue
-            bias = _bias_of(module).float().reshape(1, -1, *([1] * (x.dim() - 2)))
+            bias = bias.float().reshape(1, -1, *([1] * (x.dim() - 2)))
             total = total + self._rescaled((gradients * bias).abs(), size)
         return Attribution.of(total.unsqueeze(1), captured)
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -16,7 +16,7 @@ from ..targets import TargetSpec
 from .pixel import Attribution, PixelExplainer
 from .registry import register
 
-Baseline = Union[None, float, str, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
+Baseline = None | float | str | torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
 
 
 @register("integratedgradients", paper="Sundararajan et al., Axiomatic Attribution for Deep Networks, ICML 2017 "

@@ -42,7 +42,7 @@ class Attribution:
     layer_maps: torch.Tensor | None = None  # a layer's maps when the method has one (Guided Grad-CAM)
 
     @classmethod
-    def of(cls, values: torch.Tensor, captured: InputCapture) -> "Attribution":
+    def of(cls, values: torch.Tensor, captured: InputCapture) -> Attribution:
         return cls(values, captured.output, captured.scores, captured.classes)
 
 

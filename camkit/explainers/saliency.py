@@ -25,7 +25,7 @@ class Saliency(PixelExplainer):
 
     channel_reduction: ClassVar[Literal["sum", "max"]] = "max"
 
-    def __init__(self, model: nn.Module, target_layer: LayersSpec = None, *, abs: bool = True,  # noqa: A002 - captum's name
+    def __init__(self, model: nn.Module, target_layer: LayersSpec = None, *, abs: bool = True,
                  **options: Any) -> None:
         super().__init__(model, target_layer, **options)
         if not isinstance(abs, bool):

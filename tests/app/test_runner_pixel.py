@@ -14,7 +14,7 @@ from ..helpers import ROOT
 
 
 def test_pixel_methods_write_the_attribution_picture_and_raw_attributions(tmp_path) -> None:
-    sample = sorted((ROOT / "assets" / "samples").glob("*.png"))[0]
+    sample = min((ROOT / "assets" / "samples").glob("*.png"))
     out = tmp_path / "out"
     assert main(["overlay", str(sample), "-o", str(out), "--method", "gradcam,guidedgradcam,fullgrad",
                  "--save-maps", "npy", "--workers", "0", "--quiet"]) == 0
