@@ -13,6 +13,9 @@ from .explainers import (
     TransformerAttribution, XGradCAM, create, register,
 )
 from .explainers import FEM, DeepFeatureFactorization, RandomCAM, RefineCAM, SegEigenCAM, ShapleyCAM
+from .explainers import (
+    FullGrad, GuidedBackprop, GuidedGradCAM, InputXGradient, IntegratedGradients, PixelExplainer, Saliency,
+)
 from .results import Explanation
 from .targets import CaptionTarget, DetectionTarget, MultiLabelTarget, NeuronTarget, SegmentationTarget
 from .viz import compare, interactive
@@ -35,6 +38,13 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0"
 
 __all__ = [
+    "Saliency",
+    "PixelExplainer",
+    "IntegratedGradients",
+    "InputXGradient",
+    "GuidedGradCAM",
+    "GuidedBackprop",
+    "FullGrad",
     "AblationCAM",
     "AttentionExplainer",
     "AttentionRollout",

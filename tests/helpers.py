@@ -21,6 +21,11 @@ NEEDS_LINEAR_HEAD = ("cam",)
 NEEDS_CLASS_LOGITS = ("cam", "finercam")
 
 
+def reads_no_layer(cls: type) -> bool:
+    """A pixel method that explains the input and ignores ``target_layer`` (Guided Grad-CAM reads its CAM's layer)."""
+    return not getattr(cls, "reads_layer", True)
+
+
 def reference_capture(model: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor, classes) -> tuple[torch.Tensor, torch.Tensor]:
     """Activations and gradients (float64) from plain hooks, independent of camkit's capture.
 
@@ -267,17 +272,22 @@ def tiny_vit(classes: int = 5) -> torch.nn.Module:
                                                 mlp_dim=32, num_classes=classes)
 
 
+def contract_setup() -> tuple[torch.nn.Module, list[bool], torch.Tensor, list]:
+    """A fine-tuning tiny CNN (training mode, first conv frozen), its requires_grad flags, 3 images, every target type."""
+    model = tiny_cnn()
+    model.train()
+    model[0].requires_grad_(False)
+    flags = [p.requires_grad for p in model.parameters()]
+    targets = [None, 2, [0, 1, 4], torch.tensor([4, 3, 2]), lambda out: out[:, 1] - out[:, 0]]
+    return model, flags, torch.randn(3, 3, 12, 10), targets
+
+
 def check_method_contract(name: str, **options) -> None:
     """One method on 4-D and 5-D inputs, ViT tokens, two fused layers, every target type; the model left as found."""
     import camkit
 
     cls = camkit.METHODS[name]
-    model = tiny_cnn()
-    model.train()
-    model[0].requires_grad_(False)
-    flags = [p.requires_grad for p in model.parameters()]
-    x = torch.randn(3, 3, 12, 10)
-    targets = [None, 2, [0, 1, 4], torch.tensor([4, 3, 2]), lambda out: out[:, 1] - out[:, 0]]
+    model, flags, x, targets = contract_setup()
     runs = [(target, layers, False) for target in targets for layers in ("3", ["1", "3"])]
     runs += [([0, 1, 4], ["1", "3"], True), (targets[-1], "3", True)]
     for target, layers, augment in runs:
@@ -689,3 +699,71 @@ def chefer_reference(probabilities: list[torch.Tensor], gradients: list[torch.Te
         averaged = (gradient.double() * block.double()).clamp(min=0).mean(dim=1)
         relevance = relevance + averaged @ relevance
     return relevance[:, 0, prefix:]
+
+
+class FunctionalReluCNN(torch.nn.Module):
+    """``relu_twin_cnns()``'s second model: the same layers, every ReLU a different functional form."""
+
+    def __init__(self, modules: torch.nn.Module) -> None:
+        super().__init__()
+        self.conv1, self.conv2, self.conv3, self.head = modules.conv1, modules.conv2, modules.conv3, modules.head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv1(x))
+        x = torch.relu(self.conv2(x)).relu()  # a second ReLU on a non-negative tensor: its backward still guides
+        x = self.conv3(x)
+        x.relu_()
+        x = F.relu(x + 0.1, inplace=True) - 0.1
+        return self.head(torch.relu_(x.mean(dim=(2, 3))))
+
+
+def relu_twin_cnns(classes: int = 4) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Two models with shared weights: one with ``nn.ReLU`` modules (in place or not), one with functional ReLUs.
+
+    They compute the same function, so guided backprop must give the same attributions on both.
+    """
+    torch.manual_seed(0)
+    layers = torch.nn.Module()
+    layers.conv1, layers.conv2 = torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.Conv2d(6, 6, 3, padding=1)
+    layers.conv3, layers.head = torch.nn.Conv2d(6, 6, 3, stride=2), torch.nn.Linear(6, classes)
+
+    class ModuleReluCNN(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.conv2, self.conv3, self.head = layers.conv1, layers.conv2, layers.conv3, layers.head
+            self.relu1, self.relu2a, self.relu2b = torch.nn.ReLU(), torch.nn.ReLU(), torch.nn.ReLU()
+            self.relu3a, self.relu3b, self.relu4 = torch.nn.ReLU(inplace=True), torch.nn.ReLU(), torch.nn.ReLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.relu2b(self.relu2a(self.conv2(self.relu1(self.conv1(x)))))
+            x = self.relu3b(self.relu3a(self.conv3(x)) + 0.1) - 0.1
+            return self.head(self.relu4(x.mean(dim=(2, 3))))
+
+    return ModuleReluCNN().eval(), FunctionalReluCNN(layers).eval()
+
+
+def check_pixel_contract(name: str, **options) -> None:
+    """A pixel method: attributions shaped like x, maps in [0, 1], every target type, no_grad / inference_mode
+    callers, frozen parameters, volumes; the model left as found."""
+    import camkit
+
+    cls = camkit.METHODS[name]
+    model, flags, x, targets = contract_setup()
+    targets.append(camkit.MultiLabelTarget([1, 2, 0]))
+    for target in targets:
+        for context in (contextlib.nullcontext, torch.no_grad, torch.inference_mode):
+            with context():
+                result = cls(model, **options).explain(x, target)
+            assert result.attributions.shape[0] == 3 and result.attributions.shape[2:] == (12, 10), (name, target)
+            assert result.maps.shape == (3, 12, 10) and result.maps.dtype == torch.float32
+            assert torch.isfinite(result.attributions).all() and result.maps.min() >= 0 and result.maps.max() <= 1
+            assert not result.attributions.requires_grad and not result.attributions.is_inference()
+    assert all(m.training for m in model.modules()) and [p.requires_grad for p in model.parameters()] == flags
+    assert all(p.grad is None for p in model.parameters()) and no_hooks_left(model) and torch.is_grad_enabled()
+    segmenter = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 3, 1))
+    mask = torch.zeros(12, 10)
+    mask[2:8, 3:7] = 1
+    segmented = cls(segmenter, **options).explain(x, camkit.SegmentationTarget(1, mask))
+    assert segmented.maps.shape == (3, 12, 10) and torch.isfinite(segmented.attributions).all()
+    volumes = cls(tiny_cnn3d().eval(), **options).explain(torch.randn(2, 1, 4, 6, 6), [1, 3])
+    assert volumes.maps.shape == (2, 4, 6, 6) and volumes.attributions.shape[2:] == (4, 6, 6)

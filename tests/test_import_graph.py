@@ -18,6 +18,7 @@ STOREYS: list[tuple[str, ...]] = [
     ("camkit.layers", "camkit.targets", "camkit.cluster", "camkit.results", "camkit.detection"),
     ("camkit.capture",),
     ("camkit.attention",),
+    ("camkit.capture_input",),  # the pixel methods' capture: reuses capture's scores and checks
     ("camkit.explainers",),
     ("camkit.metrics", "camkit.viz"),
     ("camkit.app",),

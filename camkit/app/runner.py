@@ -35,7 +35,7 @@ from ..layers import dry_run
 from ..modes import evaluation
 from ..results import Explanation
 from ..targets import SegmentationTarget, logits_of
-from ..viz import colormap_lut, detection_overlays, overlay, to_uint8_hwc
+from ..viz import attribution_picture, colormap_lut, detection_overlays, overlay, to_uint8_hwc
 from . import distributed, report, volumes
 from .io import (IMAGE_SUFFIXES, Source, discover, encode_npy, encode_png, is_volume, read_rgb, read_volume,
                  remove_stale_parts, write_atomically)
@@ -362,13 +362,20 @@ def _explain_images(checked: Plan, sources: list[Source], manifest: Manifest, ta
             for items, target, results in _explained(checked, policy, good, device, sources, manifest, tally):
                 for method, result in results.items():
                     maps = result.maps.cpu()
+                    attributions = result.attributions.cpu() if result.attributions is not None else None
                     for row_index, item in enumerate(items):
                         source = sources[item.index]
                         paths = checked.outputs(source, method)
                         row = _row(source, paths[0], method, status="ok", result=result, row_index=row_index,
                                    loaded=checked.loaded, explained=_explained_class(target, row_index))
-                        weights = result.channel_weights[row_index].cpu() if result.channel_weights is not None else None
-                        writers.submit(row, _write_image, item.original, maps[row_index], paths, checked.job, weights)
+                        if attributions is not None:
+                            writers.submit(row, _write_attribution, item.original, maps[row_index],
+                                           attributions[row_index], paths, checked.job)
+                        else:
+                            weights = (result.channel_weights[row_index].cpu() if result.channel_weights is not None
+                                       else None)
+                            writers.submit(row, _write_image, item.original, maps[row_index], paths, checked.job,
+                                           weights)
             progress.update(len(batch))
 
 
@@ -400,6 +407,21 @@ def _write_image(original: torch.Tensor, image_map: torch.Tensor, paths: list[Pa
     blended = overlay(original[None].float() / 255, full, alpha=job.alpha, colormap=job.colormap)
     write_atomically(paths[0], encode_png(to_uint8_hwc(blended)[0].numpy()))
     _write_map(full[0], paths, job, channel_weights)
+
+
+def _write_attribution(original: torch.Tensor, image_map: torch.Tensor, attribution: torch.Tensor, paths: list[Path],
+                       job: OverlayJob) -> None:
+    """A pixel method's output: the signed attribution as a picture (not a heatmap), at the image's size;
+    ``--save-maps npy`` keeps the raw ``(C, H, W)`` attributions at the model's input size."""
+    height, width = original.shape[1:]
+    picture = F.interpolate(attribution_picture(attribution[None]), size=(height, width), mode="bilinear",
+                            align_corners=False)
+    write_atomically(paths[0], encode_png(to_uint8_hwc(picture)[0].numpy()))
+    if job.save_maps == "npy":
+        write_atomically(paths[1], encode_npy(attribution.numpy()))
+    else:
+        full = F.interpolate(image_map[None, None], size=(height, width), mode="bilinear", align_corners=False)[0]
+        _write_map(full[0], paths, job)
 
 
 def _write_map(full: torch.Tensor, paths: list[Path], job: OverlayJob, channel_weights: torch.Tensor | None = None) -> None:

@@ -47,6 +47,8 @@ def _yes(flag: bool) -> str:
 
 
 def _cost(cls: type) -> str:
+    if getattr(cls, "cost", None):  # a method that says its own cost (Integrated Gradients: a pass per step)
+        return str(cls.cost)
     if getattr(cls, "uses", None):
         return "a forward per channel (and sample)"
     return "forward + backward" if cls.uses_gradients else "forward"

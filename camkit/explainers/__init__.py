@@ -35,11 +35,22 @@ from .attentionrollout import AttentionRollout  # noqa: E402
 from .transformerattribution import TransformerAttribution  # noqa: E402
 from .legrad import LeGrad  # noqa: E402
 
+# The pixel methods: explanations at the input's resolution (explainers/pixel.py).
+from .pixel import PixelExplainer  # noqa: E402
+from .guidedbackprop import GuidedBackprop  # noqa: E402
+from .guidedgradcam import GuidedGradCAM  # noqa: E402
+from .saliency import Saliency  # noqa: E402
+from .inputxgradient import InputXGradient  # noqa: E402
+from .integratedgradients import IntegratedGradients  # noqa: E402
+from .fullgrad import FullGrad  # noqa: E402
+
+
 
 __all__ = [
     "AblationCAM", "AttentionExplainer", "AttentionRollout", "CAM", "CFCAM", "ChannelWeightedExplainer",
     "DeepFeatureFactorization", "EigenCAM", "EigenGradCAM", "ElementWiseExplainer", "Explainer", "FEM", "FinerCAM",
-    "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus", "HiResCAM", "ISCAM", "KPCACAM", "LayerCAM", "LeGrad",
-    "METHODS", "RandomCAM", "RefineCAM", "SSCAM", "ScoreCAM", "SegEigenCAM", "ShapleyCAM", "SmoothGradCAMPlusPlus",
+    "FullGrad", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus", "GuidedBackprop", "GuidedGradCAM", "HiResCAM",
+    "ISCAM", "InputXGradient", "IntegratedGradients", "KPCACAM", "LayerCAM", "LeGrad", "METHODS", "PixelExplainer",
+    "RandomCAM", "RefineCAM", "SSCAM", "Saliency", "ScoreCAM", "SegEigenCAM", "ShapleyCAM", "SmoothGradCAMPlusPlus",
     "TransformerAttribution", "XGradCAM", "create", "methods_for", "register",
 ]

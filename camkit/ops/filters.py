@@ -1,5 +1,7 @@
-"""Smoothing filters for CF-CAM's cluster gradients, one kernel per map, batched."""
+"""Smoothing filters: CF-CAM's cluster gradients (one kernel per map, batched); blurred images for baselines."""
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -57,3 +59,23 @@ def filter_maps(maps: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     padded = F.pad(maps.unsqueeze(0), padding)
     convolve = F.conv2d if maps.dim() == 3 else F.conv3d
     return convolve(padded, kernels.unsqueeze(1), groups=count).squeeze(0)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Each channel of ``(B, C, *grid)`` blurred by a Gaussian of ``sigma`` cells, separably, reflecting at the edges.
+
+    The kernel reaches 3 sigma each side, cut to the image where it is smaller (reflection needs that).
+    """
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    kernel = torch.exp(-offsets**2 / (2 * sigma**2))
+    blurred = x
+    for axis in range(2, x.dim()):
+        moved = blurred.movedim(axis, -1)
+        reach = min(radius, moved.shape[-1] - 1)
+        if reach == 0:
+            continue
+        cut = kernel[radius - reach: radius + reach + 1]
+        lines = F.pad(moved.reshape(-1, 1, moved.shape[-1]), (reach, reach), mode="reflect")
+        blurred = F.conv1d(lines, (cut / cut.sum()).reshape(1, 1, -1)).reshape(moved.shape).movedim(-1, axis)
+    return blurred

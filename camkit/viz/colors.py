@@ -69,3 +69,22 @@ def overlay(images: torch.Tensor, maps: torch.Tensor, alpha: float = 0.5, colorm
 def to_uint8_hwc(images: torch.Tensor) -> torch.Tensor:
     """``(B, 3, H, W)`` floats in [0, 1] to ``(B, H, W, 3)`` uint8, rounded."""
     return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def attribution_picture(attributions: torch.Tensor, contrast: float = 0.1) -> torch.Tensor:
+    """Signed pixel attributions ``(B, C, H, W)`` as the pictures of the Grad-CAM paper, RGB ``(B, 3, H, W)`` in [0, 1].
+
+    Per image: centred on its mean, divided by its standard deviation, times
+    ``contrast``, around mid-grey 0.5 and clipped (the Grad-CAM authors'
+    ``deprocess_image``, also pytorch-grad-cam's). Zero attribution is grey,
+    positive brighter; three channels are shown as colour, any other count as
+    their sum in grey.
+    """
+    values = attributions.float()
+    if values.shape[1] != 3:
+        values = values.sum(dim=1, keepdim=True).expand(-1, 3, *values.shape[2:])
+    flat = values.flatten(1)
+    shape = (-1,) + (1,) * (values.dim() - 1)
+    spread = flat.std(dim=1, unbiased=False)
+    centred = (values - flat.mean(dim=1).reshape(shape)) / torch.where(spread > 0, spread, 1.0).reshape(shape)
+    return (centred * contrast + 0.5).clamp(0, 1)

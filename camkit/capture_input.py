@@ -1,0 +1,160 @@
+"""One pass through the model backpropagated to the input pixels: the sibling of :mod:`camkit.capture`.
+
+:func:`capture` in ``capture.py`` stops the backward at a target layer; the
+pixel methods (saliency, guided backprop, integrated gradients, FullGrad)
+need dS/dx. :func:`input_gradients` runs the forward on a fresh leaf copy of
+``x`` and takes one ``autograd.grad`` with respect to it (and, for FullGrad,
+to the outputs of chosen modules), so no parameter ``.grad`` is written,
+frozen models work and a caller's ``torch.no_grad()`` does not matter.
+
+:func:`guided_relus` is the one place the guided-backpropagation rule lives:
+for the duration of the block every ReLU the model calls -- ``nn.ReLU``
+modules and the functional forms alike (``F.relu``, ``torch.relu``,
+``Tensor.relu``, their in-place twins) -- passes back only positive
+gradients where its input was positive. It is a ``TorchFunctionMode``
+(thread-local, removed in ``finally``), so no module is swapped, even for a
+moment, and a model written with functional ReLUs is covered, which swapping
+``nn.ReLU`` modules (pytorch-grad-cam, captum) misses.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from .capture import _detached, _grad_mode, check_finite, explained_scores
+from .errors import CamkitError
+from .modes import explaining
+from .targets import TargetSpec
+
+_OUT_OF_PLACE = (F.relu, torch.relu, torch.Tensor.relu)
+_IN_PLACE = (torch.relu_, torch.Tensor.relu_)
+
+
+@dataclass
+class InputCapture:
+    """What one pass backpropagated to the input gives a pixel method."""
+
+    gradients: torch.Tensor  # (B, C, *size) dS/dx, float32
+    output: Any  # the model's output, detached
+    scores: torch.Tensor  # (B,) the explained scores
+    classes: torch.Tensor | None  # (B,) explained class indices; None for a callable target
+    relus: int  # ReLUs that ran guided (0 unless guided=True)
+    # One entry per call of a watched module, in call order (a module run twice appears twice).
+    modules: list[nn.Module]
+    module_outputs: list[torch.Tensor]  # (B, K, ...) the module's output, float32
+    module_gradients: list[torch.Tensor]  # dS/d(output), float32
+
+
+class _GuidedReLU(torch.autograd.Function):
+    """ReLU forward; backward passes max(grad, 0) where the input was positive (Springenberg et al.)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        positive = x > 0
+        ctx.save_for_backward(positive)  # the mask, not x: an in-place ReLU overwrites x afterwards
+        return x * positive
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (positive,) = ctx.saved_tensors
+        return grad.clamp_min(0) * positive
+
+
+class _GuidedMode(TorchFunctionMode):
+    """Every ReLU call in the block goes through :class:`_GuidedReLU`; counts them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.relus = 0
+
+    def __torch_function__(self, func: Callable[..., Any], types: Any, args: Sequence[Any] = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = kwargs or {}
+        in_place = func in _IN_PLACE or (func is F.relu and bool(kwargs.get("inplace", args[1] if len(args) > 1 else False)))
+        if func not in _OUT_OF_PLACE and func not in _IN_PLACE:
+            return func(*args, **kwargs)
+        x = args[0]
+        if not (isinstance(x, torch.Tensor) and x.requires_grad):  # off the path to the input: nothing to guide
+            return func(*args, **kwargs)
+        self.relus += 1
+        guided = _GuidedReLU.apply(x)
+        if in_place:
+            return x.copy_(guided)  # the caller may read x itself; autograd routes x's gradient through `guided`
+        return guided
+
+
+@contextlib.contextmanager
+def guided_relus(enabled: bool = True) -> Iterator[_GuidedMode | None]:
+    """Guided-backprop ReLUs for the block (yields the mode, whose ``relus`` counts them); a no-op when disabled."""
+    if not enabled:
+        yield None
+        return
+    with _GuidedMode() as mode:
+        yield mode
+
+
+def input_gradients(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: TargetSpec,
+    *,
+    guided: bool = False,
+    modules: Sequence[nn.Module] = (),
+) -> InputCapture:
+    """dS/dx for every image, in one forward and one backward that writes no parameter ``.grad``.
+
+    ``guided``: ReLUs backpropagate by the guided rule (:func:`guided_relus`).
+    ``modules``: modules whose outputs and dS/d(output) are returned too (FullGrad's bias layers);
+    the rest of the model gets a copy of each output, so an in-place op after it leaves it intact.
+    """
+    with explaining(model), _grad_mode(True):
+        # A leaf of our own (an inference-mode tensor cannot join a graph: cloned out of it).
+        leaf = (x.clone() if x.is_inference() else x).detach().requires_grad_(True)
+        stash: list[tuple[nn.Module, torch.Tensor]] = []
+        with _watching(modules, stash), guided_relus(guided) as mode:
+            output = model(leaf)
+        watched = [tensor for _, tensor in stash]
+        scores, classes = explained_scores(output, target, x.shape[0], required=True)
+        if not scores.requires_grad:
+            raise CamkitError("The explained score does not depend on the input; check the target and the model.")
+        found = torch.autograd.grad(scores.sum(), [leaf, *watched], allow_unused=True)
+    gradients = [g if g is not None else torch.zeros_like(t) for g, t in zip(found, [leaf, *watched])]
+    check_finite([("input", model)], gradients[:1], "gradient")
+    return InputCapture(gradients[0].float(), _detached(output), scores.detach(), classes,
+                        mode.relus if mode is not None else 0,
+                        [module for module, _ in stash], [t.detach().float() for t in watched],
+                        [g.float() for g in gradients[1:]])
+
+
+def forward_scores(model: nn.Module, x: torch.Tensor, target: TargetSpec) -> tuple[Any, torch.Tensor, torch.Tensor | None]:
+    """The model's output on ``x`` (no graph), the explained scores and classes: what path methods explain."""
+    with explaining(model), _grad_mode(False):
+        output = model(x)
+        scores, classes = explained_scores(output, target, x.shape[0], required=True)
+    return _detached(output), scores.detach(), classes
+
+
+@contextlib.contextmanager
+def _watching(modules: Sequence[nn.Module], stash: list[tuple[nn.Module, torch.Tensor]]) -> Iterator[None]:
+    def hook(module: nn.Module, _inputs: Any, output: Any) -> Any:
+        if not isinstance(output, torch.Tensor) or not output.requires_grad:
+            return None
+        stash.append((module, output))
+        return output.clone()
+
+    handles = [module.register_forward_hook(hook) for module in modules]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+__all__ = ["InputCapture", "forward_scores", "guided_relus", "input_gradients"]

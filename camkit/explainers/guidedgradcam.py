@@ -1,0 +1,57 @@
+"""Guided Grad-CAM (Selvaraju et al.): guided backpropagation times the upsampled map of any CAM method."""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..capture_input import input_gradients
+from ..errors import CamkitError
+from ..layers import LayersSpec
+from ..targets import TargetSpec
+from .base import Explainer
+from .pixel import Attribution, PixelExplainer
+from .registry import create, register
+
+# The options every explainer takes; Guided Grad-CAM keeps them and hands them, with the rest, to its CAM.
+_SHARED = ("reshape", "fuse", "augment", "batch_size")
+
+
+@register("guidedgradcam", paper="Selvaraju et al., Grad-CAM, ICCV 2017 (arXiv:1610.02391)")
+class GuidedGradCAM(PixelExplainer):
+    """Guided backprop times a CAM map (Grad-CAM by default): pixel detail, class-discriminative.
+
+    ``cam``: any registered CAM method's name or class; the other options
+    (``eigen_smooth``, ``augment``, ...) go to it. attributions = guided
+    backprop x the CAM's own ``(B, H, W)`` map in [0, 1], which explains the
+    same classes (for ``target=None``, the CAM call's top classes).
+    """
+
+    reads_layer: ClassVar[bool] = True
+    cost: ClassVar[str] = "the CAM's, + forward + backward"
+
+    def __init__(self, model: nn.Module, target_layer: LayersSpec = None, *, cam: str | type[Explainer] = "gradcam",
+                 **options: Any) -> None:
+        super().__init__(model, target_layer, **{key: options[key] for key in _SHARED if key in options})
+        self.cam = create(cam, model, target_layer, **options)
+        if isinstance(self.cam, PixelExplainer):
+            raise CamkitError(f"cam must be a CAM method (gradcam, gradcam++, scorecam, ...), got {cam!r}, "
+                              "which explains pixels itself.")
+        self.class_specific = self.cam.class_specific
+
+    @property
+    def target_layer_name(self) -> str | None:
+        return self.cam.target_layer_name
+
+    def attribute(self, x: torch.Tensor, target: TargetSpec) -> Attribution:
+        explained = self.cam.explain(x, target)
+        # The guided pass explains what the CAM explained: its classes, or the same callable.
+        captured = input_gradients(self.model, x, explained.targets if explained.targets is not None else target,
+                                   guided=True)
+        self.say_if_no_relu(captured)
+        values = captured.gradients * explained.maps.unsqueeze(1)
+        return Attribution(values, captured.output, captured.scores, captured.classes, explained.layer_maps)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(cam={self.cam!r})"
