@@ -12,7 +12,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 import camkit
 
-from ..helpers import forward_batch_sizes, no_hooks_left, tiny_strided_cnn
+from ..helpers import check_refuses_nan_scores, forward_batch_sizes, no_hooks_left, tiny_strided_cnn
 
 
 def _peer(model, layer, x, classes) -> np.ndarray:
@@ -124,3 +124,7 @@ def test_top_channels_leaves_the_others_at_weight_zero() -> None:
 def test_options_are_validated(resnet) -> None:
     with pytest.raises(camkit.CamkitError, match="path must be"):
         camkit.AblationCAM(resnet, path="sideways")
+
+
+def test_nan_scores_raise_instead_of_blank_maps() -> None:
+    check_refuses_nan_scores("ablationcam")
