@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from .. import metrics
 from ..errors import CamkitError
@@ -23,6 +24,7 @@ from ..explainers import METHODS, create
 from . import distributed
 from .io import discover, read_rgb, write_atomically
 from .models import load_model, resolve_device
+from .runner import progress_bar
 
 COLUMNS = ("method", "pointing_game", "energy_pointing_game", "deletion", "insertion", "average_drop",
            "increase_in_confidence", "class_sensitivity", "model_randomisation", "seconds_per_image")
@@ -42,6 +44,7 @@ class EvaluationJob:
     steps: int = 32
     device: str = "auto"
     csv: Path | None = None
+    quiet: bool = False
 
 
 def run(args: EvaluationJob) -> int:
@@ -63,7 +66,9 @@ def _run(args: EvaluationJob, ranks: distributed.Ranks) -> int:
     share = distributed.shard(list(range(x.shape[0])), ranks)
     x = x[share].to(device)
     masks = masks[share].to(device) if masks is not None else None
-    table = [_score(name, create(name, loaded.model, args.layer), loaded.model, x, masks, args, ranks) for name in names]
+    with progress_bar(len(names) * x.shape[0], "camkit evaluate", args.quiet or not ranks.is_main) as bar:
+        table = [_score(name, create(name, loaded.model, args.layer), loaded.model, x, masks, args, ranks, bar)
+                 for name in names]
     if not ranks.is_main:
         return 0
     print(_markdown(table))
@@ -100,7 +105,8 @@ def _data(args: EvaluationJob, loaded) -> tuple[torch.Tensor, torch.Tensor | Non
     return (torch.stack(pixels) - mean) / std, None
 
 
-def _score(name: str, explainer, model, x: torch.Tensor, masks, args, ranks: distributed.Ranks) -> dict[str, Any]:
+def _score(name: str, explainer, model, x: torch.Tensor, masks, args, ranks: distributed.Ranks,
+           bar: tqdm) -> dict[str, Any]:
     sums: dict[str, float] = {column: 0.0 for column in COLUMNS[1:]}
     seconds = 0.0
     for start in range(0, x.shape[0], args.batch_size):
@@ -127,6 +133,7 @@ def _score(name: str, explainer, model, x: torch.Tensor, masks, args, ranks: dis
             values["energy_pointing_game"] = metrics.energy_pointing_game(maps, batch_masks)
         for key, value in values.items():
             sums[key] += float(value.sum())
+        bar.update(batch.shape[0])  # images x methods scored
     count = distributed.total(x.shape[0], ranks)
     sums = {key: distributed.total(value, ranks) for key, value in sums.items()}
     seconds = distributed.total(seconds, ranks)

@@ -31,6 +31,7 @@ def register(commands: Any) -> None:
     parser.add_argument("--steps", type=int, default=32, help="deletion/insertion steps")
     parser.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ...")
     parser.add_argument("--csv", type=Path, default=None, help="also write the table here")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (shown only when stderr is a terminal)")
     parser.set_defaults(run=_run)
 
 
