@@ -35,13 +35,14 @@ DEFAULT_MEMORY_BUDGET = 2 * 1024**3
 _LIVE_TENSORS = 4
 
 # On the CPU a chunk is also kept small enough that its largest tensor stays under
-# this size. torch's CPU allocator has no cache: glibc serves a larger block with a
+# this size. torch's CPU allocator has no cache: glibc serves a large block with a
 # fresh mmap that the kernel zero-fills page by page and unmaps on free, on every
-# chunk. With 2 GiB chunks SS-CAM on the demo model (8 images, 64x64) spent
-# 57 s in the kernel for 124 s of work; under this cap, 0.6 s (benchmarks/
-# bench_perturbation.py). Small batches also lose nothing: a conv's per-image
-# cost is flat from a few images on.
-CPU_CHUNK_TENSOR_BYTES = 16 * 1024**2
+# chunk. With 2 GiB chunks SS-CAM on the demo model (8 images, 64x64) spent 57 s
+# in the kernel for 124 s of work, IS-CAM 14.8 s for 36.6 s. Measured on IS-CAM
+# (2 images, 4 samples): a 64 MiB cap 1.35 s system for 3.4 s user, 16 MiB
+# 0.38 s, 8 MiB 0.00 s for 3.5 s user, 1 MiB 0.00 s but 4.4 s user (batches too
+# small for the convolutions).
+CPU_CHUNK_TENSOR_BYTES = 8 * 1024**2
 
 Progress = Callable[[int, int], None]
 
