@@ -7,10 +7,15 @@ camkit's Ablation-CAM against pytorch-grad-cam's; camkit's Score-CAM against
 the B x K masked forwards themselves (inputs prepared outside the timing,
 same chunk size) and against both peers' Score-CAM; how far the maps agree.
 Then seconds per image on resnet50 layer4 at 224x224 (``--resnet50-images``).
+Then (``--demo-images``, 0 skips) SS-CAM, IS-CAM and Score-CAM on the bundled
+demo model at 64x64, camkit against torchcam with the same sample counts:
+wall seconds per image and this process's user and system CPU seconds for
+each (the system share is what the chunking's allocations cost).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -71,6 +76,52 @@ def torchcam_scorecam(model, layer_name: str, x, batch_size: int) -> Callable[[]
     return run
 
 
+def torchcam_method(cls_name: str, model, layer_name: str, x, batch_size: int, **options) -> Callable[[], object]:
+    import torchcam.methods
+
+    def run() -> object:
+        with getattr(torchcam.methods, cls_name)(model, target_layer=layer_name, batch_size=batch_size,
+                                                 input_shape=tuple(x.shape[1:]), **options) as extractor:
+            scores = model(x)
+            return extractor(scores.argmax(1).tolist(), scores)[0]
+
+    return run
+
+
+def cpu_times(fn: Callable[[], object]) -> tuple[float, float, float]:
+    """Wall, user and system seconds of one call (this process, all its threads)."""
+    before, start = os.times(), time.perf_counter()
+    fn()
+    wall, after = time.perf_counter() - start, os.times()
+    return wall, after.user - before.user, after.system - before.system
+
+
+def demo_side_by_side(images: int, samples: int, chunk: int) -> None:
+    """SS-CAM / IS-CAM / Score-CAM on the demo model, camkit and torchcam, same images and sample counts."""
+    from camkit.app.demo import load_demo_model
+
+    model = load_demo_model().eval()
+    x = torch.randn(images, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    pairs = {
+        "ScoreCAM": (lambda: camkit.ScoreCAM(model, "features")(x),
+                     torchcam_method("ScoreCAM", model, "features", x, chunk)),
+        "ISCAM": (lambda: camkit.ISCAM(model, "features", n_samples=samples)(x),
+                  torchcam_method("ISCAM", model, "features", x, chunk, num_samples=samples)),
+        "SSCAM": (lambda: camkit.SSCAM(model, "features", n_samples=samples)(x),
+                  torchcam_method("SSCAM", model, "features", x, chunk, num_samples=samples)),
+    }
+    print(f"\n# demo model, {images} images 64x64, {samples} samples (IS-CAM, SS-CAM), {torch.get_num_threads()} "
+          "threads: s per image (wall) | user s | system s | system/user")
+    print("| method | camkit s/img | camkit user | camkit sys | sys/user | torchcam s/img | torchcam user | "
+          "torchcam sys | sys/user |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, (ours, theirs) in pairs.items():
+        cells = []
+        for fn in (ours, theirs):
+            wall, user, system = cpu_times(fn)
+            cells += [f"{wall / images:.2f}", f"{user:.1f}", f"{system:.1f}", f"{system / max(user, 1e-9):.2f}"]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
 def correlation(first: torch.Tensor, second: torch.Tensor) -> float:
     return float(torch.corrcoef(torch.stack((first.double().flatten(), second.double().flatten())))[0, 1])
 
@@ -90,10 +141,17 @@ def main() -> None:
     parser.add_argument("--resnet50-channels", type=int, default=256,
                         help="Score-CAM channels scored on resnet50 (of 2048; its cost is linear in them)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--demo-images", type=int, default=2, help="0 skips the demo-model SS-CAM/IS-CAM table")
+    parser.add_argument("--demo-samples", type=int, default=4, help="n_samples of SS-CAM and IS-CAM in that table")
+    parser.add_argument("--skip-resnet18", action="store_true", help="only the demo-model table (and resnet50)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.demo_images:
+        demo_side_by_side(args.demo_images, args.demo_samples, args.chunk)
+    if args.skip_resnet18:
+        return
     device = torch.device(args.device)
     model = torchvision.models.resnet18(weights=None).eval().to(device)
     x = torch.randn(2, 3, 112, 112, device=device)

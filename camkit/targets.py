@@ -167,15 +167,24 @@ def _holds_bool(target: Any) -> bool:
     return isinstance(target, bool) or getattr(getattr(target, "dtype", None), "kind", "") == "b"
 
 
+class NonFiniteScores(CamkitError):
+    """The explained score is NaN or infinite; ``rows`` are the offending rows of the scored batch."""
+
+    def __init__(self, rows: list[int]) -> None:
+        super().__init__(non_finite_message(rows))
+        self.rows = rows
+
+
+def non_finite_message(images: list[int]) -> str:
+    return (f"The explained score is NaN or infinite for image(s) {images[:8]} of the batch. Check the model's "
+            "weights and that the input is normalised the way the model expects.")
+
+
 def check_finite_scores(scores: torch.Tensor) -> None:
     """Refuse NaN or infinite explained scores: their gradients are meaningless, the map would be empty or NaN."""
     finite = torch.isfinite(scores.detach())
     if not bool(finite.all()):
-        bad = torch.nonzero(~finite).flatten().tolist()
-        raise CamkitError(
-            f"The explained score is NaN or infinite for image(s) {bad[:8]} of the batch. Check the model's "
-            "weights and that the input is normalised the way the model expects."
-        )
+        raise NonFiniteScores(torch.nonzero(~finite).flatten().tolist())
 
 
 class SegmentationTarget:

@@ -152,6 +152,39 @@ def forward_batch_sizes(model: torch.nn.Module) -> tuple[list[int], Callable[[],
     return seen, handle.remove
 
 
+class NaNScores(torch.nn.Module):
+    """``model``'s logits with NaN in ``rows`` of each forward (all rows when None), from forward ``after + 1`` on.
+
+    ``after=1`` leaves the clean pass of a perturbation method alone and spoils only its perturbed forwards.
+    """
+
+    def __init__(self, model: torch.nn.Module, rows: list[int] | None = None, after: int = 0) -> None:
+        super().__init__()
+        self.model, self.rows, self.after, self.calls = model, rows, after, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x)
+        self.calls += 1
+        if self.calls <= self.after:
+            return logits
+        spoiled = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
+        spoiled[self.rows if self.rows is not None else slice(None)] = True
+        return torch.where(spoiled[:, None], float("nan"), logits)
+
+
+def check_refuses_nan_scores(name: str, **options) -> None:
+    """A gradient-free method refuses NaN clean scores and NaN scores of its perturbed copies, naming the image."""
+    import camkit
+
+    torch.manual_seed(0)
+    model = tiny_strided_cnn()
+    x = torch.randn(2, 3, 16, 16)
+    with pytest.raises(camkit.CamkitError, match=r"NaN or infinite for image\(s\) \[0, 1\]"):
+        camkit.create(name, NaNScores(model), "model.3", **options)(x)
+    with pytest.raises(camkit.CamkitError, match=r"perturbed copies of image\(s\) \[0, 1\]"):
+        camkit.create(name, NaNScores(model, after=1), "model.3", **options)(x)
+
+
 def correlation(first: torch.Tensor, second) -> float:
     """Pearson correlation of two batches of maps, flattened together."""
     a = torch.as_tensor(first).double().flatten()

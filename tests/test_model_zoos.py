@@ -19,7 +19,7 @@ from .helpers import no_hooks_left, quick_options, reference_capture, reference_
 from .zoo import ZOO, ZooModel, by_hand
 
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = [pytest.mark.usefixtures("single_thread"), pytest.mark.slow]
 
 
 def _scores(entry: ZooModel, classes: list[int]):

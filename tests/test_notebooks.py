@@ -70,6 +70,7 @@ def test_committed_outputs_stay_small() -> None:
     assert sum(path.stat().st_size for path in NOTEBOOKS) <= MAX_TOTAL_BYTES
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.stem for path in NOTEBOOKS])
 def test_notebook_executes_and_draws_each_committed_picture(path: Path, tmp_path: Path) -> None:
     """A fresh kernel on a copy: every cell that had a picture (or a widget) in the repository has one again."""

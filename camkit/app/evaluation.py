@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from .. import metrics
 from ..errors import CamkitError
@@ -35,6 +36,7 @@ from . import distributed
 from .annotations import find_mask, read_boxes, scale_boxes
 from .io import discover, read_rgb, write_atomically
 from .models import load_model, resolve_device
+from .runner import progress_bar
 
 COLUMNS = ("method", "pointing_game", "energy_pointing_game", "max_box_acc_v2", "localisation_error", "pxap",
            "deletion", "insertion", "average_drop", "increase_in_confidence", "road_combined", "class_sensitivity",
@@ -68,6 +70,7 @@ class EvaluationJob:
     plot: Path | None = None
     samples: int = 2
     sigma: float = 0.1
+    quiet: bool = False
 
 
 @dataclass
@@ -109,7 +112,9 @@ def _run(args: EvaluationJob, ranks: distributed.Ranks) -> int:
         names = methods_for(loaded.model)
     data = _data(args, loaded)
     data = data.take(distributed.shard(list(range(data.x.shape[0])), ranks), device)
-    scored = [_score(name, create(name, loaded.model, args.layer), loaded.model, data, args, ranks) for name in names]
+    with progress_bar(len(names) * data.x.shape[0], "camkit evaluate", args.quiet or not ranks.is_main) as bar:
+        scored = [_score(name, create(name, loaded.model, args.layer), loaded.model, data, args, ranks, bar)
+                  for name in names]
     if not ranks.is_main:
         return 0
     table = [row for row, _, _ in scored]
@@ -186,7 +191,7 @@ def _read_mask(path: Path, size: tuple[int, ...]) -> torch.Tensor:
     return F.interpolate(mask, size=size, mode="nearest")[0, 0] > 0
 
 
-def _score(name: str, explainer, model, data: EvaluationData, args, ranks: distributed.Ranks
+def _score(name: str, explainer, model, data: EvaluationData, args, ranks: distributed.Ranks, bar: tqdm
            ) -> tuple[dict[str, Any], dict[str, float], torch.Tensor | None]:
     """The method's row (means), the per-image spread of each column, and its MaxBoxAcc curve (IoU 0.5)."""
     sums: dict[str, float] = {column: 0.0 for column in COLUMNS[1:]}
@@ -243,6 +248,7 @@ def _score(name: str, explainer, model, data: EvaluationData, args, ranks: distr
             value = value.double()
             sums[key] += float(value.sum())
             squares[key] += float((value * value).sum())
+        bar.update(batch.shape[0])  # images x methods scored
     count = distributed.total(x.shape[0], ranks)
     sums = {key: distributed.total(value, ranks) for key, value in sums.items()}
     squares = {key: distributed.total(value, ranks) for key, value in squares.items()}

@@ -13,8 +13,10 @@ unless every output it should have (overlays and saved maps) exists.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import math
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -71,15 +73,65 @@ class OverlayJob:
     save_maps: str | None = None
     batch_size: int = 16
     device: str = "auto"
-    workers: int = 0
+    workers: int | None = None  # None: from the thread budget
     overwrite: bool = False
     quiet: bool = False
+    samples: int | None = None  # n_samples of the methods that draw samples (SS-CAM, IS-CAM, Smooth Grad-CAM++)
+    threads: int | None = None  # torch's intra-op threads; None: from the thread budget
     report: bool = False
     label_from_folder: bool = False
     # Detectors (torchvision, ultralytics YOLO, Hugging Face DETR): which detections, and one file each.
     score_threshold: float = 0.25
     max_detections: int = 20
     per_detection: bool = False
+
+
+@dataclass(frozen=True)
+class ThreadBudget:
+    """How the run shares the CPU cores it may use: decoding workers, torch's intra-op threads, writer threads."""
+
+    workers: int
+    torch_threads: int
+    writers: int
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, which containers and ``taskset`` set), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def thread_budget(cores: int, *, workers: int | None = None, threads: int | None = None) -> ThreadBudget:
+    """Workers, torch threads and writers sized together so that they do not oversubscribe ``cores``.
+
+    The model's forwards and backwards are the work: torch gets every core the
+    workers do not. Decoding and resizing is cheap next to explaining, so
+    workers get a quarter of the cores (none up to 3 cores: decoding runs in
+    the main process between batches), writers (blending and PNG encoding,
+    which release the GIL) one thread up to 4 cores and two above. Each part
+    is overridden by ``--workers``, ``--threads`` (or ``CAMKIT_THREADS``) and
+    ``OMP_NUM_THREADS`` for torch.
+    """
+    cores = max(1, cores)
+    chosen_workers = workers if workers is not None else (cores // 4 if cores >= 4 else 0)
+    if threads is None and os.environ.get("CAMKIT_THREADS", "").strip():
+        threads = _positive_int(os.environ["CAMKIT_THREADS"], "CAMKIT_THREADS")
+    if threads is None and os.environ.get("OMP_NUM_THREADS", "").strip():
+        threads = torch.get_num_threads()  # torch read OMP_NUM_THREADS at start-up; the user chose it
+    torch_threads = threads if threads is not None else max(1, cores - chosen_workers)
+    return ThreadBudget(chosen_workers, torch_threads, 1 if cores <= 4 else 2)
+
+
+def _positive_int(text: str, name: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise CamkitError(f"{name} must be a positive number of threads, got {text!r}")
+    return value
 
 
 @dataclass
@@ -95,6 +147,7 @@ class Plan:
     std: tuple[float, ...]
     target: int | None
     sources: list[Source]
+    threads: ThreadBudget = field(default_factory=lambda: thread_budget(usable_cores()))
 
     def outputs(self, source: Source, method: str) -> list[Path]:
         """Every file one (input, method) should have: the overlay and, if asked, the saved map.
@@ -125,6 +178,15 @@ def run(job: OverlayJob) -> int:
 
 def _run(job: OverlayJob, ranks: distributed.Ranks) -> int:
     checked = plan(job, ranks)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(checked.threads.torch_threads)
+    try:
+        return _run_planned(checked, job, ranks)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run_planned(checked: "Plan", job: OverlayJob, ranks: distributed.Ranks) -> int:
     _prepare_output(checked.out, ranks)
     manifest = Manifest(checked.out, ranks)
     tally = Tally()
@@ -175,8 +237,15 @@ def plan(job: OverlayJob, ranks: distributed.Ranks | None = None) -> Plan:
         raise CamkitError(f"--batch-size must be at least 1, got {job.batch_size}")
     if job.label_from_folder and not job.report:
         raise CamkitError("--label-from-folder labels the rows of the report: add --report")
-    if job.workers < 0:
+    if job.workers is not None and job.workers < 0:
         raise CamkitError(f"--workers must be 0 (decode in this process) or more, got {job.workers}")
+    if job.threads is not None and job.threads < 1:
+        raise CamkitError(f"--threads must be at least 1, got {job.threads}")
+    if job.samples is not None and job.samples < 1:
+        raise CamkitError(f"--samples must be at least 1, got {job.samples}")
+    # Under torchrun the ranks on this machine share its cores.
+    ranks_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    threads = thread_budget(usable_cores() // ranks_here, workers=job.workers, threads=job.threads)
     if job.input_size is not None and job.input_size < MIN_INPUT_SIZE:
         raise CamkitError(f"--input-size must be at least {MIN_INPUT_SIZE} pixels, got {job.input_size}; "
                           "leave it out to use the model's own input size")
@@ -189,7 +258,8 @@ def plan(job: OverlayJob, ranks: distributed.Ranks | None = None) -> Plan:
     target = None if job.target == "top1" else _class_index(job.target, loaded)
     if job.method == "all":  # the attention methods need a transformer
         methods = methods_for(loaded.model)
-    explainers = {name: create(name, loaded.model, job.layer) for name in methods}
+    explainers = {name: create(name, loaded.model, job.layer, **_sample_options(name, job.samples))
+                  for name in methods}
     _preflight(loaded, explainers, size, device)
 
     out = Path(job.output).resolve()
@@ -201,7 +271,14 @@ def plan(job: OverlayJob, ranks: distributed.Ranks | None = None) -> Plan:
     check_owned(out / "manifest.csv")
     if job.report:
         report.check_owned(out / report.REPORT_NAME)
-    return Plan(job, out, loaded, explainers, size, mean, std, target, sources)
+    return Plan(job, out, loaded, explainers, size, mean, std, target, sources, threads)
+
+
+def _sample_options(method: str, samples: int | None) -> dict[str, int]:
+    """``n_samples=samples`` for a method that draws samples (``--samples``); nothing for the others."""
+    if samples is None or "n_samples" not in inspect.signature(METHODS[method].__init__).parameters:
+        return {}
+    return {"n_samples": samples}
 
 
 def _preflight(loaded: LoadedModel, explainers: dict[str, Explainer], size: tuple[int, ...],
@@ -303,10 +380,10 @@ class Images(torch.utils.data.Dataset):
 class Writers:
     """The writer threads: blending, encoding and writing, each finished file's row straight into the manifest."""
 
-    def __init__(self, manifest: Manifest, tally: Tally, pending: int) -> None:
+    def __init__(self, manifest: Manifest, tally: Tally, pending: int, threads: int = 2) -> None:
         self.manifest, self.tally = manifest, tally
         self.slots = BoundedSemaphore(pending)  # bounds the images waiting to be written
-        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="camkit-writer")
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="camkit-writer")
 
     def __enter__(self) -> "Writers":
         return self
@@ -344,22 +421,24 @@ def _explain_images(checked: Plan, sources: list[Source], manifest: Manifest, ta
         return
     loader = torch.utils.data.DataLoader(
         Images(sources, checked.size, checked.mean, checked.std), batch_size=checked.job.batch_size,
-        num_workers=checked.job.workers, collate_fn=list, worker_init_fn=_quiet_worker, persistent_workers=False,
+        num_workers=checked.threads.workers, collate_fn=list, worker_init_fn=_quiet_worker, persistent_workers=False,
     )
     if detector_of(checked.loaded.model) is not None:
         _explain_detections(checked, sources, manifest, tally)
         return
     policy = TargetPolicy(checked.loaded.model, checked.target)
     device = _device_of(checked.loaded.model)
-    show = not checked.job.quiet and sys.stderr.isatty()
-    with tqdm(total=len(sources), unit="img", desc="camkit overlay", file=sys.stderr, disable=not show) as progress, \
-            Writers(manifest, tally, 4 * checked.job.batch_size) as writers:
+    with progress_bar(len(sources), "camkit overlay", checked.job.quiet) as bar, \
+            Writers(manifest, tally, 4 * checked.job.batch_size, checked.threads.writers) as writers:
+        within = WithinBatch(bar, checked.explainers)
         for batch in loader:
+            within.start(len(batch))
             for item in batch:
                 if item.error is not None:
                     _fail(sources[item.index], checked, manifest, tally, item.error)
             good = [item for item in batch if item.error is None]
-            for items, target, results in _explained(checked, policy, good, device, sources, manifest, tally):
+            for items, target, results in _explained(checked, policy, good, device, sources, manifest, tally,
+                                                     within):
                 for method, result in results.items():
                     maps = result.maps.cpu()
                     attributions = result.attributions.cpu() if result.attributions is not None else None
@@ -376,11 +455,56 @@ def _explain_images(checked: Plan, sources: list[Source], manifest: Manifest, ta
                                        else None)
                             writers.submit(row, _write_image, item.original, maps[row_index], paths, checked.job,
                                            weights)
-            progress.update(len(batch))
+            within.finish()
+
+
+def stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+def progress_bar(total: int, description: str, quiet: bool) -> tqdm:
+    """Images done, images/s and ETA on stderr, only on a terminal and without ``--quiet``; fractions within a batch."""
+    return tqdm(total=total, unit="img", desc=description, file=sys.stderr, disable=quiet or not stderr_is_terminal(),
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total_fmt} img [{elapsed}<{remaining}, "
+                           "{rate_fmt}]", dynamic_ncols=True)
+
+
+class WithinBatch:
+    """Moves the bar inside a batch: each method's share as it finishes, perturbation methods chunk by chunk.
+
+    A batch of ``b`` images and ``M`` methods moves the bar ``b / M`` per
+    method; a perturbation method reports its masked copies as they run. So an
+    8-image run that is one batch still shows progress, rate and ETA.
+    """
+
+    def __init__(self, bar: tqdm, explainers: dict[str, Explainer]) -> None:
+        self.bar, self.explainers = bar, explainers
+        self.start_at, self.images, self.method = 0.0, 0, 0
+        for explainer in explainers.values():
+            if hasattr(explainer, "progress") and explainer.progress is None:
+                explainer.progress = self._copies_done  # type: ignore[attr-defined]
+
+    def start(self, images: int) -> None:
+        self.start_at, self.images, self.method = float(self.bar.n), images, 0
+
+    def method_started(self, index: int) -> None:
+        self.method = index
+        self._move_to(index / len(self.explainers))
+
+    def _copies_done(self, done: int, total: int) -> None:
+        self._move_to((self.method + done / max(1, total)) / len(self.explainers))
+
+    def finish(self) -> None:
+        self._move_to(1.0)
+
+    def _move_to(self, fraction: float) -> None:
+        position = self.start_at + self.images * min(1.0, fraction)
+        if position > self.bar.n:  # never backwards (a batch retried image by image restarts its methods)
+            self.bar.update(position - self.bar.n)
 
 
 def _explained(checked: Plan, policy: "TargetPolicy", items: list[Item], device: torch.device,
-               sources: list[Source], manifest: Manifest, tally: Tally
+               sources: list[Source], manifest: Manifest, tally: Tally, within: WithinBatch | None = None,
                ) -> Iterator[tuple[list[Item], Any, dict[str, Explanation]]]:
     """The batch explained by every method; if that fails, image by image, so one bad image loses only itself."""
     if not items:
@@ -388,7 +512,12 @@ def _explained(checked: Plan, policy: "TargetPolicy", items: list[Item], device:
     try:
         x = torch.stack([item.pixels for item in items]).to(device)
         target = policy(x)
-        yield items, target, {method: explainer.explain(x, target) for method, explainer in checked.explainers.items()}
+        results = {}
+        for index, (method, explainer) in enumerate(checked.explainers.items()):
+            if within is not None:
+                within.method_started(index)
+            results[method] = explainer.explain(x, target)
+        yield items, target, results
         return
     except Exception as error:
         if not _input_failure(error):

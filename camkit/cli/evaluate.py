@@ -43,6 +43,7 @@ def register(commands: Any) -> None:
                         "columns (0 leaves them out)")
     parser.add_argument("--sigma", type=float, default=0.1, help="gradient noise, times each image's gradient "
                         "standard deviation")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (shown only when stderr is a terminal)")
     parser.set_defaults(run=_run)
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,12 @@ def register(commands: Any) -> None:
     parser.add_argument("--save-maps", choices=("npy", "png16"), default=None, help="also write raw maps at image size")
     parser.add_argument("--batch-size", type=int, default=16, help="images per model pass")
     parser.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ...")
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="decoding processes (0: in-process)")
+    parser.add_argument("--workers", type=int, default=None, help="decoding processes (0: in-process; default: a "
+                        "quarter of the usable cores from 4 cores on, else 0)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for the model (default: "
+                        "CAMKIT_THREADS, else OMP_NUM_THREADS, else the usable cores the workers leave)")
+    parser.add_argument("--samples", type=int, default=None, help="samples drawn by sscam, iscam and smoothgradcam++ "
+                        "(default: each method's own, 35, 10 and 8); fewer is proportionally faster")
     parser.add_argument("--overwrite", action="store_true", help="redo images whose outputs already exist")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--report", action="store_true", help="also write OUT/report.html: every image and method "

@@ -40,4 +40,4 @@ class ISCAM(ScoreCAM):
                   channels: int) -> torch.Tensor:
         steps = (variant + 1).to(torch.float64)
         running_sum = steps * (steps + 1) / (2 * self.n_samples)  # sum_{j<=i} j / N
-        return masks * running_sum.to(masks.dtype).reshape(-1, *([1] * (masks.dim() - 1)))
+        return masks.mul_(running_sum.to(masks.dtype).reshape(-1, *([1] * (masks.dim() - 1))))

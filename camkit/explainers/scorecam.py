@@ -39,7 +39,7 @@ class ScoreCAM(PerturbationExplainer):
 
     def perturbed(self, masks: torch.Tensor, variant: torch.Tensor, channel: torch.Tensor,
                   channels: int) -> torch.Tensor:
-        """The masks of the rows' copies ``(R, *size)``; Score-CAM uses H_k itself."""
+        """The masks of the rows' copies ``(R, *size)``; Score-CAM uses H_k itself. ``masks`` may be changed in place."""
         return masks
 
     def score_channels(
@@ -53,16 +53,21 @@ class ScoreCAM(PerturbationExplainer):
         pairs, variants = image_index.shape[0], self.variants()
         totals = torch.zeros(pairs, dtype=torch.float64, device=x.device)
         size = tuple(x.shape[2:])
+        chunk_rows = self.rows_per_chunk(x, probe.largest)
+        # The masked copies of every chunk are written into one buffer, masked in place.
+        copies = x.new_empty((min(chunk_rows, pairs * variants), *x.shape[1:]))
         # Row r is copy r // pairs of pair r % pairs; each chunk makes only its own masks.
-        for row in self.chunks(pairs * variants, self.rows_per_chunk(x, probe.largest)):
+        for row in self.chunks(pairs * variants, chunk_rows):
             row = row.to(x.device)
             pair, variant = row % pairs, row // pairs
             images, chunk_channels = image_index[pair], channel_index[pair]
             masks = min_max_normalise(upsample(activations[images, chunk_channels], size))
             masks = self.perturbed(masks, variant, chunk_channels, channels)
-            masked = call.rows(images, x[images] * masks.unsqueeze(1).to(x.dtype))
-            with scored_target(self.model, target, masked) as row_target:
-                output = masked.run(self.model)
+            masked = torch.index_select(x, 0, images, out=copies[: len(row)])
+            masked.mul_(masks.unsqueeze(1).to(x.dtype))  # in place, in the buffer reused across chunks
+            chunk = call.rows(images, masked)
+            with scored_target(self.model, target, chunk) as row_target:
+                output = chunk.run(self.model)
                 scores = row_scores(output, row_target, images, probabilities=True)
             totals.index_add_(0, pair, scores.double())
         return scattered(totals / variants, image_index, channel_index, (batch, channels))

@@ -12,7 +12,7 @@ from ..capture import Capture, capture
 from ..errors import CamkitError
 from ..layers import LayersSpec
 from ..layouts import patch_size_of
-from ..targets import TargetSpec, target_rows
+from ..targets import NonFiniteScores, TargetSpec, check_finite_scores, non_finite_message, target_rows
 from .gradcampp import GradCAMPlusPlus
 from .registry import register
 
@@ -60,6 +60,7 @@ class SmoothGradCAMPlusPlus(GradCAMPlusPlus):
             raise CamkitError(
                 "The model's output has no class scores to explain; pass target=callable(output) -> (B,) scores."
             )
+        check_finite_scores(cleans[0].scores)
         # Every noisy copy explains the class chosen on the clean image.
         noisy_target = target if callable(target) and not isinstance(target, torch.Tensor) else cleans[0].classes
         return [
@@ -80,9 +81,13 @@ class SmoothGradCAMPlusPlus(GradCAMPlusPlus):
             copy_index, image_index = row // batch, row % batch
             noise = self._noise(x, generator, copy_index, image_index)
             noisy = x[image_index] + noise * sigma[image_index].reshape(-1, *([1] * (x.dim() - 1)))
-            layers = capture(self.model, self.layers, call.rows(image_index, noisy), target_rows(target, image_index),
-                             with_gradients=True,
-                             reshape=self.reshape, patch_size=patch_size_of(self.model))
+            try:
+                layers = capture(self.model, self.layers, call.rows(image_index, noisy),
+                                 target_rows(target, image_index), with_gradients=True,
+                                 reshape=self.reshape, patch_size=patch_size_of(self.model))
+            except NonFiniteScores as error:  # name the batch's images, not the rows of the noisy copies
+                images = sorted(set(image_index[error.rows].tolist()))
+                raise CamkitError(non_finite_message(images) + " (on noisy copies)") from None
             if totals is None:
                 totals = [torch.zeros((3, batch, *layer.gradients.shape[1:]), dtype=torch.float64, device=x.device)
                           for layer in layers]

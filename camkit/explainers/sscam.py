@@ -57,4 +57,4 @@ class SSCAM(ScoreCAM):
         for slot, key in enumerate(keys.tolist()):
             generator.manual_seed(self.seed * 1_000_003 + key)
             fields[slot] = torch.randn(masks.shape[1:], generator=generator, dtype=masks.dtype, device=masks.device)
-        return masks + self.sigma * fields[inverse]
+        return masks.add_(fields[inverse].mul_(self.sigma))

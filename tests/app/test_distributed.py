@@ -14,6 +14,8 @@ from PIL import Image
 
 from ..helpers import TESTS, ReportPage, user_code_on_path
 
+pytestmark = pytest.mark.slow
+
 
 
 @pytest.fixture(scope="module")

@@ -159,6 +159,7 @@ def test_bad_requests_are_one_line_errors(images, resnet_weights, tmp_path, extr
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in process.stderr, process.stderr
 
 
+@pytest.mark.slow
 def test_bundled_demo_on_the_shipped_samples(tmp_path) -> None:
     process = subprocess.run([sys.executable, "-m", "camkit", "overlay", str(ROOT / "assets" / "samples"),
                               "-o", str(tmp_path / "out"), "--method", "all"], capture_output=True, text=True)

@@ -12,7 +12,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 import camkit
 
-from ..helpers import forward_batch_sizes, no_hooks_left, tiny_strided_cnn
+from ..helpers import check_refuses_nan_scores, forward_batch_sizes, no_hooks_left, tiny_strided_cnn, tiny_vit
 
 
 def _peer(model, layer, x, classes) -> np.ndarray:
@@ -62,16 +62,30 @@ def test_downstream_path_equals_full_forwards_and_runs_upstream_once_per_chunk(r
     torch.testing.assert_close(result.maps, expected.maps, atol=1e-4, rtol=0)
 
 
-def test_a_layer_inside_a_residual_block_falls_back_to_full_forwards(resnet, caplog) -> None:
+def test_a_layer_inside_a_residual_block_fans_out_at_the_block(resnet, caplog) -> None:
+    # The block adds its input back after conv2: copies made at conv2's output would meet a residual of
+    # the images alone, so the copies are made at the block's input instead.
     x = torch.randn(2, 3, 64, 64)
     cam = camkit.AblationCAM(resnet, "layer4.0.conv2", top_channels=16)
+    seen, stop = forward_batch_sizes(resnet)
     with caplog.at_level(logging.INFO, logger="camkit"):
         maps = cam(x)
-    assert cam.path_used == "full" and "refused" in caplog.text
+    stop()
+    assert cam.path_used == "downstream from 'layer4.0'" and "downstream from 'layer4.0' path" in caplog.text
+    assert seen == [2, 2, 2]  # the clean pass, the refused try at conv2, the pass fanned out at the block
     torch.testing.assert_close(maps, camkit.AblationCAM(resnet, "layer4.0.conv2", top_channels=16, path="full")(x))
-    with pytest.raises(camkit.CamkitError, match="path='auto'"):
-        camkit.AblationCAM(resnet, "layer4.0.conv2", top_channels=4, path="downstream")(x)
     assert no_hooks_left(resnet)
+
+
+def test_a_vit_token_layer_takes_the_fast_path() -> None:
+    torch.manual_seed(0)
+    vit = tiny_vit().eval()
+    x = torch.randn(2, 3, 32, 32)
+    cam = camkit.AblationCAM(vit)
+    maps = cam(x)
+    assert cam.path_used == "downstream from 'encoder.layers.encoder_layer_1'"
+    torch.testing.assert_close(maps, camkit.AblationCAM(vit, path="full")(x), atol=1e-6, rtol=0)
+    assert no_hooks_left(vit)
 
 
 class BatchMixingHead(torch.nn.Module):
@@ -87,12 +101,16 @@ class BatchMixingHead(torch.nn.Module):
         return self.fc(pooled - pooled.mean(0, keepdim=True))
 
 
-def test_the_unablated_copies_catch_a_downstream_that_mixes_the_batch() -> None:
+def test_the_unablated_copies_catch_a_downstream_that_mixes_the_batch(caplog) -> None:
     torch.manual_seed(2)
     model = BatchMixingHead().eval()
     cam = camkit.AblationCAM(model, "features.3")
-    maps = cam(torch.randn(3, 3, 16, 16))
+    with caplog.at_level(logging.INFO, logger="camkit"):
+        maps = cam(torch.randn(3, 3, 16, 16))
     assert cam.path_used == "full" and torch.isfinite(maps).all()
+    assert "no downstream-only pass reproduced the clean scores" in caplog.text
+    with pytest.raises(camkit.CamkitError, match="path='auto'"):
+        camkit.AblationCAM(model, "features.3", path="downstream")(torch.randn(3, 3, 16, 16))
 
 
 def test_chunking_and_a_tiny_budget_never_change_the_result() -> None:
@@ -124,3 +142,7 @@ def test_top_channels_leaves_the_others_at_weight_zero() -> None:
 def test_options_are_validated(resnet) -> None:
     with pytest.raises(camkit.CamkitError, match="path must be"):
         camkit.AblationCAM(resnet, path="sideways")
+
+
+def test_nan_scores_raise_instead_of_blank_maps() -> None:
+    check_refuses_nan_scores("ablationcam")

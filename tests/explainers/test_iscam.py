@@ -6,7 +6,7 @@ import torch
 
 import camkit
 
-from ..helpers import correlation, tiny_strided_cnn
+from ..helpers import check_refuses_nan_scores, correlation, tiny_strided_cnn
 from .test_sscam import LAYER, torchcam_maps
 
 
@@ -40,3 +40,7 @@ def test_the_path_changes_the_map_and_chunking_does_not(model) -> None:
 def test_options_are_validated(model) -> None:
     with pytest.raises(camkit.CamkitError, match="n_samples"):
         camkit.ISCAM(model, n_samples=0)
+
+
+def test_nan_scores_raise_instead_of_blank_maps() -> None:
+    check_refuses_nan_scores("iscam", n_samples=2)

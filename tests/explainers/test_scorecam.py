@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import camkit
 
-from ..helpers import forward_batch_sizes, no_hooks_left, tiny_strided_cnn
+from ..helpers import check_refuses_nan_scores, forward_batch_sizes, no_hooks_left, tiny_strided_cnn
 
 LAYER = "3"
 
@@ -120,3 +120,7 @@ def test_options_are_validated(model) -> None:
         camkit.ScoreCAM(model, top_channels=0)
     with pytest.raises(camkit.CamkitTypeError, match="progress"):
         camkit.ScoreCAM(model, progress=3)
+
+
+def test_nan_scores_raise_instead_of_blank_maps() -> None:
+    check_refuses_nan_scores("scorecam")

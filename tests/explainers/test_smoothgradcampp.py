@@ -9,6 +9,8 @@ import torchvision
 
 import camkit
 
+from ..helpers import NaNScores, tiny_strided_cnn
+
 
 @pytest.fixture(scope="module")
 def model() -> torch.nn.Module:
@@ -135,3 +137,14 @@ def test_works_under_inference_mode_with_class_targets() -> None:
         assert torch.is_inference_mode_enabled()
     torch.testing.assert_close(inside, expected)
     assert explicit.shape == (2, 64, 64) and not explicit.is_inference()
+
+
+def test_nan_scores_name_the_batch_images() -> None:
+    torch.manual_seed(0)
+    model = tiny_strided_cnn()
+    x = torch.randn(3, 3, 16, 16)
+    with pytest.raises(camkit.CamkitError, match=r"image\(s\) \[0, 1, 2\] of the batch"):
+        camkit.SmoothGradCAMPlusPlus(NaNScores(model), "model.3", n_samples=4)(x)
+    # Only the noisy copies' row 4 is NaN: copy-major rows, so that is copy 1 of image 1 (not "image 4").
+    with pytest.raises(camkit.CamkitError, match=r"image\(s\) \[1\] of the batch"):
+        camkit.SmoothGradCAMPlusPlus(NaNScores(model, rows=[4], after=1), "model.3", n_samples=4)(x)

@@ -8,7 +8,7 @@ import torchcam.methods
 
 import camkit
 
-from ..helpers import correlation, tiny_strided_cnn
+from ..helpers import check_refuses_nan_scores, correlation, tiny_strided_cnn
 
 LAYER = "3"
 
@@ -58,3 +58,7 @@ def test_options_are_validated(model) -> None:
         camkit.SSCAM(model, n_samples=0)
     with pytest.raises(camkit.CamkitError, match="sigma"):
         camkit.SSCAM(model, sigma=-1.0)
+
+
+def test_nan_scores_raise_instead_of_blank_maps() -> None:
+    check_refuses_nan_scores("sscam", n_samples=2)

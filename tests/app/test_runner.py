@@ -1,0 +1,94 @@
+"""The folder run's CPU sharing and visibility: the thread budget, the progress bar within a batch, --samples."""
+from __future__ import annotations
+
+import functools
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+import camkit
+from camkit.app import runner
+from camkit.cli import main
+
+
+@pytest.fixture
+def no_thread_settings(monkeypatch) -> None:
+    monkeypatch.delenv("CAMKIT_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+
+
+@pytest.mark.parametrize(("cores", "expected"), [
+    (1, runner.ThreadBudget(workers=0, torch_threads=1, writers=1)),
+    (2, runner.ThreadBudget(workers=0, torch_threads=2, writers=1)),
+    (4, runner.ThreadBudget(workers=1, torch_threads=3, writers=1)),
+    (16, runner.ThreadBudget(workers=4, torch_threads=12, writers=2)),
+])
+def test_the_budget_never_oversubscribes_the_cores(no_thread_settings, cores, expected) -> None:
+    budget = runner.thread_budget(cores)
+    assert budget == expected
+    assert budget.workers + budget.torch_threads <= cores
+
+
+def test_flags_then_environment_override_the_budget(no_thread_settings, monkeypatch) -> None:
+    assert runner.thread_budget(8, workers=0, threads=3) == runner.ThreadBudget(0, 3, 2)
+    monkeypatch.setenv("CAMKIT_THREADS", "5")
+    assert runner.thread_budget(8).torch_threads == 5
+    assert runner.thread_budget(8, threads=2).torch_threads == 2  # the flag wins over the environment
+    monkeypatch.setenv("CAMKIT_THREADS", "many")
+    with pytest.raises(camkit.CamkitError, match="CAMKIT_THREADS"):
+        runner.thread_budget(8)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no affinity masks on this platform")
+def test_usable_cores_follow_the_affinity_mask() -> None:
+    assert runner.usable_cores() == len(os.sched_getaffinity(0))
+
+
+def _pictures(folder: Path, count: int) -> Path:
+    folder.mkdir()
+    for index in range(count):
+        pixels = np.random.default_rng(index).integers(0, 255, (20, 24, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{index}.png")
+    return folder
+
+
+def test_one_batch_shows_progress_within_it_and_torch_threads_are_restored(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(runner, "stderr_is_terminal", lambda: True)
+    monkeypatch.setattr(runner, "tqdm", functools.partial(tqdm, mininterval=0, miniters=1e-9))  # draw every update
+    folder = _pictures(tmp_path / "in", 4)
+    threads = torch.get_num_threads()
+    assert main(["overlay", str(folder), "-o", str(tmp_path / "out"), "--method", "gradcam,scorecam",
+                 "--input-size", "32", "--workers", "0", "--threads", "1", "--batch-size", "4"]) == 0
+    assert torch.get_num_threads() == threads
+    shown = capsys.readouterr().err
+    positions = [float(value) for value in re.findall(r"(\d+\.\d)/4 img", shown)]
+    assert positions[-1] == 4.0 and "img/s" in shown
+    # Inside the one batch: Grad-CAM's half, then Score-CAM's masked copies chunk by chunk.
+    inside = sorted({value for value in positions if 0 < value < 4})
+    assert 2.0 in inside and any(2.0 < value < 4.0 for value in inside), shown
+
+
+def test_quiet_or_no_terminal_shows_no_bar(tmp_path, monkeypatch, capsys) -> None:
+    folder = _pictures(tmp_path / "in", 2)
+    assert main(["overlay", str(folder), "-o", str(tmp_path / "out"), "--input-size", "16", "--workers", "0"]) == 0
+    assert "img/s" not in capsys.readouterr().err  # stderr is not a terminal here
+    monkeypatch.setattr(runner, "stderr_is_terminal", lambda: True)
+    assert main(["overlay", str(folder), "-o", str(tmp_path / "out2"), "--input-size", "16", "--workers", "0",
+                 "--quiet"]) == 0
+    assert "img/s" not in capsys.readouterr().err
+
+
+def test_samples_set_the_sampling_methods_only(tmp_path) -> None:
+    folder = _pictures(tmp_path / "in", 1)
+    job = runner.OverlayJob(inputs=[str(folder)], output=tmp_path / "out", method="sscam,iscam,smoothgradcam++,gradcam",
+                            samples=2)
+    explainers = runner.plan(job).explainers
+    assert [explainers[name].n_samples for name in ("sscam", "iscam", "smoothgradcam++")] == [2, 2, 2]
+    with pytest.raises(camkit.CamkitError, match="--samples"):
+        runner.plan(runner.OverlayJob(inputs=[str(folder)], output=tmp_path / "out", samples=0))
