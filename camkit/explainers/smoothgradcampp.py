@@ -11,7 +11,7 @@ from ..capture import Capture, capture
 from ..errors import CamkitError
 from ..layers import LayersSpec
 from ..layouts import patch_size_of
-from ..targets import TargetSpec
+from ..targets import PerImageTargets, TargetSpec
 from .gradcampp import GradCAMPlusPlus
 from .registry import register
 
@@ -79,7 +79,8 @@ class SmoothGradCAMPlusPlus(GradCAMPlusPlus):
             copy_index, image_index = row // batch, row % batch
             noise = self._noise(x, generator, copy_index, image_index)
             noisy = x[image_index] + noise * sigma[image_index].reshape(-1, *([1] * (x.dim() - 1)))
-            chunk_target = target if callable(target) else target[image_index]
+            chunk_target = (target.rows(image_index) if isinstance(target, PerImageTargets)
+                            else target if callable(target) else target[image_index])
             layers = capture(self.model, self.layers, noisy, chunk_target, with_gradients=True,
                              reshape=self.reshape, patch_size=patch_size_of(self.model))
             if totals is None:
