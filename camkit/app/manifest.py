@@ -8,6 +8,11 @@ each rank keeps its own part file beside the manifest and rank 0 merges all
 parts, oldest first, once every rank is done; parts a crashed run left behind
 are merged too, so the rows they hold are not lost.
 
+``input`` and ``output`` are paths relative to the output folder, so a
+folder moved together with its inputs (or alone, for its outputs) still
+works; manifests of earlier versions, whose outputs were absolute, are read
+and rewritten that way.
+
 File names that are not valid UTF-8 are written with Python's
 ``surrogateescape``, so the manifest round-trips the bytes the names had.
 """
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import threading
 import time
 from pathlib import Path
@@ -61,6 +67,25 @@ def upsert(rows: dict[tuple[str, str], Row], row: Row) -> None:
     rows[key] = {field: row.get(field, "") for field in MANIFEST_FIELDS}
 
 
+def relative_paths(row: Row, folder: Path) -> Row:
+    """``row`` with ``input`` and ``output`` relative to ``folder``; a path already relative is taken as relative to it.
+
+    A row of an earlier version (absolute ``output``; ``input`` as given on the command line, relative to the
+    current folder) is converted too.
+    """
+    output, source = str(row.get("output") or ""), str(row.get("input") or "")
+    earlier = os.path.isabs(output) or (not output and source and not os.path.isabs(source)
+                                        and not (folder / source).exists() and os.path.exists(source))
+    if not earlier and not os.path.isabs(source):
+        return row
+    converted = dict(row)
+    if output:
+        converted["output"] = os.path.relpath(output, folder)
+    if source:
+        converted["input"] = os.path.relpath(os.path.abspath(source), folder)
+    return converted
+
+
 def read_rows(path: Path) -> list[Row]:
     with open(path, encoding="utf-8", errors="surrogateescape", newline="") as file:
         return list(csv.DictReader(file))
@@ -89,11 +114,12 @@ class Manifest:
         earlier = self.path if ranks.world == 1 else self.part
         if earlier.exists():
             for row in read_rows(earlier):
-                upsert(self._rows, row)
+                upsert(self._rows, relative_paths(row, out))
         self._flushed_at = 0.0
         self.added: list[Row] = []
 
     def add(self, row: Row) -> None:
+        row = relative_paths(row, self.path.parent)
         with self._lock:
             upsert(self._rows, row)
             self.added.append(row)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..app.evaluation import EvaluationJob, run
-from .formatting import HelpFormatter
+from .formatting import DeprecatedSpelling, HelpFormatter
 
 
 def register(commands: Any) -> None:
@@ -21,7 +21,8 @@ def register(commands: Any) -> None:
         formatter_class=HelpFormatter,
     )
     parser.add_argument("inputs", nargs="*", metavar="INPUT", help="images/folders/globs (default: the demo set with boxes)")
-    parser.add_argument("--methods", default="all", help="comma-separated method names, or 'all'")
+    parser.add_argument("--method", "--methods", default="all", action=DeprecatedSpelling, dest="methods",
+                        help="comma-separated method names, or 'all' (--methods, the old spelling, still works)")
     parser.add_argument("--model", default=None, help="as for `camkit overlay` (default: the demo CNN)")
     parser.add_argument("--weights", default=None, help="as for `camkit overlay`: a local weights file or a "
                         "torchvision weight set name")
