@@ -335,7 +335,9 @@ class DetectionTarget:
         for detections, box, label in zip(output, self.boxes, self.labels.tolist()):
             # A Python loop over images: each image has its own number of detections.
             same_label = detections["labels"] == label
-            overlap = box_iou(box[None].to(detections["boxes"].device), detections["boxes"])[0]
+            # The IoU only chooses the detection: computed without autograd (float() of a tensor that
+            # requires grad makes torch warn), the score it picks keeps its gradient.
+            overlap = box_iou(box[None].to(detections["boxes"].device), detections["boxes"].detach())[0]
             overlap = torch.where(same_label & (overlap >= self.min_iou), overlap, -1.0)
             if detections["scores"].numel() == 0 or float(overlap.max()) < 0:
                 scores.append(detections["scores"].sum() * 0.0)

@@ -87,7 +87,7 @@ class Explainer:
         **unknown: Any,
     ) -> None:
         if unknown:
-            raise CamkitTypeError(f"{type(self).__name__} has no option {sorted(unknown)[0]!r}; its options are "
+            raise CamkitTypeError(f"{type(self).__name__} has no option {min(unknown)!r}; its options are "
                                   f"{', '.join(known_options(type(self)))}.")
         if not isinstance(model, nn.Module):
             raise CamkitTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")

@@ -46,7 +46,7 @@ def captioned(image: torch.Tensor, text: str, colormap: ColormapSpec = "jet") ->
     import numpy as np
     from PIL import Image, ImageDraw
 
-    height, width = int(image.shape[0]), int(image.shape[1])
+    width = int(image.shape[1])
     size = font_size(width)
     font = _font(size)
     margin = max(2, size // 3)

@@ -5,7 +5,7 @@ The CLI writes what :func:`overlay` returns; notebooks draw the same pixels.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from ..errors import CamkitError, CamkitTypeError
 
 # A matplotlib colormap name ("jet") or a matplotlib Colormap object (matplotlib.colormaps["turbo"], a ListedColormap).
-ColormapSpec = Union[str, Any]
+ColormapSpec = str | Any
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
