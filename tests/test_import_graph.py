@@ -19,7 +19,7 @@ STOREYS: list[tuple[str, ...]] = [
     ("camkit.capture",),
     ("camkit.explainers",),
     ("camkit.metrics", "camkit.viz"),
-    ("camkit.app",),
+    ("camkit.app", "camkit.compat"),
     ("camkit.cli",),
     ("camkit", "camkit.__main__"),
 ]
