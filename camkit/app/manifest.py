@@ -148,7 +148,7 @@ def merge_parts(path: Path) -> None:
     merged: dict[tuple[str, str], Row] = {}
     if path.exists():
         for row in read_rows(path):
-            upsert(merged, row)
+            upsert(merged, relative_paths(row, path.parent))
     parts = sorted(path.parent.glob(".manifest-part-*-of-*.csv"), key=lambda part: part.stat().st_mtime_ns)
     for part in parts:
         for row in read_rows(part):

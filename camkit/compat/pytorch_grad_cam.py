@@ -171,7 +171,7 @@ class PeerStyleCAM:
     def __enter__(self) -> "PeerStyleCAM":
         return self
 
-    def __exit__(self, *_exc: Any) -> None:  # hooks live only during each call: nothing to release
+    def __exit__(self, *_exc: object) -> None:  # hooks live only during each call: nothing to release
         return None
 
 
@@ -220,7 +220,7 @@ class EigenGradCAM(PeerStyleCAM):
     method = explainers.EigenGradCAM
 
 
-class KPCA_CAM(PeerStyleCAM):  # noqa: N801 - pytorch-grad-cam's name
+class KPCA_CAM(PeerStyleCAM):
     method = explainers.KPCACAM
 
 
@@ -233,8 +233,23 @@ class AblationCAM(PeerStyleCAM):
 
 
 __all__ = [
-    "AblationCAM", "BinaryClassifierOutputTarget", "ClassifierOutputSoftmaxTarget", "ClassifierOutputTarget",
-    "EigenCAM", "EigenGradCAM", "FasterRCNNBoxScoreTarget", "GradCAM", "GradCAMElementWise", "GradCAMPlusPlus",
-    "HiResCAM", "KPCA_CAM", "LayerCAM", "PeerStyleCAM", "ScoreCAM", "SemanticSegmentationTarget", "XGradCAM",
-    "camkit_target", "show_cam_on_image",
+    "KPCA_CAM",
+    "AblationCAM",
+    "BinaryClassifierOutputTarget",
+    "ClassifierOutputSoftmaxTarget",
+    "ClassifierOutputTarget",
+    "EigenCAM",
+    "EigenGradCAM",
+    "FasterRCNNBoxScoreTarget",
+    "GradCAM",
+    "GradCAMElementWise",
+    "GradCAMPlusPlus",
+    "HiResCAM",
+    "LayerCAM",
+    "PeerStyleCAM",
+    "ScoreCAM",
+    "SemanticSegmentationTarget",
+    "XGradCAM",
+    "camkit_target",
+    "show_cam_on_image",
 ]

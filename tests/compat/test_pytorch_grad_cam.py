@@ -39,7 +39,10 @@ def test_their_code_gives_camkits_exact_maps(model, x, theirs, ours) -> None:
 
 
 def test_their_own_target_objects_and_options(model, x) -> None:
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
+    from pytorch_grad_cam.utils.model_targets import (
+        ClassifierOutputSoftmaxTarget,
+        ClassifierOutputTarget,
+    )
 
     cam = compat.GradCAM(model=model, target_layers=[model.layer3, model.layer4])
     fused = camkit.GradCAM(model, ["layer3", "layer4"])
