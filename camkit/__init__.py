@@ -22,14 +22,22 @@ from .viz import compare, interactive
 
 
 
-def __getattr__(name: str) -> object:
-    # load_images reads files, so it lives in the application storey; imported on first use only,
-    # which keeps `import camkit` free of the application and of PIL.
-    if name == "load_images":
-        from .app.io import load_images
+# Names from the application storey (reading files, the bundled demo): imported on first use only,
+# which keeps `import camkit` free of the application and of PIL.
+_APPLICATION = {"load_images": "io", "demo_model": "demo", "demo_images": "demo"}
 
-        return load_images
+
+def __getattr__(name: str) -> object:
+    if name in _APPLICATION:
+        import importlib
+
+        return getattr(importlib.import_module(f".app.{_APPLICATION[name]}", __name__), name)
     raise AttributeError(f"module 'camkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # Tab completion shows the lazily imported names too.
+    return sorted(set(globals()) | set(__all__))
 
 
 try:
@@ -90,6 +98,8 @@ __all__ = [
     "cluster",
     "compare",
     "create",
+    "demo_images",
+    "demo_model",
     "interactive",
     "load_images",
     "metrics",

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -200,12 +201,12 @@ def concatenated(parts: Sequence[Capture]) -> Capture:
     if len(parts) == 1:
         return parts[0]
 
-    def joined(name: str) -> torch.Tensor | None:
-        tensors = [getattr(part, name) for part in parts]
-        return None if tensors[0] is None else torch.cat(tensors, dim=0)
+    def joined(name: str) -> Any:
+        values = [getattr(part, name) for part in parts]
+        return torch.cat(values, dim=0) if isinstance(values[0], torch.Tensor) and name != "output" else values[0]
 
-    return Capture(joined("activations"), joined("gradients"), parts[0].output, joined("scores"), joined("classes"),
-                   joined("squared_gradients"), joined("cubed_gradients"))
+    # Every field of the parts' own type: a method's capture subclass (Score-CAM's channel weights) keeps its own.
+    return type(parts[0])(**{field.name: joined(field.name) for field in dataclasses.fields(parts[0])})
 
 
 @contextlib.contextmanager

@@ -232,12 +232,34 @@ def _vit_layer(norm_names: list[str]) -> str:
     return blocks[-1][0] if blocks else norm_names[-1]
 
 
+TORCHSCRIPT_ADVICE = (
+    "PyTorch cannot hook the layers of a TorchScript module (torch.jit.script or torch.jit.trace), so no CAM can "
+    "be computed from it. Explain the original nn.Module, or re-export it with torch.export: "
+    "torch.export.save(torch.export.export(model, (x,)), 'model.pt2') and load it with "
+    "torch.export.unflatten(torch.export.load('model.pt2'))."
+)
+
+
+def refuse_torchscript(model: nn.Module, layers: Sequence[tuple[str, nn.Module]] = ()) -> None:
+    """A TorchScript model (or target layer) runs its own compiled graph: hooks never fire, so say so up front."""
+    if isinstance(model, torch.jit.ScriptModule):
+        raise CamkitTypeError(f"The model is TorchScript ({type(model).__name__}). {TORCHSCRIPT_ADVICE}")
+    for name, module in layers:
+        if isinstance(module, torch.jit.ScriptModule):
+            raise CamkitTypeError(f"The target layer {name!r} is TorchScript ({type(module).__name__}). "
+                                  f"{TORCHSCRIPT_ADVICE}")
+
+
 def find_layers(model: nn.Module, target_layer: LayersSpec) -> list[tuple[str, nn.Module]]:
     """``target_layer`` as a list of ``(name, module)``: empty for None (choose automatically later)."""
+    refuse_torchscript(model)
     if target_layer is None:
         return []
     if isinstance(target_layer, (list, tuple)):
         if not target_layer:
             raise CamkitError("target_layer is an empty list; name at least one layer, or pass None.")
-        return [find_layer(model, layer) for layer in target_layer]
-    return [find_layer(model, target_layer)]
+        found = [find_layer(model, layer) for layer in target_layer]
+    else:
+        found = [find_layer(model, target_layer)]
+    refuse_torchscript(model, found)
+    return found

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
+import torch.nn.functional as F
 
-from .errors import CamkitError
+from .errors import CamkitError, CamkitTypeError
 from .ops.images import unnormalize
 
 _renderer: dict[str, Callable[..., Any]] = {}
@@ -39,15 +40,21 @@ class _Drawn:
 
     def with_display(
         self: _Result,
-        images: torch.Tensor | None = None,
+        images: torch.Tensor | Sequence[torch.Tensor] | None = None,
         *,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         class_names: Sequence[str] | None = None,
     ) -> _Result:
-        """The same result drawn over ``images`` (or the input un-normalised with mean/std), with class names."""
+        """The same result drawn over ``images`` (or the input un-normalised with mean/std), with class names.
+
+        ``images``: a ``(B, 3, H, W)`` batch or a list of ``(3, H, W)`` images of any sizes (the ``originals``
+        ``camkit.load_images`` returns), uint8 in 0..255 or floats in [0, 1]; each is resized to the maps.
+        """
         if images is None and mean is not None and std is not None:
             images = unnormalize(self.images, mean, std)
+        elif images is not None:
+            images = display_batch(images, len(self), tuple(self.images.shape[2:]))
         return replace(self, display=images if images is not None else self.display,  # type: ignore[type-var]
                        class_names=class_names if class_names is not None else self.class_names)
 
@@ -178,6 +185,31 @@ class DetectionExplanation(_Drawn):
         counts = _short([int(labels.shape[0]) for labels in self.labels])
         return (f"DetectionExplanation(method={self.method!r}, layer={self.layer!r}, family={self.family!r}, "
                 f"images={len(self)}, detections={counts}, device={self.images.device})")
+
+
+def display_batch(images: Any, count: int, size: tuple[int, ...]) -> torch.Tensor:
+    """Images to draw under ``count`` maps of ``size``: float ``(B, 3, *size)`` in [0, 1], from uint8 or floats."""
+    items = list(images) if isinstance(images, (list, tuple)) else None
+    if items is None and not isinstance(images, torch.Tensor):
+        raise CamkitTypeError(f"display images must be a tensor (B, 3, H, W) or a list of (3, H, W) tensors, got "
+                              f"{type(images).__name__}.")
+    if items is None:
+        items = list(images.unbind(0)) if images.dim() == len(size) + 2 else []
+    if len(items) != count or not all(isinstance(item, torch.Tensor) and item.dim() == len(size) + 1
+                                      and item.shape[0] in (1, 3) for item in items):
+        raise CamkitError(f"with_display needs {count} images of shape (3, H, W) or (1, H, W), one per map; got "
+                          f"{len(items)} of shapes {[tuple(getattr(item, 'shape', ())) for item in items][:3]}.")
+    mode = "bilinear" if len(size) == 2 else "trilinear"
+    shown = []
+    for item in items:
+        # uint8 (what decoders and camkit.load_images give) is 0..255; floats are taken as [0, 1].
+        image = item.float() / 255 if item.dtype == torch.uint8 else item.float()
+        if tuple(image.shape[1:]) != size:
+            image = F.interpolate(image[None], size=size, mode=mode, align_corners=False,
+                                  antialias=len(size) == 2)[0]
+        shown.append(image.expand(3, *image.shape[1:]).clamp(0, 1))
+    return torch.stack(shown)
+
 
 def _short(values: list[int]) -> str:
     return str(values) if len(values) <= 8 else f"[{', '.join(map(str, values[:8]))}, ...]"

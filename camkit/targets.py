@@ -132,21 +132,27 @@ def class_indices(logits: torch.Tensor, target: TargetSpec) -> torch.Tensor:
     if isinstance(target, int):
         classes = torch.full((batch_size,), target, dtype=torch.long, device=logits.device)
     else:
+        if isinstance(target, torch.Tensor) and target.is_meta:
+            raise CamkitError("target is a tensor on the meta device, which holds no values; pass class indices "
+                              "on the CPU or on the model's device.")
         try:
             classes = torch.as_tensor(target, device=logits.device)
-        except (TypeError, ValueError) as error:
+        except (TypeError, ValueError, RuntimeError) as error:
             raise CamkitTypeError(
-                f"target must be None, an int, one int per image, or a callable; got {type(target).__name__}."
+                f"target must be None, an int, a class name, one int (or name) per image, a callable, or one "
+                f"callable per image; got {type(target).__name__}."
             ) from error
         if classes.dtype.is_floating_point or classes.dtype == torch.bool or classes.dtype.is_complex:
             raise CamkitTypeError(f"target class indices must be integers, got dtype {classes.dtype}.")
         classes = classes.to(torch.long).reshape(-1) if classes.dim() == 0 else classes.to(torch.long)
+        if classes.dim() == 2 and classes.shape[1] == 1:  # a column of classes, (B, 1): one per image
+            classes = classes.reshape(-1)
         if classes.dim() == 1 and classes.numel() == 1 and batch_size != 1:
             classes = classes.expand(batch_size)
         if classes.shape != (batch_size,):
             raise CamkitError(
-                f"target has {classes.numel()} class indices for a batch of {batch_size} images; "
-                "give one int for all images or exactly one per image."
+                f"target has {classes.numel()} class indices for a batch of {batch_size} images (shape "
+                f"{tuple(classes.shape)}); give one int for all images or exactly one per image, shape ({batch_size},)."
             )
     out_of_range = (classes < 0) | (classes >= num_classes)
     if bool(out_of_range.any()):
@@ -178,6 +184,98 @@ class NonFiniteScores(CamkitError):
 def non_finite_message(images: list[int]) -> str:
     return (f"The explained score is NaN or infinite for image(s) {images[:8]} of the batch. Check the model's "
             "weights and that the input is normalised the way the model expects.")
+
+
+class PerImageTargets:
+    """One callable per image, pytorch-grad-cam's convention: callable ``i`` scores image ``i``'s row of the output.
+
+    ``explainer(x, [f0, f1, ...])`` is turned into this. Each callable gets its
+    image's part of the output (a logits row, or a detector's dict) and returns
+    one score. Rows of copies (augmentation, noisy or perturbed copies) are
+    scored by their image's callable: :meth:`rows` reorders the callables for
+    the rows a method runs.
+    """
+
+    def __init__(self, callables: Sequence[Callable[[Any], Any]]) -> None:
+        self.callables = list(callables)
+
+    def rows(self, image_index: torch.Tensor) -> "PerImageTargets":
+        """The callables for rows that copy the images ``image_index`` (of a batch that may itself hold copies)."""
+        images = len(self.callables)
+        return PerImageTargets([self.callables[int(index) % images] for index in image_index.tolist()])
+
+    def __call__(self, output: Any) -> torch.Tensor:
+        parts = _per_row(output)
+        images = len(self.callables)
+        if len(parts) % images:
+            raise CamkitError(f"{images} per-image target callables for a model output of {len(parts)} rows; "
+                              "give one callable per image of the batch.")
+        # Copies of the batch are copy-major: row r copies image r % B.
+        scores = [_one_score(self.callables[row % images](part), row) for row, part in enumerate(parts)]
+        return torch.stack(scores)
+
+
+def _per_row(output: Any) -> Sequence[Any]:
+    if isinstance(output, (list, tuple)) and output and all(isinstance(item, Mapping) for item in output):
+        return output  # a detector's list of per-image dicts
+    logits = logits_of(output)
+    return list(logits.unbind(0)) if logits.dim() else [logits]
+
+
+def _one_score(score: Any, row: int) -> torch.Tensor:
+    if not isinstance(score, torch.Tensor):
+        raise CamkitTypeError(f"the target callable of row {row} returned {type(score).__name__}; it must return "
+                              "a tensor score computed from the output it was given (so that it has a gradient).")
+    if score.numel() != 1:
+        raise CamkitError(f"the target callable of row {row} returned {score.numel()} values; a per-image target "
+                          "callable returns one score for its image.")
+    return score.reshape(())
+
+
+def as_target(target: Any, class_names: Sequence[str] | None = None) -> TargetSpec:
+    """A user's ``target`` in the form the pipeline takes: class names to indices, a list of callables to one."""
+    if isinstance(target, str) or (isinstance(target, (list, tuple)) and target
+                                   and all(isinstance(item, str) for item in target)):
+        return _named_classes(target, class_names)
+    if isinstance(target, (list, tuple)) and target and any(callable(item) for item in target):
+        if not all(callable(item) and not isinstance(item, torch.Tensor) for item in target):
+            raise CamkitTypeError("target mixes callables with other values; give one callable per image, "
+                                  "or class indices only.")
+        return PerImageTargets(target)
+    return target
+
+
+def _named_classes(target: str | Sequence[str], class_names: Sequence[str] | None) -> int | list[int]:
+    names = list(class_names) if class_names is not None else []
+    wanted = [target] if isinstance(target, str) else list(target)
+    if not names:
+        raise CamkitError(
+            f"target={target!r} names a class, but this model has no class names: pass class_names= (for "
+            "torchvision, weights.meta['categories']) to the explainer, or target a class index."
+        )
+    missing = [name for name in wanted if name not in names]
+    if missing:
+        import difflib
+
+        close = difflib.get_close_matches(missing[0], names, n=3)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else "."
+        raise CamkitError(f"the model has no class named {missing[0]!r}{hint}")
+    indices = [names.index(name) for name in wanted]
+    return indices[0] if isinstance(target, str) else indices
+
+
+def model_class_names(model: Any) -> list[str] | None:
+    """Class names a model carries: a ``class_names`` attribute, or a Hugging Face config's ``id2label``."""
+    names = getattr(model, "class_names", None)
+    if isinstance(names, (list, tuple)) and names and all(isinstance(name, str) for name in names):
+        return list(names)
+    labels = getattr(getattr(model, "config", None), "id2label", None)
+    if isinstance(labels, Mapping) and labels:
+        try:
+            return [str(labels[index]) for index in range(len(labels))]
+        except KeyError:
+            return None
+    return None
 
 
 def check_finite_scores(scores: torch.Tensor) -> None:
@@ -253,7 +351,9 @@ class DetectionTarget:
         for detections, box, label in zip(output, self.boxes, self.labels.tolist()):
             # A Python loop over images: each image has its own number of detections.
             same_label = detections["labels"] == label
-            overlap = box_iou(box[None].to(detections["boxes"].device), detections["boxes"])[0]
+            # The IoU only chooses the detection: computed without autograd (float() of a tensor that
+            # requires grad makes torch warn), the score it picks keeps its gradient.
+            overlap = box_iou(box[None].to(detections["boxes"].device), detections["boxes"].detach())[0]
             overlap = torch.where(same_label & (overlap >= self.min_iou), overlap, -1.0)
             if detections["scores"].numel() == 0 or float(overlap.max()) < 0:
                 scores.append(detections["scores"].sum() * 0.0)

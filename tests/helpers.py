@@ -291,6 +291,19 @@ def tiny_cnn(classes: int = 5) -> torch.nn.Module:
     )
 
 
+def tiny_detector() -> tuple[torch.nn.Module, list[dict[str, torch.Tensor]], torch.Tensor]:
+    """A random-init Faster R-CNN at 128x160 (every proposal kept), two images and its own detections of them."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_fpn(
+        weights=None, weights_backbone=None, num_classes=5, min_size=128, max_size=160, box_score_thresh=0.0).eval()
+    x = torch.rand(2, 3, 128, 160)
+    with torch.no_grad():
+        detections = model(list(x))
+    return model, detections, x
+
+
 def tiny_cnn3d(classes: int = 5) -> torch.nn.Module:
     return torch.nn.Sequential(
         torch.nn.Conv3d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool3d(1), torch.nn.Flatten(),

@@ -21,7 +21,7 @@ STOREYS: list[tuple[str, ...]] = [
     ("camkit.capture_input",),  # the pixel methods' capture: reuses capture's scores and checks
     ("camkit.explainers",),
     ("camkit.metrics", "camkit.viz"),
-    ("camkit.app",),
+    ("camkit.app", "camkit.compat"),
     ("camkit.cli",),
     ("camkit", "camkit.__main__"),
 ]

@@ -31,8 +31,13 @@ class DemoNet(nn.Module):
     """Four conv stages, global average pooling, a linear head (~290k parameters).
 
     ``features`` ends on an 8x8 grid at the demo size: the layer camkit's
-    automatic choice explains.
+    automatic choice explains. It carries its ``class_names`` (the digits),
+    so ``target="7"`` names a class.
     """
+
+    class_names = DEMO_CLASSES
+    input_size = DEMO_SIZE
+    mean, std = DEMO_MEAN, DEMO_STD
 
     def __init__(self, num_classes: int = len(DEMO_CLASSES)) -> None:
         super().__init__()
@@ -121,6 +126,24 @@ def demo_preprocess(images: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(DEMO_MEAN, device=images.device)[:, None, None]
     std = torch.tensor(DEMO_STD, device=images.device)[:, None, None]
     return (images.float() / 255 - mean) / std
+
+
+def demo_model(device: str | torch.device = "cpu") -> DemoNet:
+    """The bundled demo CNN (``camkit.demo_model()``): 64x64 RGB digits-on-photos, 10 classes, in eval mode, offline."""
+    return load_demo_model(device)
+
+
+def demo_images(n: int = 8, seed: int = 0, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``n`` held-out demo images (``camkit.demo_images()``): the model's input, the uint8 images and the labels.
+
+    ``x`` is normalised for :func:`demo_model`; ``images`` (uint8 ``(n, 3, 64, 64)``) are what to draw maps
+    on (``result.with_display(images)``); ``labels`` are the digits.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise CamkitError(f"n must be a positive number of images, got {n!r}.")
+    images, labels, _ = make_demo_dataset(n, seed, split="test")
+    images = images.to(device)
+    return demo_preprocess(images), images, labels.to(device)
 
 
 def load_demo_model(map_location: str | torch.device = "cpu") -> DemoNet:

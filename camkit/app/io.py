@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -22,7 +22,8 @@ from ..errors import CamkitError, MissingDependency
 
 logger = logging.getLogger("camkit")
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# GIFs count as images wherever they are found (named or in a folder): their first frame is explained.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 VOLUME_SUFFIXES = (".npy", ".nii", ".nii.gz")
 
 
@@ -209,7 +210,7 @@ def _short(relative: Path) -> Path:
 MAX_DRAWN_PIXELS = 4096 * 4096
 
 
-def read_rgb(path: Path, max_pixels: int = MAX_DRAWN_PIXELS) -> torch.Tensor:
+def read_rgb(path: Path | BinaryIO, max_pixels: int = MAX_DRAWN_PIXELS) -> torch.Tensor:
     """An image file as uint8 RGB ``(3, H, W)``, upright per its EXIF orientation.
 
     An image of more than ``max_pixels`` pixels is reduced by the smallest whole factor that brings it
@@ -337,38 +338,133 @@ def encode_npy(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+class LoadedImages(tuple):  # type: ignore[type-arg]
+    """``(batch, originals)`` as :func:`load_images` returns it, with what was read and what was skipped.
+
+    It unpacks as a pair (``batch, originals = camkit.load_images(...)``); ``paths`` names each image of the
+    batch (a file path or URL), ``skipped`` lists ``(path, reason)`` for the files ``errors="skip"`` left out.
+    """
+
+    paths: list[str]
+    skipped: list[tuple[str, str]]
+
+    def __new__(cls, batch: torch.Tensor, originals: list[torch.Tensor], paths: list[str],
+                skipped: list[tuple[str, str]]) -> "LoadedImages":
+        loaded = super().__new__(cls, (batch, originals))
+        loaded.paths, loaded.skipped = paths, skipped
+        return loaded
+
+    @property
+    def batch(self) -> torch.Tensor:
+        return self[0]  # type: ignore[no-any-return]
+
+    @property
+    def originals(self) -> list[torch.Tensor]:
+        return self[1]  # type: ignore[no-any-return]
+
+
+URL_TIMEOUT_SECONDS = 30
+
+
+def is_url(entry: str | Path) -> bool:
+    return isinstance(entry, str) and entry.lower().startswith(("http://", "https://"))
+
+
+def read_url(url: str) -> bytes:
+    """The bytes at ``url``; a network failure is a CamkitError that says what to do offline."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=URL_TIMEOUT_SECONDS) as response:  # noqa: S310 - http(s) only
+            return bytes(response.read())
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        reason = getattr(error, "reason", None) or error
+        if isinstance(error, urllib.error.HTTPError):
+            reason = f"HTTP {error.code} {error.reason}"
+        raise CamkitError(f"cannot download {url} ({reason}); check the network, or download the image and pass "
+                          "its file") from None
+
+
 def load_images(
     paths: str | Path | list[str | Path],
     size: int | tuple[int, int] = 224,
     normalize: Any = "imagenet",
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Image files (or folders and globs) to a model-ready batch, and the originals to draw overlays on.
+    *,
+    errors: str = "raise",
+) -> LoadedImages:
+    """Image files, folders, globs or http(s) URLs to a model-ready batch, and the originals to draw overlays on.
 
     Returns ``(batch, originals)``: ``batch`` is float32 ``(B, 3, *size)``,
     resized with antialiasing and normalised; ``originals`` are the uint8
-    ``(3, H, W)`` images at their own size, in the same (sorted) order.
+    ``(3, H, W)`` images at their own size, in the same (sorted) order, ready
+    for ``result.with_display(originals)``.
     ``normalize`` is ``"imagenet"``, ``"none"``, ``(mean, std)``, or a
     torchvision weights enum member (``ResNet50_Weights.DEFAULT``), whose own
-    preprocessing (resize, crop, normalise) is then used and ``size`` ignored.
+    preprocessing (resize, crop, normalise) is then used and ``size`` ignored;
+    the originals are then cropped to the part of each image the model sees
+    (at full resolution), so that maps drawn over them are aligned.
+    ``errors="raise"`` (default): a file that cannot be read raises a
+    CamkitError naming it; ``errors="skip"``: it is left out and listed in the
+    result's ``skipped`` as ``(path, reason)``, as the CLI does.
     """
     import torch.nn.functional as F
 
+    if errors not in ("raise", "skip"):
+        raise CamkitError(f"errors={errors!r}: use 'raise' or 'skip'")
     entries = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    sources = discover([str(entry) for entry in entries])
-    if not sources:
+    found: list[tuple[str, Any]] = []  # (name, what to open: a path or the downloaded bytes)
+    local = [str(entry) for entry in entries if not is_url(entry)]
+    sources = discover(local) if local else []
+    found += [(str(source.path), source.path) for source in sources if not is_volume(source.path)]
+    found += [(str(entry), entry) for entry in entries if is_url(entry)]
+    if not found:
         raise CamkitError(f"no images found in {', '.join(map(str, entries))}")
-    originals = [read_rgb(source.path) for source in sources if not is_volume(source.path)]
+    originals, names, skipped = [], [], []
+    for name, where in found:
+        try:
+            originals.append(read_rgb(io.BytesIO(read_url(where)) if is_url(where) else where))
+            names.append(name)
+        except Exception as error:  # noqa: BLE001 - any decoding failure is reported in one line
+            reason = str(error) if isinstance(error, CamkitError) else f"{type(error).__name__}: {error}"
+            if errors == "raise" and is_url(where) and isinstance(error, CamkitError):
+                raise  # the download's own message names the URL and what to do
+            if errors == "raise":
+                raise CamkitError(f"cannot read image {name}: {reason.splitlines()[0] if reason else ''}; pass "
+                                  "errors='skip' to leave unreadable files out") from None
+            skipped.append((name, reason))
+    if not originals:
+        raise CamkitError(f"none of the {len(found)} images could be read (first: {skipped[0][0]}: {skipped[0][1]})")
     transforms = getattr(normalize, "transforms", None)
     if callable(transforms):  # a torchvision weights enum: its own resize, crop and normalisation
         preprocess = transforms()
-        return torch.stack([preprocess(image) for image in originals]), originals
+        batch = torch.stack([preprocess(image) for image in originals])
+        return LoadedImages(batch, [seen_part(image, preprocess) for image in originals], names, skipped)
     mean, std = _mean_std(normalize)
     side = (size, size) if isinstance(size, int) else tuple(size)
     if len(side) != 2 or min(side) < 1:
         raise CamkitError(f"size must be a positive int or (height, width), got {size!r}")
     resized = torch.cat([F.interpolate(image[None].float() / 255, size=side, mode="bilinear", antialias=True,
                                        align_corners=False) for image in originals])
-    return (resized - mean.reshape(1, 3, 1, 1)) / std.reshape(1, 3, 1, 1), originals
+    return LoadedImages((resized - mean.reshape(1, 3, 1, 1)) / std.reshape(1, 3, 1, 1), originals, names, skipped)
+
+
+def seen_part(image: torch.Tensor, preprocess: Any) -> torch.Tensor:
+    """The part of ``image`` (uint8 ``(3, H, W)``) that a resize-then-centre-crop ``preprocess`` keeps, at full size.
+
+    torchvision's classification presets resize the shorter side to ``resize_size`` and crop the centre
+    ``crop_size``; the same region of the original is returned, so a map of the model's input lies on it exactly.
+    Any other preprocessing leaves the image whole.
+    """
+    resize, crop = getattr(preprocess, "resize_size", None), getattr(preprocess, "crop_size", None)
+    if not resize or not crop:
+        return image
+    height, width = image.shape[1:]
+    scale = float(resize[0]) / min(height, width)
+    crop_h, crop_w = (crop[0], crop[0]) if len(crop) == 1 else (crop[0], crop[1])
+    keep_h, keep_w = min(height, round(crop_h / scale)), min(width, round(crop_w / scale))
+    top, left = round((height - keep_h) / 2), round((width - keep_w) / 2)
+    return image[:, top:top + keep_h, left:left + keep_w]
 
 
 def _mean_std(normalize: Any) -> tuple[torch.Tensor, torch.Tensor]:

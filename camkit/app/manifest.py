@@ -8,6 +8,11 @@ each rank keeps its own part file beside the manifest and rank 0 merges all
 parts, oldest first, once every rank is done; parts a crashed run left behind
 are merged too, so the rows they hold are not lost.
 
+``input`` and ``output`` are paths relative to the output folder, so a
+folder moved together with its inputs (or alone, for its outputs) still
+works; manifests of earlier versions, whose outputs were absolute, are read
+and rewritten that way.
+
 File names that are not valid UTF-8 are written with Python's
 ``surrogateescape``, so the manifest round-trips the bytes the names had.
 
@@ -26,6 +31,7 @@ import contextlib
 import csv
 import io
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -80,6 +86,25 @@ def upsert(rows: dict[tuple[str, str], Row], row: Row) -> None:
     if row["status"] == SKIPPED and key in rows:
         return
     rows[key] = {field: row.get(field, "") for field in MANIFEST_FIELDS}
+
+
+def relative_paths(row: Row, folder: Path) -> Row:
+    """``row`` with ``input`` and ``output`` relative to ``folder``; a path already relative is taken as relative to it.
+
+    A row of an earlier version (absolute ``output``; ``input`` as given on the command line, relative to the
+    current folder) is converted too.
+    """
+    output, source = str(row.get("output") or ""), str(row.get("input") or "")
+    earlier = os.path.isabs(output) or (not output and source and not os.path.isabs(source)
+                                        and not (folder / source).exists() and os.path.exists(source))
+    if not earlier and not os.path.isabs(source):
+        return row
+    converted = dict(row)
+    if output:
+        converted["output"] = os.path.relpath(output, folder)
+    if source:
+        converted["input"] = os.path.relpath(os.path.abspath(source), folder)
+    return converted
 
 
 def read_rows(path: Path, *, report: bool = True) -> list[Row]:
@@ -178,7 +203,7 @@ class Manifest:
         self._carried: dict[tuple[str, str], Row] = {}
         if ranks.world > 1 and self.part.exists():
             for row in read_rows(self.part):
-                upsert(self._carried, row)
+                upsert(self._carried, relative_paths(row, out))
         elif self.path.exists():
             read_rows(self.path)  # says once, now, what in it is damaged and will be dropped or cleared
         self._flushed_at = 0.0
@@ -186,6 +211,7 @@ class Manifest:
         self.write_error: str | None = None  # why the last write failed; None once one succeeds
 
     def add(self, row: Row) -> None:
+        row = relative_paths(row, self.path.parent)
         with self._lock:
             upsert(self._mine, row)
             self.added.append(row)
@@ -238,7 +264,7 @@ def _rows_on_disk(path: Path) -> dict[tuple[str, str], Row]:
     rows: dict[tuple[str, str], Row] = {}
     if path.exists():
         for row in read_rows(path, report=False):  # what is damaged was said when the run began
-            upsert(rows, row)
+            upsert(rows, relative_paths(row, path.parent))
     return rows
 
 
@@ -249,7 +275,7 @@ def merge_parts(path: Path) -> None:
         parts = sorted(path.parent.glob(".manifest-part-*-of-*.csv"), key=lambda part: part.stat().st_mtime_ns)
         for part in parts:
             for row in read_rows(part):
-                upsert(merged, row)
+                upsert(merged, relative_paths(row, path.parent))
         write_rows(path, list(merged.values()))
         for part in parts:
             part.unlink(missing_ok=True)

@@ -5,6 +5,7 @@ import contextlib
 import difflib
 import importlib
 import io
+import json
 import logging
 import os
 import pickle
@@ -20,8 +21,13 @@ import torch
 from torch import nn
 
 from ..errors import CamkitError, MissingDependency
+from ..layers import TORCHSCRIPT_ADVICE
 from ..viz import IMAGENET_MEAN, IMAGENET_STD
 from .safe_load import UnsafeArchive, exported_program_bytes, weights_only_loads
+
+
+logger = logging.getLogger("camkit")
+RANDOM_WEIGHTS = "none"  # --weights none: the architecture's random initialisation
 
 
 @dataclass
@@ -51,8 +57,14 @@ def load_model(spec: str | None, weights: str | None = None, device: torch.devic
     * a timm model name (``timm:NAME`` when torchvision has the same name):
       built with ``pretrained=False`` and ``weights`` loaded from a local file;
       camkit never downloads timm weights.
+
+    ``weights="none"`` keeps any architecture's random initialisation (for trying the tool offline).
     """
     device = torch.device(device)
+    random_init = weights is not None and weights.lower() == RANDOM_WEIGHTS
+    if random_init:
+        logger.warning("--weights none: the model's weights are random, so its maps show the architecture, "
+                       "not anything learnt")
     if spec is None or spec == "demo":
         return _demo(weights, device)
     path = Path(spec)
@@ -95,7 +107,8 @@ def model_for_listing(spec: str, input_size: int | None = None) -> tuple[nn.Modu
     if spec in ("demo", None) or ":" in spec or Path(spec).suffix or Path(spec).exists():
         loaded = load_model(spec, None, "cpu")
         return loaded.model, tuple(loaded.input_size)
-    names = torchvision.models.list_models(module=torchvision.models) + _timm_names()
+    # torchvision and timm share many names (resnet18): each suggested once.
+    names = list(dict.fromkeys(torchvision.models.list_models(module=torchvision.models) + _timm_names()))
     close = difflib.get_close_matches(spec, names, n=4)
     raise CamkitError(f"unknown model {spec!r}" + (f"; did you mean {', '.join(close)}?" if close else "")
                       + " (a torchvision or timm name, 'demo', a .pt2 file or package.module:factory)")
@@ -106,6 +119,8 @@ def _demo(weights: str | None, device: torch.device) -> LoadedModel:
 
     if weights is None:
         model = load_demo_model(device)
+    elif weights.lower() == RANDOM_WEIGHTS:
+        model = DemoNet().to(device).eval()
     else:
         model = DemoNet()
         _load_weights(model, weights, "the demo CNN")
@@ -115,11 +130,8 @@ def _demo(weights: str | None, device: torch.device) -> LoadedModel:
 
 def _from_file(path: Path, device: torch.device) -> LoadedModel:
     if _is_torchscript(path):
-        raise CamkitError(
-            f"{path} is a TorchScript archive: PyTorch cannot hook the layers of a ScriptModule, so no CAM can be "
-            "computed from it. Re-export the model with torch.export.save(torch.export.export(model, (x,)), "
-            "'model.pt2') and pass the .pt2 file, or pass the model's code as package.module:factory."
-        )
+        raise CamkitError(f"{path} is a TorchScript archive. {TORCHSCRIPT_ADVICE} Pass the .pt2 file, or the "
+                          "model's code as package.module:factory.")
     data = exported_program_bytes(path)  # refuses archives that would unpickle code, before torch reads them
     try:
         with _quiet_torch_logs():
@@ -156,7 +168,7 @@ def _from_factory(spec: str, weights: str | None, device: torch.device) -> Loade
     model = factory()
     if not isinstance(model, nn.Module):
         raise CamkitError(f"--model {spec} returned {type(model).__name__}, not a torch.nn.Module.")
-    if weights is not None:
+    if weights is not None and weights.lower() != RANDOM_WEIGHTS:
         _load_weights(model, weights, f"--model {spec}")
     names = getattr(model, "class_names", None)
     size = getattr(model, "input_size", 224)
@@ -222,6 +234,10 @@ def _torchvision(name: str, weights: str | None, device: torch.device) -> Loaded
         model = torchvision.models.get_model(name, weights=None, num_classes=_num_classes(name, state))
         _load_weights(model, weights, name, state)
         return LoadedModel(model.to(device).eval(), (224, 224), IMAGENET_MEAN, IMAGENET_STD, None, f"{name} ({weights})")
+    if weights is not None and weights.lower() == RANDOM_WEIGHTS:
+        model = torchvision.models.get_model(name, weights=None)
+        return LoadedModel(model.to(device).eval(), (224, 224), IMAGENET_MEAN, IMAGENET_STD, None,
+                           f"{name} (random weights)")
     enum = torchvision.models.get_model_weights(name)
     weight_name = weights or "DEFAULT"
     try:
@@ -235,6 +251,12 @@ def _torchvision(name: str, weights: str | None, device: torch.device) -> Loaded
     except pickle.UnpicklingError:
         raise UnsafeArchive(f"refusing torchvision's cached weights for {name} ({chosen}): the file in torch's hub "
                             "cache holds more than tensors, which could run code. Delete it and download again.") from None
+    except (OSError, RuntimeError) as error:  # URLError is an OSError; a corrupt download a RuntimeError
+        raise CamkitError(
+            f"cannot get {name}'s {chosen.name} weights ({_first_sentence(error)}); torchvision downloads them on "
+            f"first use. Offline, pass --weights FILE (a local state dict) or --weights none (random weights, to "
+            f"try the tool)."
+        ) from None
     size = chosen.transforms().crop_size
     side = size[0] if isinstance(size, (list, tuple)) else int(size)
     meta: dict[str, Any] = chosen.meta
@@ -297,6 +319,10 @@ def _timm_input_size(model: nn.Module) -> tuple[int, int]:
 
 
 def _timm(name: str, weights: str | None, device: torch.device) -> LoadedModel:
+    if weights is not None and weights.lower() == RANDOM_WEIGHTS:
+        model = _timm_model(name)
+        return LoadedModel(model.to(device).eval(), _timm_input_size(model), *_timm_mean_std(model), None,
+                           f"timm {name} (random weights)")
     if weights is None:
         raise CamkitError(
             f"--model {name} is a timm architecture and camkit does not download timm weights: pass --weights "
@@ -312,10 +338,45 @@ def _timm(name: str, weights: str | None, device: torch.device) -> LoadedModel:
     if classes is not None and classes != getattr(model, "num_classes", classes):
         model = _timm_model(name, num_classes=classes)
     _load_weights(model, weights, f"timm's {name}", state)
+    return LoadedModel(model.to(device).eval(), _timm_input_size(model), *_timm_mean_std(model), None,
+                       f"timm {name} ({weights})")
+
+
+def _timm_mean_std(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
     config = dict(getattr(model, "pretrained_cfg", None) or {})
     mean = tuple(float(v) for v in config.get("mean", IMAGENET_MEAN))
     std = tuple(float(v) for v in config.get("std", IMAGENET_STD))
-    return LoadedModel(model.to(device).eval(), _timm_input_size(model), mean, std, None, f"timm {name} ({weights})")
+    return mean, std
+
+
+def read_class_names(path: str | Path) -> list[str]:
+    """``--class-names FILE``: one name per line, or JSON (a list, or a mapping from index to name)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise CamkitError(f"cannot read --class-names {path}: {getattr(error, 'strerror', None) or error}") from None
+    if Path(path).suffix.lower() == ".json" or text.lstrip().startswith(("[", "{")):
+        try:
+            loaded = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise CamkitError(f"--class-names {path} is not valid JSON ({error.msg} at line {error.lineno}); "
+                              "give a JSON list of names, a mapping of index to name, or one name per line") from None
+        if isinstance(loaded, dict):
+            try:
+                loaded = [loaded[key] for key in sorted(loaded, key=int)]
+            except (TypeError, ValueError):
+                raise CamkitError(f"--class-names {path}: a JSON mapping needs class indices as keys") from None
+        names = loaded if isinstance(loaded, list) else None
+        if names is None or not all(isinstance(name, (str, int, float)) for name in names):
+            raise CamkitError(f"--class-names {path}: give a JSON list of names or a mapping of index to name")
+        names = [str(name) for name in names]
+    else:
+        names = [line.strip() for line in text.splitlines()]
+        while names and not names[-1]:
+            names.pop()
+    if not names:
+        raise CamkitError(f"--class-names {path} holds no names")
+    return names
 
 
 def _timm_num_classes(model: nn.Module, state: dict[str, torch.Tensor]) -> int | None:
@@ -335,8 +396,16 @@ def _state_dict(path: str) -> dict[str, torch.Tensor]:
         raise CamkitError(f"weights file {path} does not exist.")
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own message goes on to explain how to switch the check off; camkit never does.
+        raise CamkitError(
+            f"weights file {path} holds pickled Python objects (a whole model, or a checkpoint with custom "
+            "classes), which camkit does not load because unpickling can run arbitrary code. Where you trust the "
+            "file, save its weights alone: torch.save(torch.load(FILE, weights_only=False).state_dict(), "
+            "'weights.pt'), and pass that file."
+        ) from None
     except Exception as error:  # noqa: BLE001 - torch raises many types for bad files
-        raise CamkitError(f"cannot read weights file {path}: {str(error).splitlines()[0][:200]}") from None
+        raise CamkitError(f"cannot read weights file {path}: {_first_sentence(error)}") from None
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
             loaded = loaded[key]
@@ -344,6 +413,13 @@ def _state_dict(path: str) -> dict[str, torch.Tensor]:
         raise CamkitError(f"weights file {path} does not hold a state dict (a mapping of names to tensors).")
     # Checkpoints saved from DataParallel/DDP prefix every name with "module.".
     return {name.removeprefix("module."): tensor for name, tensor in loaded.items()}
+
+
+def _first_sentence(error: BaseException) -> str:
+    """The first sentence of an error's first line, whole (never cut in the middle)."""
+    line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    end = line.find(". ")
+    return line[: end + 1] if end > 0 else line
 
 
 def _num_classes(name: str, state: dict[str, torch.Tensor]) -> int:
@@ -366,6 +442,8 @@ def resolve_device(name: str) -> torch.device:
         raise CamkitError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type not in ("cpu", "cuda", "mps"):
         raise CamkitError(f"--device {name}: camkit runs models on cpu, cuda or mps, not {device.type}")
+    if device.type in ("cpu", "mps") and device.index not in (None, 0):
+        raise CamkitError(f"--device {name}: there is one {device.type} device; use --device {device.type}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CamkitError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():

@@ -136,7 +136,7 @@ def _cell_html(row: Row | None, folder: Path) -> str:
         return '<td class="absent">not run</td>'
     if row["status"] == "error" or not str(row["output"]).strip():
         return f'<td class="error">{_text(row["error"] or row["status"])}</td>'
-    url = _attr(relative_url(Path(row["output"]), folder))
+    url = _attr(relative_url(folder / Path(row["output"]), folder))  # outputs are relative to the manifest's folder
     alt = _attr(f"{row['method']} overlay of {row['input']}")
     picture = (f'<a href="{url}"><img src="{url}" alt="{alt}" loading="lazy" decoding="async" '
                'onload="camkitImage(this, true)" onerror="camkitImage(this, false)"></a>')

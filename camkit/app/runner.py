@@ -38,11 +38,12 @@ from ..modes import evaluation
 from ..results import Explanation
 from ..targets import SegmentationTarget, logits_of
 from ..viz import attribution_picture, colormap_lut, detection_overlays, overlay, to_uint8_hwc
+from ..viz.captions import captioned
 from . import distributed, report, volumes
 from .io import (IMAGE_SUFFIXES, Source, discover, encode_npy, encode_png, is_volume, read_rgb, read_volume,
                  remove_stale_parts, write_atomically)
 from .manifest import SKIPPED, Manifest, check_owned
-from .models import LoadedModel, input_channels, load_model, resolve_device
+from .models import LoadedModel, input_channels, load_model, read_class_names, resolve_device
 
 logger = logging.getLogger("camkit")
 
@@ -132,6 +133,8 @@ def _positive_int(text: str, name: str) -> int:
     if value < 1:
         raise CamkitError(f"{name} must be a positive number of threads, got {text!r}")
     return value
+    class_names: str | None = None
+    caption: bool = True
 
 
 @dataclass
@@ -253,6 +256,8 @@ def plan(job: OverlayJob, ranks: distributed.Ranks | None = None) -> Plan:
     mean, std = _normalisation(job.normalize)
     device = resolve_device(distributed.device_for(ranks, job.device))
     loaded = load_model(job.model, job.weights, device)
+    if job.class_names is not None:
+        loaded.class_names = read_class_names(job.class_names)
     mean, std = (mean, std) if job.normalize is not None else (loaded.mean, loaded.std)
     size = (job.input_size, job.input_size) if job.input_size else loaded.input_size
     target = None if job.target == "top1" else _class_index(job.target, loaded)
@@ -261,6 +266,8 @@ def plan(job: OverlayJob, ranks: distributed.Ranks | None = None) -> Plan:
     explainers = {name: create(name, loaded.model, job.layer, **_sample_options(name, job.samples))
                   for name in methods}
     _preflight(loaded, explainers, size, device)
+    if target is not None:
+        check_target_in_range(loaded, target, size, device)
 
     out = Path(job.output).resolve()
     _check_output_is_not_an_input(out, job.inputs)
@@ -306,6 +313,21 @@ def _preflight(loaded: LoadedModel, explainers: dict[str, Explainer], size: tupl
             if grid and math.prod(grid) == 1:
                 logger.warning("--layer %s gives a 1x1 map at this input size, so every map will be blank; "
                                "choose an earlier layer or a larger --input-size", name)
+
+
+def check_target_in_range(loaded: LoadedModel, target: int, size: tuple[int, ...], device: torch.device) -> None:
+    """``--target N`` against the model's class count, from one forward on a blank input, before anything is written."""
+    channels = 3 if len(size) == 2 else (input_channels(loaded.model) or 1)
+    with evaluation(loaded.model), torch.no_grad():
+        try:
+            logits = logits_of(loaded.model(torch.zeros(1, channels, *size, device=device)))
+        except CamkitError:
+            return  # an output without class scores: the target callable's business, checked per batch
+    classes = int(logits.shape[1]) if logits.dim() >= 2 else 0
+    if classes and not 0 <= target < classes:
+        named = f" ({len(loaded.class_names)} class names)" if loaded.class_names else ""
+        raise CamkitError(f"--target {target} is out of range: the model has {classes} classes{named}, so a class "
+                          f"index is 0..{classes - 1}")
 
 
 def _check_output_is_not_an_input(out: Path, inputs: list[str]) -> None:
@@ -454,7 +476,7 @@ def _explain_images(checked: Plan, sources: list[Source], manifest: Manifest, ta
                             weights = (result.channel_weights[row_index].cpu() if result.channel_weights is not None
                                        else None)
                             writers.submit(row, _write_image, item.original, maps[row_index], paths, checked.job,
-                                           weights)
+                                           weights, caption_text(row, checked.loaded.class_names))
             within.finish()
 
 
@@ -530,12 +552,31 @@ def _explained(checked: Plan, policy: "TargetPolicy", items: list[Item], device:
 
 
 def _write_image(original: torch.Tensor, image_map: torch.Tensor, paths: list[Path], job: OverlayJob,
-                 channel_weights: torch.Tensor | None = None) -> None:
+                 channel_weights: torch.Tensor | None = None, caption: str = "") -> None:
     height, width = original.shape[1:]
     full = F.interpolate(image_map[None, None], size=(height, width), mode="bilinear", align_corners=False)[0]
-    blended = overlay(original[None].float() / 255, full, alpha=job.alpha, colormap=job.colormap)
-    write_atomically(paths[0], encode_png(to_uint8_hwc(blended)[0].numpy()))
+    blended = to_uint8_hwc(overlay(original[None].float() / 255, full, alpha=job.alpha, colormap=job.colormap))[0]
+    picture = captioned(blended, caption, job.colormap) if job.caption and caption else blended
+    write_atomically(paths[0], encode_png(picture.numpy()))
     _write_map(full[0], paths, job, channel_weights)
+
+
+def caption_text(row: dict[str, Any], class_names: list[str] | None) -> str:
+    """The caption strip's text: the method, the explained class, and the prediction with its probability."""
+    def named(index: Any) -> str:
+        if index == "" or index is None:
+            return ""
+        name = class_names[int(index)] if class_names and 0 <= int(index) < len(class_names) else ""
+        return f"{index} {name}" if name and name != str(index) else str(index)
+
+    explained, predicted = named(row.get("explained_class")), named(row.get("predicted_class"))
+    probability = f" ({float(row['score']):.0%})" if row.get("score") not in ("", None) else ""
+    parts = [str(row["method"])]
+    if explained:
+        parts.append(f"explains {explained}" + (probability if explained == predicted else ""))
+    if predicted and explained != predicted:
+        parts.append(f"predicted {predicted}{probability}")
+    return " | ".join(parts)
 
 
 def _write_attribution(original: torch.Tensor, image_map: torch.Tensor, attribution: torch.Tensor, paths: list[Path],
@@ -773,6 +814,10 @@ def _class_index(text: str, loaded: LoadedModel) -> int:
         names = loaded.class_names or []
         if text in names:
             return names.index(text)
+        if not names:
+            raise CamkitError(f"--target {text!r} is a class name, but this model has no class names (a local "
+                              "checkpoint carries none): pass --class-names FILE (one name per line, or JSON), "
+                              "or give a class index") from None
         raise CamkitError(f"--target {text!r}: use top1, a class index, or a class name of this model") from None
 
 

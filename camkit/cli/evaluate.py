@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..app.evaluation import EvaluationJob, run
-from .formatting import HelpFormatter
+from .formatting import DeprecatedSpelling, HelpFormatter
 
 
 def register(commands: Any) -> None:
@@ -26,7 +26,8 @@ def register(commands: Any) -> None:
                         "Pascal VOC .xml, or a .csv of file,x0,y0,x1,y1[,label] (x1/y1 exclusive)")
     parser.add_argument("--masks", type=Path, default=None, help="a folder with one mask image per image (same "
                         "stem, non-zero = object)")
-    parser.add_argument("--methods", default="all", help="comma-separated method names, or 'all'")
+    parser.add_argument("--method", "--methods", default="all", action=DeprecatedSpelling, dest="methods",
+                        help="comma-separated method names, or 'all' (--methods, the old spelling, still works)")
     parser.add_argument("--model", default=None, help="as for `camkit overlay` (default: the demo CNN)")
     parser.add_argument("--weights", default=None, help="as for `camkit overlay`: a local weights file or a "
                         "torchvision weight set name")

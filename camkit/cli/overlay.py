@@ -8,7 +8,7 @@ from typing import Any
 
 from ..app.runner import OverlayJob, run
 from ..explainers import METHODS
-from .formatting import HelpFormatter
+from .formatting import DeprecatedSpelling, HelpFormatter
 
 
 def register(commands: Any) -> None:
@@ -23,13 +23,19 @@ def register(commands: Any) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (searched recursively) or globs; "
                         "3-D volumes (.npy, .nii/.nii.gz with nibabel) become montages of their middle slices")
     parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUT", help="output folder")
-    parser.add_argument("--method", default="gradcam", help=f"one of {', '.join(METHODS)}; several comma-separated; or 'all' (the registry's methods)")
+    parser.add_argument("--method", "--methods", default="gradcam", action=DeprecatedSpelling, dest="method",
+                        help=f"one of {', '.join(METHODS)}; several comma-separated; or 'all' (the registry's "
+                        "methods); --methods is a deprecated spelling")
     parser.add_argument("--model", default=None, help="torchvision name, timm name (timm:NAME where torchvision has "
                         "the same name), a torch.export .pt2 file, or package.module:factory (default: the bundled "
                         "demo CNN)")
     parser.add_argument("--weights", default=None, help="local state-dict/checkpoint file (the only kind for a timm "
-                        "model: camkit never downloads those), or a torchvision weight set name such as DEFAULT "
-                        "(downloads)")
+                        "model: camkit never downloads those), a torchvision weight set name such as IMAGENET1K_V1, "
+                        "or 'none' (random weights, to try the tool offline). Default: the demo's own weights; for a "
+                        "torchvision model its DEFAULT ImageNet set, which torchvision downloads once")
+    parser.add_argument("--class-names", default=None, metavar="FILE", help="the model's class names: one per line, "
+                        "or JSON (a list, or index -> name); for --target NAME and the manifest's predicted_name "
+                        "(a local checkpoint carries none)")
     parser.add_argument("--layer", default=None, help="dotted target layer name (default: automatic)")
     parser.add_argument("--target", default="top1", help="'top1' (each image's predicted class; for a segmenter the "
                         "non-background class covering most pixels) or a class index or name")
@@ -48,6 +54,9 @@ def register(commands: Any) -> None:
                         "(default: each method's own, 35, 10 and 8); fewer is proportionally faster")
     parser.add_argument("--overwrite", action="store_true", help="redo images whose outputs already exist")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--no-caption", dest="caption", action="store_false", help="overlays without the strip below "
+                        "them that names the method, the explained class and its probability, with a colour bar "
+                        "(default: captions on)")
     parser.add_argument("--report", action="store_true", help="also write OUT/report.html: every image and method "
                         "of the manifest in one page, filtered by class and sorted by score (static, works offline)")
     parser.add_argument("--label-from-folder", action="store_true", help="with --report: each image's folder name "

@@ -8,6 +8,7 @@ input's device, and the whole call runs inside :func:`camkit.modes.explaining`.
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
@@ -18,7 +19,7 @@ from ..calls import InputsSpec, ModelCall
 from ..capture import Capture, capture, concatenated
 from ..detection import unwrapped
 from ..errors import CamkitError, CamkitTypeError
-from ..layers import LayersSpec, auto_layer, find_layers
+from ..layers import LayersSpec, auto_layer, find_layers, refuse_torchscript
 from ..layouts import Reshape, patch_size_of
 from ..modes import explaining, full_precision
 from ..ops.augment import COPIES, augmented_batch, identity_rows, merged_maps
@@ -26,7 +27,7 @@ from ..ops.maps import fuse, min_max_normalise, normalised_at_size
 from ..ops.pca import principal_projection
 from ..ops.weighting import weighted_sum
 from ..results import DetectionExplanation, Explanation
-from ..targets import TargetSpec, logits_of, target_rows
+from ..targets import PerImageTargets, TargetSpec, as_target, logits_of, model_class_names, target_rows
 from .detections import explain_detections
 
 Fuse = Literal["mean", "max", "product"]
@@ -62,6 +63,9 @@ class Explainer:
             with 32; one image of resnet18 at 112 x 112 took 0.15 s in passes
             of 8 copies and 0.23 s in passes of 1 (benchmarks/RESULTS.md).
             Results do not depend on it.
+        class_names: the model's class names, so that ``target="goldfish"``
+            works and results name their classes (default: the model's own
+            ``class_names`` attribute or Hugging Face ``config.id2label``).
 
     Calls on one model from several threads are serialised (one lock per
     model) and give the same maps as serial calls.
@@ -85,9 +89,19 @@ class Explainer:
         fuse: Fuse = "mean",
         augment: bool = False,
         batch_size: int | None = None,
+        class_names: Sequence[str] | None = None,
+        **unknown: Any,
     ) -> None:
+        if unknown:
+            raise CamkitTypeError(f"{type(self).__name__} has no option {min(unknown)!r}; its options are "
+                                  f"{', '.join(known_options(type(self)))}.")
         if not isinstance(model, nn.Module):
             raise CamkitTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+        refuse_torchscript(model)
+        if class_names is not None and (isinstance(class_names, str) or not all(
+                isinstance(name, str) for name in class_names)):
+            raise CamkitTypeError("class_names must be a list of strings, one per class index.")
+        self.class_names = list(class_names) if class_names is not None else None
         if reshape is not None and not callable(reshape):
             raise CamkitTypeError("reshape must be a function from the layer's output to (B, K, h, w).")
         if fuse not in ("mean", "max", "product"):
@@ -130,17 +144,24 @@ class Explainer:
     def explain(self, x: torch.Tensor, target: TargetSpec = None, *, inputs: InputsSpec = None) -> Explanation:
         """The maps together with targets, predictions, layer-resolution maps and channel weights."""
         images = _checked_input(x)
-        with explaining(self.model):
-            x = images.clone() if images.is_inference() else images
-            call = ModelCall.of(self.model, x, inputs)
-            if not self.layers:
-                self.layers = [auto_layer(self.model, call)]
-            if self.augment:
-                return self._augmented_explanation(images, call, target)
-            captures = self.capture(call, target)
-            with full_precision(x.device):
-                layer_maps, weights = self._layer_maps(captures)
-                maps = self.combine(layer_maps, tuple(x.shape[2:]))
+        target = self._target(target, images.shape[0])
+        try:
+            with explaining(self.model):
+                x = images.clone() if images.is_inference() else images
+                call = ModelCall.of(self.model, x, inputs)
+                if not self.layers:
+                    self.layers = [auto_layer(self.model, call)]
+                if self.augment:
+                    return self._augmented_explanation(images, call, target)
+                captures = self.capture(call, target)
+                with full_precision(x.device):
+                    layer_maps, weights = self._layer_maps(captures)
+                    maps = self.combine(layer_maps, tuple(x.shape[2:]))
+        except RuntimeError as error:
+            mismatch = _channel_mismatch(self.model, images)
+            if mismatch:
+                raise CamkitError(mismatch) from error
+            raise
         return self._explanation(images, maps, layer_maps[0], captures[0], weights)
 
     def _layer_maps(self, captures: list[Capture]) -> tuple[list[torch.Tensor], torch.Tensor | None]:
@@ -172,6 +193,19 @@ class Explainer:
         one_pass = type(self).capture is Explainer.capture
         return explain_detections(self, _checked_input(x), detections, (score_threshold, max_detections, min_iou),
                                   one_pass)
+
+
+    def model_class_names(self) -> list[str] | None:
+        """``class_names`` as given, else the names the model carries (``class_names``, ``config.id2label``)."""
+        return self.class_names if self.class_names is not None else model_class_names(self.model)
+
+    def _target(self, target: Any, batch: int) -> TargetSpec:
+        """Class names to indices, one callable per image to one target; checked against the batch."""
+        resolved = as_target(target, self.model_class_names())
+        if isinstance(resolved, PerImageTargets) and len(resolved.callables) != batch:
+            raise CamkitError(f"target has {len(resolved.callables)} callables for a batch of {batch} images; "
+                              "give one callable per image, or one callable(output) -> (B,) scores for all.")
+        return resolved
 
     def _augmented_explanation(self, images: torch.Tensor, call: ModelCall, target: TargetSpec) -> Explanation:
         x, batch = call.x, call.batch
@@ -228,6 +262,7 @@ class Explainer:
             uses_gradients=self.uses_gradients,
             class_specific=self.class_specific,
             channel_weights=channel_weights,
+            class_names=self.model_class_names(),
         )
 
     # The pipeline's steps: a method overrides one of them.
@@ -373,6 +408,9 @@ def _checked_input(x: Any) -> torch.Tensor:
         )
     if x.shape[0] == 0:
         raise CamkitError("x is an empty batch (B = 0); pass at least one image.")
+    if min(x.shape[1:]) == 0:
+        raise CamkitError(f"x has shape {tuple(x.shape)}: an image with no channels, height or width has no pixels "
+                          "to explain.")
     if not x.is_floating_point():
         raise CamkitTypeError(
             f"x must be a floating-point tensor, got {x.dtype}. Convert with x.float() / 255 "
@@ -381,6 +419,30 @@ def _checked_input(x: Any) -> torch.Tensor:
     if not bool(torch.isfinite(x).all()):
         raise CamkitError("x contains NaN or infinite values; clean the input before explaining it.")
     return x
+
+
+def known_options(cls: type) -> list[str]:
+    """The keyword options an explainer class takes, gathered over its ``__init__`` chain."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None or klass is object:
+            continue
+        for parameter in inspect.signature(init).parameters.values():
+            if (parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD)
+                    and parameter.name not in ("self", "model") and parameter.name not in names):
+                names.append(parameter.name)
+    return names
+
+
+def _channel_mismatch(model: nn.Module, x: torch.Tensor) -> str | None:
+    """After the model failed: why, when its first convolution wants another channel count than ``x`` has."""
+    first = next((module for module in model.modules() if isinstance(module, (nn.Conv2d, nn.Conv3d))), None)
+    if first is None or first.in_channels == x.shape[1]:
+        return None
+    hint = " Repeat a grayscale image to RGB with x.expand(-1, 3, -1, -1)." if (x.shape[1], first.in_channels) == (1, 3) else ""
+    return (f"The model's first convolution takes {first.in_channels}-channel images, but x has {x.shape[1]} "
+            f"channel(s) (shape {tuple(x.shape)}).{hint}")
 
 
 def _rows(output: Any, batch: int) -> Any:

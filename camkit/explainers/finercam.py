@@ -1,6 +1,7 @@
 """Finer-CAM: a base method explaining S_c - alpha * (the similar classes' scores, softmax-weighted)."""
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Literal
@@ -46,13 +47,19 @@ class FinerCAM(Explainer):
                  weighting: Literal["softmax", "mean"] = "softmax", **options: Any) -> None:
         if not (isinstance(base, type) and issubclass(base, Explainer) and base.uses_gradients):
             raise CamkitTypeError(f"base must be a gradient method's class (e.g. camkit.GradCAM), got {base!r}.")
-        if not reference_ranks or any(not isinstance(rank, int) or rank < 1 for rank in reference_ranks):
-            raise CamkitError(f"reference_ranks must be ranks >= 1 (1: the nearest rival), got {reference_ranks!r}.")
+        if (isinstance(reference_ranks, (str, bytes)) or not isinstance(reference_ranks, Sequence) or not reference_ranks
+                or any(isinstance(rank, bool) or not isinstance(rank, int) or rank < 1 for rank in reference_ranks)):
+            raise CamkitError(f"reference_ranks must be a sequence of int ranks >= 1 (1: the nearest rival), "
+                              f"got {reference_ranks!r}.")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+            raise CamkitTypeError(f"alpha must be a finite number (1.0 subtracts the rivals' mean logit, 0 is the "
+                                  f"base method), got {alpha!r}.")
         if weighting not in ("softmax", "mean"):
             raise CamkitError(f"weighting must be 'softmax' (the authors') or 'mean' (torchcam's), got {weighting!r}.")
         self.comparison_classes = None if comparison_classes is None else _class_rows(comparison_classes)
         self.weighting = weighting
-        shared = {key: options.pop(key) for key in ("reshape", "fuse", "augment", "batch_size") if key in options}
+        shared = {key: options.pop(key) for key in ("reshape", "fuse", "augment", "batch_size", "class_names")
+                  if key in options}
         super().__init__(model, target_layer, **shared)
         # The base shares the layers, the layout and the fusion; augmentation runs around both.
         self.base = base(model, [name for name, _ in self.layers] or None, reshape=self.reshape, fuse=self.fuse,

@@ -23,7 +23,7 @@ from ..errors import CamkitError, CamkitTypeError
 from ..layers import LayersSpec
 from ..layouts import patch_size_of
 from ..ops.perturbation import rows_per_chunk
-from ..targets import TargetSpec, check_finite_scores, logits_of, scores_for, target_rows
+from ..targets import PerImageTargets, TargetSpec, check_finite_scores, logits_of, scores_for, target_rows
 from .base import ChannelWeightedExplainer
 
 # Bytes of perturbed copies (and their forward's tensors) one call may hold:
@@ -229,6 +229,8 @@ def row_scores(
 ) -> torch.Tensor:
     """``(R,)`` scores of the perturbed rows: each row's class (its softmax probability or raw logit), or the callable's score."""
     rows = image_index.shape[0]
+    if isinstance(target, PerImageTargets):  # each perturbed row scored by its image's callable
+        return scores_for(output, target.rows(image_index), rows)[0]
     if callable(target) and not isinstance(target, torch.Tensor):
         return scores_for(output, target_rows(target, image_index), rows)[0]
     logits = logits_of(output)

@@ -12,7 +12,7 @@ from ..capture import Capture, capture
 from ..errors import CamkitError
 from ..layers import LayersSpec
 from ..layouts import patch_size_of
-from ..targets import NonFiniteScores, TargetSpec, check_finite_scores, non_finite_message, target_rows
+from ..targets import NonFiniteScores, PerImageTargets, TargetSpec, check_finite_scores, non_finite_message, target_rows
 from .gradcampp import GradCAMPlusPlus
 from .registry import register
 

@@ -16,7 +16,7 @@ import torch
 from ..explainers import create
 from ..ops.images import display_images, unnormalize
 from ..results import Explanation, set_renderer
-from .colors import overlay, to_uint8_hwc
+from .colors import ColormapSpec, overlay, to_uint8_hwc
 
 if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
     from matplotlib.figure import Figure
@@ -55,7 +55,7 @@ def overlay_grid(
     captions: Sequence[Sequence[str]] | None = None,
     *,
     alpha: float = 0.5,
-    colormap: str = "jet",
+    colormap: ColormapSpec = "jet",
     colorbar: bool = True,
     panel_size: float = 2.6,
     bars: Sequence[tuple[Sequence[str], Sequence[float]]] | None = None,
@@ -125,7 +125,7 @@ def compare(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     alpha: float = 0.5,
-    colormap: str = "jet",
+    colormap: ColormapSpec = "jet",
     colorbar: bool = True,
     method_options: dict[str, dict[str, Any]] | None = None,
 ) -> "Figure":
@@ -164,7 +164,7 @@ def explained_caption(result: Explanation, row: int) -> str:
     return f"explains {result.class_name(int(result.targets[row]))}" if result.targets is not None else "explains target"
 
 
-def explanation_figure(result: Explanation, alpha: float = 0.5, colormap: str = "jet", colorbar: bool = True,
+def explanation_figure(result: Explanation, alpha: float = 0.5, colormap: ColormapSpec = "jet", colorbar: bool = True,
                        top_channels: int = 8) -> "Figure":
     """Each image of ``result`` beside its overlay, captioned with classes and probability.
 

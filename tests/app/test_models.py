@@ -65,4 +65,4 @@ def test_overlay_explains_a_timm_model_from_a_local_checkpoint(offline, convnext
                    str(convnext_checkpoint[0]), "--input-size", "64", "--workers", "0", "--quiet"])
     assert status == 0
     written = Image.open(out / "photo_gradcam.png")
-    assert written.size == (50, 40)
+    assert written.size[0] == 50 and written.size[1] > 40  # the overlay, then its caption strip

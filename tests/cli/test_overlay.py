@@ -63,7 +63,8 @@ def _manifest(out: Path) -> list[dict[str, str]]:
 def test_every_good_image_written_at_its_size_and_broken_ones_reported(images, resnet_weights, tmp_path, capsys) -> None:
     out = tmp_path / "out"
     status = main(["overlay", str(images), "-o", str(out), "--model", "resnet18", "--weights", str(resnet_weights),
-                   "--method", "gradcam,eigencam", "--input-size", "32", "--save-maps", "npy", "--workers", "0"])
+                   "--method", "gradcam,eigencam", "--input-size", "32", "--save-maps", "npy", "--workers", "0",
+                   "--no-caption"])
     assert status == 1  # something failed
     for name, size in GOOD.items():
         for method in ("gradcam", "eigencam"):
@@ -118,7 +119,7 @@ def test_model_from_factory_and_from_an_exported_program(images, tmp_path) -> No
         out = tmp_path / "factory"
         assert main(["overlay", str(images / "colour.png"), "-o", str(out), "--model", "factory_model:tiny",
                      "--method", "gradcam++", "--workers", "0"]) == 0
-        assert Image.open(out / "colour_gradcampp.png").size == (70, 50)
+        assert Image.open(out / "colour_gradcampp.png").size[0] == 70  # and below it the caption strip
     model = torchvision.models.resnet18(num_classes=4).eval()
     program = torch.export.export(model, (torch.randn(2, 3, 32, 32),),
                                   dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=64)},))
@@ -126,7 +127,7 @@ def test_model_from_factory_and_from_an_exported_program(images, tmp_path) -> No
     out = tmp_path / "exported"
     assert main(["overlay", str(images / "gray.bmp"), "-o", str(out), "--model", str(tmp_path / "model.pt2"),
                  "--layer", "layer4", "--input-size", "32", "--workers", "0"]) == 0
-    assert Image.open(out / "gray_gradcam.png").size == (44, 33)
+    assert Image.open(out / "gray_gradcam.png").size[0] == 44
 
 
 @pytest.mark.parametrize(

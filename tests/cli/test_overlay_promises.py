@@ -58,12 +58,12 @@ def test_two_inputs_never_share_an_output(tmp_path) -> None:
     out = tmp_path / "out"
     assert main(["overlay", str(tmp_path / "x"), str(tmp_path / "y"), "-o", str(out), *FAST]) == 0
     rows = _rows(out)
-    assert sorted(Path(row["output"]).relative_to(out).as_posix() for row in rows) == ["x/a_gradcam.png",
+    assert sorted(Path(row["output"]).as_posix() for row in rows) == ["x/a_gradcam.png",  # relative to out
                                                                                         "y/a_gradcam.png"]
     assert main(["overlay", str(tmp_path / "z"), "-o", str(tmp_path / "out2"), *FAST]) == 0
     outputs = {Path(row["input"]).name: Path(row["output"]).name for row in _rows(tmp_path / "out2")}
     assert outputs == {"a.png": "a_png_gradcam.png", "a.jpg": "a_jpg_gradcam.png"}
-    assert all(Path(row["output"]).exists() for row in _rows(out) + _rows(tmp_path / "out2"))
+    assert all((folder / row["output"]).exists() for folder in (out, tmp_path / "out2") for row in _rows(folder))
 
 
 def test_a_very_long_name_is_shortened_and_stays_unique(tmp_path) -> None:
@@ -73,7 +73,7 @@ def test_a_very_long_name_is_shortened_and_stays_unique(tmp_path) -> None:
     out = tmp_path / "out"
     assert main(["overlay", str(tmp_path / "in"), "-o", str(out), "--method", "smoothgradcam++",
                  "--save-maps", "npy", *FAST]) == 0
-    outputs = [Path(row["output"]) for row in _rows(out)]
+    outputs = [out / row["output"] for row in _rows(out)]
     assert len(set(outputs)) == 2 and all(path.exists() and len(path.name.encode()) <= 255 for path in outputs)
     assert not list(out.glob("*.part"))
 
