@@ -85,6 +85,8 @@ class OverlayJob:
     score_threshold: float = 0.25
     max_detections: int = 20
     per_detection: bool = False
+    class_names: str | None = None
+    caption: bool = True
 
 
 @dataclass(frozen=True)
@@ -133,8 +135,6 @@ def _positive_int(text: str, name: str) -> int:
     if value < 1:
         raise CamkitError(f"{name} must be a positive number of threads, got {text!r}")
     return value
-    class_names: str | None = None
-    caption: bool = True
 
 
 @dataclass

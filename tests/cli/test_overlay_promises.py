@@ -421,3 +421,14 @@ def test_an_unlistable_subfolder_is_a_line_and_a_row(tmp_path, monkeypatch, caps
     rows = {Path(row["input"]).name: row for row in _rows(out)}
     assert rows["a.png"]["status"] == "ok"
     assert rows["locked"]["status"] == "error" and "Permission denied" in rows["locked"]["error"]
+
+
+def test_the_same_folder_typed_relative_then_absolute_keeps_one_row_each(tmp_path, monkeypatch) -> None:
+    for index in range(2):
+        _picture(tmp_path / "in" / f"a{index}.png", index)
+    out = tmp_path / "out"
+    monkeypatch.chdir(tmp_path)
+    assert main(["overlay", "in", "-o", "out", *FAST]) == 0
+    assert main(["overlay", str(tmp_path / "in"), "-o", str(out), "--overwrite", *FAST]) == 0
+    rows = _rows(out)
+    assert len(rows) == 2 and all(row["status"] == "ok" and row["predicted_class"] != "" for row in rows)
