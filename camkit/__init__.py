@@ -1,4 +1,5 @@
 """camkit: class activation maps for CNNs and Vision Transformers, batched on the model's device."""
+
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
@@ -7,20 +8,50 @@ from . import cluster, metrics, modes, viz
 from .calls import ModelCall, Shared
 from .errors import CamkitError, CamkitTypeError, MissingDependency
 from .explainers import (
-    CAM, CFCAM, ISCAM, KPCACAM, METHODS, SSCAM, AblationCAM, AttentionExplainer, AttentionRollout,
-    ChannelWeightedExplainer, EigenCAM, EigenGradCAM, ElementWiseExplainer, Explainer, FinerCAM, GradCAM,
-    GradCAMElementWise, GradCAMPlusPlus, HiResCAM, LayerCAM, LeGrad, ScoreCAM, SmoothGradCAMPlusPlus,
-    TransformerAttribution, XGradCAM, create, register,
-)
-from .explainers import FEM, DeepFeatureFactorization, RandomCAM, RefineCAM, SegEigenCAM, ShapleyCAM
-from .explainers import (
-    FullGrad, GuidedBackprop, GuidedGradCAM, InputXGradient, IntegratedGradients, PixelExplainer, Saliency,
+    CAM,
+    CFCAM,
+    FEM,
+    ISCAM,
+    KPCACAM,
+    METHODS,
+    SSCAM,
+    AblationCAM,
+    AttentionExplainer,
+    AttentionRollout,
+    ChannelWeightedExplainer,
+    DeepFeatureFactorization,
+    EigenCAM,
+    EigenGradCAM,
+    ElementWiseExplainer,
+    Explainer,
+    FinerCAM,
+    FullGrad,
+    GradCAM,
+    GradCAMElementWise,
+    GradCAMPlusPlus,
+    GuidedBackprop,
+    GuidedGradCAM,
+    HiResCAM,
+    InputXGradient,
+    IntegratedGradients,
+    LayerCAM,
+    LeGrad,
+    PixelExplainer,
+    RandomCAM,
+    RefineCAM,
+    Saliency,
+    ScoreCAM,
+    SegEigenCAM,
+    ShapleyCAM,
+    SmoothGradCAMPlusPlus,
+    TransformerAttribution,
+    XGradCAM,
+    create,
+    register,
 )
 from .results import Explanation
 from .targets import CaptionTarget, DetectionTarget, MultiLabelTarget, NeuronTarget, SegmentationTarget
 from .viz import compare, interactive
-
-
 
 # Names from the application storey (reading files, the bundled demo): imported on first use only,
 # which keeps `import camkit` free of the application and of PIL.
@@ -46,19 +77,16 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0"
 
 __all__ = [
-    "Saliency",
-    "PixelExplainer",
-    "IntegratedGradients",
-    "InputXGradient",
-    "GuidedGradCAM",
-    "GuidedBackprop",
-    "FullGrad",
+    "CAM",
+    "CFCAM",
+    "FEM",
+    "ISCAM",
+    "KPCACAM",
+    "METHODS",
+    "SSCAM",
     "AblationCAM",
     "AttentionExplainer",
     "AttentionRollout",
-    "CAM",
-    "CFCAM",
-    "ISCAM",
     "CamkitError",
     "CamkitTypeError",
     "CaptionTarget",
@@ -70,31 +98,35 @@ __all__ = [
     "ElementWiseExplainer",
     "Explainer",
     "Explanation",
-    "FEM",
     "FinerCAM",
+    "FullGrad",
     "GradCAM",
     "GradCAMElementWise",
     "GradCAMPlusPlus",
+    "GuidedBackprop",
+    "GuidedGradCAM",
     "HiResCAM",
-    "KPCACAM",
+    "InputXGradient",
+    "IntegratedGradients",
     "LayerCAM",
     "LeGrad",
-    "METHODS",
     "MissingDependency",
     "ModelCall",
     "MultiLabelTarget",
     "NeuronTarget",
+    "PixelExplainer",
     "RandomCAM",
     "RefineCAM",
-    "SSCAM",
+    "Saliency",
     "ScoreCAM",
     "SegEigenCAM",
     "SegmentationTarget",
-    "Shared",
     "ShapleyCAM",
+    "Shared",
     "SmoothGradCAMPlusPlus",
     "TransformerAttribution",
     "XGradCAM",
+    "__version__",
     "cluster",
     "compare",
     "create",
@@ -106,5 +138,4 @@ __all__ = [
     "modes",
     "register",
     "viz",
-    "__version__",
 ]

@@ -1,4 +1,5 @@
 """``python -m camkit`` (and ``torchrun -m camkit``) runs the CLI."""
+
 import sys
 
 from .cli import main

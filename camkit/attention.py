@@ -23,6 +23,7 @@ one backward of per-block scores gives each block its own gradient (LeGrad).
 
 Callers hold :func:`camkit.modes.explaining` around the whole pass.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -73,8 +74,10 @@ class AttentionRead:
         """d sum(scores) / d probabilities for every block, laid out as ``probabilities`` (zeros where unused)."""
         with _grad_mode(True):
             found = torch.autograd.grad(scores.sum(), self.recorded, allow_unused=True)
-        return [torch.zeros_like(tensor) if gradient is None else gradient.reshape(tensor.shape)
-                for gradient, tensor in zip(found, self.probabilities)]
+        return [
+            torch.zeros_like(tensor) if gradient is None else gradient.reshape(tensor.shape)
+            for gradient, tensor in zip(found, self.probabilities)
+        ]
 
 
 def is_attention(module: nn.Module) -> bool:
@@ -85,8 +88,11 @@ def is_attention(module: nn.Module) -> bool:
         return True
     name = type(module).__name__
     windowed = hasattr(getattr(module, "config", None), "window_size")  # Hugging Face's Swin family
-    return (name.endswith("Attention") and not windowed
-            and not any(word in name for word in ("Pool", "Cross", "Window", "RelativePositional")))
+    return (
+        name.endswith("Attention")
+        and not windowed
+        and not any(word in name for word in ("Pool", "Cross", "Window", "RelativePositional"))
+    )
 
 
 def attention_blocks(model: nn.Module, within: Sequence[nn.Module] | None = None) -> list[AttentionBlock]:
@@ -143,8 +149,14 @@ def read_attention(
         return _read(model, blocks, x, target, with_gradients, separate_blocks)
 
 
-def _read(model: nn.Module, blocks: Sequence[AttentionBlock], x: torch.Tensor, target: TargetSpec,
-          with_gradients: bool, separate_blocks: bool) -> AttentionRead:
+def _read(
+    model: nn.Module,
+    blocks: Sequence[AttentionBlock],
+    x: torch.Tensor,
+    target: TargetSpec,
+    with_gradients: bool,
+    separate_blocks: bool,
+) -> AttentionRead:
     probabilities: dict[int, list[torch.Tensor]] = {index: [] for index in range(len(blocks))}
     outputs: dict[int, torch.Tensor] = {}
     with _reading(blocks, probabilities, outputs, with_gradients, separate_blocks), _grad_mode(False):
@@ -172,17 +184,30 @@ def _read(model: nn.Module, blocks: Sequence[AttentionBlock], x: torch.Tensor, t
     differentiated = with_gradients and not separate_blocks
     with _grad_mode(differentiated):
         scores, classes = explained_scores(output, target, x.shape[0], required=differentiated)
-    read = AttentionRead(laid_out, None, [outputs[index] for index in sorted(outputs)], _detached(output), scores.detach(),
-                         classes, prefix, grid, found)
+    read = AttentionRead(
+        laid_out,
+        None,
+        [outputs[index] for index in sorted(outputs)],
+        _detached(output),
+        scores.detach(),
+        classes,
+        prefix,
+        grid,
+        found,
+    )
     if differentiated:
         if not scores.requires_grad:
-            raise CamkitError("The explained score does not depend on the attention of the blocks read; "
-                              "explain a score the transformer computes.")
+            raise CamkitError(
+                "The explained score does not depend on the attention of the blocks read; "
+                "explain a score the transformer computes."
+            )
         read.gradients = read.gradients_of(scores)
     return read
 
 
-def _token_grid(model: nn.Module, probabilities: torch.Tensor, input_size: tuple[int, ...]) -> tuple[int, tuple[int, int]]:
+def _token_grid(
+    model: nn.Module, probabilities: torch.Tensor, input_size: tuple[int, ...]
+) -> tuple[int, tuple[int, int]]:
     tokens = probabilities.shape[-1]
     layout = token_layout(tokens, input_size, patch_size_of(model), prefix_tokens_of(model))
     if probabilities.dim() != 4 or probabilities.shape[-2] != tokens or layout is None:
@@ -202,8 +227,9 @@ class _AttentionReader(TorchFunctionMode):
         self.found = found
         self.with_gradients = with_gradients
 
-    def __torch_function__(self, func: Callable[..., Any], types: Any, args: Sequence[Any] = (),
-                           kwargs: dict[str, Any] | None = None) -> Any:
+    def __torch_function__(
+        self, func: Callable[..., Any], types: Any, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention:
             return self._written_out(*args, **kwargs)
@@ -212,9 +238,17 @@ class _AttentionReader(TorchFunctionMode):
             return _recorded(self.found, result, self.with_gradients)
         return result
 
-    def _written_out(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                     attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0, is_causal: bool = False,
-                     scale: float | None = None, enable_gqa: bool = False) -> torch.Tensor:
+    def _written_out(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        dropout_p: float = 0.0,
+        is_causal: bool = False,
+        scale: float | None = None,
+        enable_gqa: bool = False,
+    ) -> torch.Tensor:
         """``F.scaled_dot_product_attention`` with its probabilities in the open (eval mode: no dropout)."""
         if enable_gqa and key.shape[-3] != query.shape[-3]:
             key = key.repeat_interleave(query.shape[-3] // key.shape[-3], dim=-3)
@@ -224,7 +258,9 @@ class _AttentionReader(TorchFunctionMode):
             allowed = torch.ones(logits.shape[-2:], dtype=torch.bool, device=logits.device).tril()
             logits = logits.masked_fill(~allowed, float("-inf"))
         if attn_mask is not None:
-            logits = logits.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else logits + attn_mask
+            logits = (
+                logits.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else logits + attn_mask
+            )
         # In float32 for half-precision models, as fused kernels accumulate; the recorded probabilities stay float32.
         probabilities = _recorded(self.found, logits.float().softmax(dim=-1), self.with_gradients)
         mixing = probabilities.to(value.dtype)
@@ -249,8 +285,9 @@ def _last_axis(args: Sequence[Any], kwargs: dict[str, Any]) -> bool:
 _MULTIHEAD_OPTIONS = ("key_padding_mask", "need_weights", "attn_mask", "average_attn_weights", "is_causal")
 
 
-def _multihead_hooks(module: nn.MultiheadAttention, found: list[torch.Tensor],
-                     with_gradients: bool) -> list[torch.utils.hooks.RemovableHandle]:
+def _multihead_hooks(
+    module: nn.MultiheadAttention, found: list[torch.Tensor], with_gradients: bool
+) -> list[torch.utils.hooks.RemovableHandle]:
     """``nn.MultiheadAttention`` computes its probabilities in the open when asked for per-head weights.
 
     Its Python forward hides them from a torch-function mode, so a pre-hook
@@ -262,13 +299,18 @@ def _multihead_hooks(module: nn.MultiheadAttention, found: list[torch.Tensor],
     """
     asked: list[tuple[bool, bool]] = []
 
-    def before(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    def before(
+        _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         kwargs = {**dict(zip(_MULTIHEAD_OPTIONS, args[3:])), **kwargs}
         asked.append((bool(kwargs.get("need_weights", True)), bool(kwargs.get("average_attn_weights", True))))
         kwargs.update(need_weights=True, average_attn_weights=False)
         inputs = list(args[:3])
-        if with_gradients and torch.is_grad_enabled() and not any(
-                isinstance(tensor, torch.Tensor) and tensor.requires_grad for tensor in inputs):
+        if (
+            with_gradients
+            and torch.is_grad_enabled()
+            and not any(isinstance(tensor, torch.Tensor) and tensor.requires_grad for tensor in inputs)
+        ):
             # Frozen weights and an input without a graph would take the fused fast path: one leaf for q, k, v.
             leaf = inputs[0].detach().requires_grad_(True)
             inputs = [leaf if tensor is args[0] else tensor for tensor in inputs]
@@ -284,13 +326,20 @@ def _multihead_hooks(module: nn.MultiheadAttention, found: list[torch.Tensor],
             found.append(weights)
         return attended, (weights.mean(dim=1) if average else weights) if need else None
 
-    return [module.register_forward_pre_hook(before, with_kwargs=True),
-            module.register_forward_hook(after, with_kwargs=True)]
+    return [
+        module.register_forward_pre_hook(before, with_kwargs=True),
+        module.register_forward_hook(after, with_kwargs=True),
+    ]
 
 
 @contextlib.contextmanager
-def _reading(blocks: Sequence[AttentionBlock], probabilities: dict[int, list[torch.Tensor]],
-             outputs: dict[int, torch.Tensor], with_gradients: bool, separate_blocks: bool) -> Iterator[None]:
+def _reading(
+    blocks: Sequence[AttentionBlock],
+    probabilities: dict[int, list[torch.Tensor]],
+    outputs: dict[int, torch.Tensor],
+    with_gradients: bool,
+    separate_blocks: bool,
+) -> Iterator[None]:
     entered: list[_AttentionReader] = []
 
     def enter(index: int) -> Callable[..., None]:
@@ -301,6 +350,7 @@ def _reading(blocks: Sequence[AttentionBlock], probabilities: dict[int, list[tor
                 reader = _AttentionReader(probabilities[index], with_gradients)
                 reader.__enter__()
                 entered.append(reader)
+
         return hook
 
     def leave(module: nn.Module, _inputs: Any, _output: Any) -> None:
@@ -313,6 +363,7 @@ def _reading(blocks: Sequence[AttentionBlock], probabilities: dict[int, list[tor
             outputs[index] = tokens
             passed_on = tokens.detach()  # the next block's attention gets its own gradient only
             return (passed_on, *output[1:]) if isinstance(output, tuple) else passed_on
+
         return hook
 
     handles = []
@@ -334,7 +385,7 @@ def _reading(blocks: Sequence[AttentionBlock], probabilities: dict[int, list[tor
 
 def grid_of(relevance: torch.Tensor, read: AttentionRead) -> torch.Tensor:
     """Relevance over the tokens ``(B, N)`` as the patch grid's map ``(B, 1, h, w)`` (special tokens dropped)."""
-    patches = relevance[:, read.prefix_tokens:]
+    patches = relevance[:, read.prefix_tokens :]
     return patches.reshape(patches.shape[0], 1, *read.grid)
 
 
@@ -348,5 +399,12 @@ def query_weights(read: AttentionRead) -> torch.Tensor:
     return torch.full((1, tokens), 1.0 / tokens, device=device)
 
 
-__all__ = ["AttentionBlock", "AttentionRead", "attention_blocks", "grid_of", "is_attention", "query_weights",
-           "read_attention"]
+__all__ = [
+    "AttentionBlock",
+    "AttentionRead",
+    "attention_blocks",
+    "grid_of",
+    "is_attention",
+    "query_weights",
+    "read_attention",
+]

@@ -10,20 +10,21 @@ inputs follow their images and the others (CLIP's texts) go in as they are.
 An input whose first dimension only happens to equal the batch is marked
 :class:`Shared`. Hugging Face models get ``x`` as ``pixel_values``.
 """
+
 from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
 
 from .errors import CamkitTypeError, model_code
 
-InputsSpec = Union[None, Mapping[str, Any], tuple, list]
-RowIndex = Union[torch.Tensor, slice]
+InputsSpec = Mapping[str, Any] | tuple | list | None
+RowIndex = torch.Tensor | slice
 
 
 class Shared:
@@ -58,7 +59,7 @@ class ModelCall:
     per_image_kwargs: frozenset[str] = frozenset()
 
     @classmethod
-    def of(cls, model: nn.Module, x: torch.Tensor, inputs: InputsSpec = None) -> "ModelCall":
+    def of(cls, model: nn.Module, x: torch.Tensor, inputs: InputsSpec = None) -> ModelCall:
         """The call of ``model`` on ``x`` and ``inputs`` (None, a dict of keyword arguments, or a tuple of positional ones)."""
         batch = x.shape[0]
         keyword = image_keyword_of(model)
@@ -93,24 +94,26 @@ class ModelCall:
                 return model(*self.args, **{self.image_keyword: self.x}, **self.kwargs)
             return model(self.x, *self.args, **self.kwargs)
 
-    def rows(self, index: RowIndex, images: torch.Tensor | None = None) -> "ModelCall":
+    def rows(self, index: RowIndex, images: torch.Tensor | None = None) -> ModelCall:
         """The call on rows ``index`` of the batch; ``images`` (as many rows) replace ``x[index]`` when given."""
         taken = self.x[index] if images is None else images
-        args = tuple(_taken(value, index) if per_image else value
-                     for value, per_image in zip(self.args, self.per_image_args))
-        kwargs = {name: _taken(value, index) if name in self.per_image_kwargs else value
-                  for name, value in self.kwargs.items()}
+        args = tuple(
+            _taken(value, index) if per_image else value for value, per_image in zip(self.args, self.per_image_args)
+        )
+        kwargs = {
+            name: _taken(value, index) if name in self.per_image_kwargs else value
+            for name, value in self.kwargs.items()
+        }
         return ModelCall(taken, args, kwargs, self.image_keyword, self.per_image_args, self.per_image_kwargs)
 
-    def repeat(self, copies: int, images: torch.Tensor | None = None) -> "ModelCall":
+    def repeat(self, copies: int, images: torch.Tensor | None = None) -> ModelCall:
         """``copies`` copies of the batch, copy-major (row r is image r % B), on ``images`` when given."""
         index = torch.arange(self.batch, device=self.x.device).repeat(copies)
         return self.rows(index, images)
 
-    def with_images(self, images: torch.Tensor) -> "ModelCall":
+    def with_images(self, images: torch.Tensor) -> ModelCall:
         """The same inputs with other images of the same batch size."""
-        return ModelCall(images, self.args, self.kwargs, self.image_keyword, self.per_image_args,
-                         self.per_image_kwargs)
+        return ModelCall(images, self.args, self.kwargs, self.image_keyword, self.per_image_args, self.per_image_kwargs)
 
 
 def as_call(model: nn.Module, x: torch.Tensor | ModelCall) -> ModelCall:
@@ -120,8 +123,10 @@ def as_call(model: nn.Module, x: torch.Tensor | ModelCall) -> ModelCall:
 
 def image_keyword_of(model: nn.Module) -> str | None:
     """``"pixel_values"`` for a Hugging Face model whose forward takes it (CLIP's comes after ``input_ids``), else None."""
-    is_hugging_face = any(base.__name__ == "PreTrainedModel" and base.__module__.startswith("transformers")
-                          for base in type(model).__mro__)
+    is_hugging_face = any(
+        base.__name__ == "PreTrainedModel" and base.__module__.startswith("transformers")
+        for base in type(model).__mro__
+    )
     if not is_hugging_face:
         return None
     try:

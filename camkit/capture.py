@@ -21,6 +21,7 @@ its layer hooked for the call (:func:`scored_target`).
 
 Callers hold :func:`camkit.modes.explaining` around the whole pass.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -44,7 +45,8 @@ Layers = Sequence[tuple[str, nn.Module]]
 GradientTransform = Callable[[torch.Tensor], torch.Tensor]
 # Set for one call by :func:`transformed_gradients` (per thread and task, as a context variable).
 _gradient_transform: contextvars.ContextVar[GradientTransform | None] = contextvars.ContextVar(
-    "camkit_gradient_transform", default=None)
+    "camkit_gradient_transform", default=None
+)
 Target = TypeVar("Target")
 
 
@@ -93,8 +95,9 @@ def capture(
     with explaining(model):
         neuron = _neuron_layer(model, target)
         recorded: list[torch.Tensor] = []
-        output, tensors = hooked_forward(model, layers, call, with_gradients,
-                                         watch=(neuron, recorded) if neuron is not None else None)
+        output, tensors = hooked_forward(
+            model, layers, call, with_gradients, watch=(neuron, recorded) if neuron is not None else None
+        )
         check_finite(layers, tensors, "activations")
         if isinstance(target, NeuronTarget):
             target = _recorded_scores(target, recorded, input_size, patch_size, prefix_tokens)
@@ -106,8 +109,7 @@ def capture(
             transform = _gradient_transform.get()
             if transform is not None:
                 gradients = [transform(gradient) for gradient in gradients]
-    return to_captures(tensors, gradients, output, scores, classes, input_size, reshape, patch_size,
-                       prefix_tokens)
+    return to_captures(tensors, gradients, output, scores, classes, input_size, reshape, patch_size, prefix_tokens)
 
 
 @contextlib.contextmanager
@@ -125,7 +127,11 @@ def transformed_gradients(transform: GradientTransform) -> Iterator[None]:
 
 
 def hooked_forward(
-    model: nn.Module, layers: Layers, x: torch.Tensor | ModelCall, with_gradients: bool, *,
+    model: nn.Module,
+    layers: Layers,
+    x: torch.Tensor | ModelCall,
+    with_gradients: bool,
+    *,
     watch: tuple[nn.Module, list[torch.Tensor]] | None = None,
 ) -> tuple[Any, list[torch.Tensor]]:
     """The model's output and each layer's captured output; autograd on only after the first layer.
@@ -161,8 +167,9 @@ def explained_scores(
         return torch.full((batch_size,), float("nan"), device=device), None
 
 
-def layer_gradients(scores: torch.Tensor, tensors: list[torch.Tensor], layers: Layers, *,
-                    create_graph: bool = False) -> list[torch.Tensor]:
+def layer_gradients(
+    scores: torch.Tensor, tensors: list[torch.Tensor], layers: Layers, *, create_graph: bool = False
+) -> list[torch.Tensor]:
     """dS/dA for every captured layer, in one backward that stops at the first layer (``create_graph``: differentiable)."""
     if not scores.requires_grad:
         raise CamkitError(
@@ -190,8 +197,13 @@ def to_captures(
         reshape if reshape is not None else (lambda tensor: to_grid(tensor, input_size, patch_size, prefix_tokens))
     )
     return [
-        Capture(grid(activation.detach()).float(), grid(gradient).float() if gradient is not None else None,
-                _detached(output), scores.detach(), classes)
+        Capture(
+            grid(activation.detach()).float(),
+            grid(gradient).float() if gradient is not None else None,
+            _detached(output),
+            scores.detach(),
+            classes,
+        )
         for activation, gradient in zip(tensors, gradients)
     ]
 
@@ -210,7 +222,9 @@ def concatenated(parts: Sequence[Capture]) -> Capture:
 
 
 @contextlib.contextmanager
-def scored_target(model: nn.Module, target: Target, call: ModelCall) -> Iterator[Target | Callable[[Any], torch.Tensor]]:
+def scored_target(
+    model: nn.Module, target: Target, call: ModelCall
+) -> Iterator[Target | Callable[[Any], torch.Tensor]]:
     """The target to score forwards run inside the block: ``target`` itself, or a NeuronTarget bound to its hooked layer.
 
     For methods that run the model outside :func:`capture` (perturbed forwards);
@@ -222,8 +236,7 @@ def scored_target(model: nn.Module, target: Target, call: ModelCall) -> Iterator
         return
     recorded: list[torch.Tensor] = []
     with _recording(neuron, recorded):
-        yield _recorded_scores(target, recorded, tuple(call.x.shape[2:]), patch_size_of(model),
-                               prefix_tokens_of(model))
+        yield _recorded_scores(target, recorded, tuple(call.x.shape[2:]), patch_size_of(model), prefix_tokens_of(model))
 
 
 def _neuron_layer(model: nn.Module, target: object) -> nn.Module | None:
@@ -231,8 +244,11 @@ def _neuron_layer(model: nn.Module, target: object) -> nn.Module | None:
 
 
 def _recorded_scores(
-    target: NeuronTarget, recorded: list[torch.Tensor], input_size: tuple[int, ...],
-    patch_size: tuple[int, int] | None, prefix_tokens: int | None,
+    target: NeuronTarget,
+    recorded: list[torch.Tensor],
+    input_size: tuple[int, ...],
+    patch_size: tuple[int, int] | None,
+    prefix_tokens: int | None,
 ) -> Callable[[Any], torch.Tensor]:
     """A target callable reading the neuron layer's latest recorded output (the model's output is not used)."""
 
@@ -326,5 +342,15 @@ def _detached(output: Any) -> Any:
     return output
 
 
-__all__ = ["Capture", "capture", "check_finite", "concatenated", "explained_scores", "hooked_forward", "layer_gradients",
-           "scored_target", "to_captures", "transformed_gradients"]
+__all__ = [
+    "Capture",
+    "capture",
+    "check_finite",
+    "concatenated",
+    "explained_scores",
+    "hooked_forward",
+    "layer_gradients",
+    "scored_target",
+    "to_captures",
+    "transformed_gradients",
+]

@@ -16,6 +16,7 @@ gradients where its input was positive. It is a ``TorchFunctionMode``
 moment, and a model written with functional ReLUs is covered, which swapping
 ``nn.ReLU`` modules (pytorch-grad-cam, captum) misses.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -74,10 +75,13 @@ class _GuidedMode(TorchFunctionMode):
         super().__init__()
         self.relus = 0
 
-    def __torch_function__(self, func: Callable[..., Any], types: Any, args: Sequence[Any] = (),
-                           kwargs: dict[str, Any] | None = None) -> Any:
+    def __torch_function__(
+        self, func: Callable[..., Any], types: Any, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
         kwargs = kwargs or {}
-        in_place = func in _IN_PLACE or (func is F.relu and bool(kwargs.get("inplace", args[1] if len(args) > 1 else False)))
+        in_place = func in _IN_PLACE or (
+            func is F.relu and bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
+        )
         if func not in _OUT_OF_PLACE and func not in _IN_PLACE:
             return func(*args, **kwargs)
         x = args[0]
@@ -127,13 +131,21 @@ def input_gradients(
         found = torch.autograd.grad(scores.sum(), [leaf, *watched], allow_unused=True)
     gradients = [g if g is not None else torch.zeros_like(t) for g, t in zip(found, [leaf, *watched])]
     check_finite([("input", model)], gradients[:1], "gradient")
-    return InputCapture(gradients[0].float(), _detached(output), scores.detach(), classes,
-                        mode.relus if mode is not None else 0,
-                        [module for module, _ in stash], [t.detach().float() for t in watched],
-                        [g.float() for g in gradients[1:]])
+    return InputCapture(
+        gradients[0].float(),
+        _detached(output),
+        scores.detach(),
+        classes,
+        mode.relus if mode is not None else 0,
+        [module for module, _ in stash],
+        [t.detach().float() for t in watched],
+        [g.float() for g in gradients[1:]],
+    )
 
 
-def forward_scores(model: nn.Module, x: torch.Tensor, target: TargetSpec) -> tuple[Any, torch.Tensor, torch.Tensor | None]:
+def forward_scores(
+    model: nn.Module, x: torch.Tensor, target: TargetSpec
+) -> tuple[Any, torch.Tensor, torch.Tensor | None]:
     """The model's output on ``x`` (no graph), the explained scores and classes: what path methods explain."""
     with explaining(model), _grad_mode(False):
         output = model(x)

@@ -18,6 +18,7 @@ by anchor or query for YOLO and DETR, whose indices mean the same thing in every
 forward, and by the best-overlapping box of the same label for torchvision, whose
 lists change with the input. This module is pure torch (torchvision's box ops).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -76,8 +77,9 @@ class TorchvisionDetector(Detector):
             scores = detections["scores"]
             kept = torch.nonzero(scores.detach() > score_threshold).flatten()
             kept = kept[scores.detach()[kept].argsort(descending=True, stable=True)]
-            found.append(Found(detections["boxes"].detach()[kept].float(), detections["labels"][kept].long(),
-                               scores[kept], kept))
+            found.append(
+                Found(detections["boxes"].detach()[kept].float(), detections["labels"][kept].long(), scores[kept], kept)
+            )
         return found
 
     def keyed_scores(self, output: Any, box: torch.Tensor, label: int, key: int, min_iou: float) -> torch.Tensor:
@@ -107,9 +109,11 @@ class YoloDetector(Detector):
         prediction = output[0] if isinstance(output, (tuple, list)) else output
         if not isinstance(prediction, torch.Tensor) or prediction.dim() != 3 or prediction.shape[1] < 4 + self.classes:
             shape = tuple(prediction.shape) if isinstance(prediction, torch.Tensor) else type(prediction).__name__
-            raise CamkitError(f"the YOLO model returned {shape}, not (B, 4 + classes, anchors); camkit reads "
-                              "ultralytics' Detect head outside export mode (end-to-end heads such as YOLO26's "
-                              "or YOLOv10's are not supported).")
+            raise CamkitError(
+                f"the YOLO model returned {shape}, not (B, 4 + classes, anchors); camkit reads "
+                "ultralytics' Detect head outside export mode (end-to-end heads such as YOLO26's "
+                "or YOLOv10's are not supported)."
+            )
         return prediction
 
     def found(self, output: Any, size: tuple[int, int], score_threshold: float) -> list[Found]:
@@ -117,12 +121,15 @@ class YoloDetector(Detector):
 
         prediction = self._prediction(output)
         boxes = xywh_to_xyxy(prediction[:, :4].detach().transpose(1, 2).float())  # (B, A, 4)
-        best, labels = prediction[:, 4:4 + self.classes].max(dim=1)  # (B, A): each anchor's best class
+        best, labels = prediction[:, 4 : 4 + self.classes].max(dim=1)  # (B, A): each anchor's best class
         found = []
         for image in range(prediction.shape[0]):  # NMS keeps a different number of anchors per image
             anchors = torch.nonzero(best[image].detach() > score_threshold).flatten()
-            kept = anchors[batched_nms(boxes[image, anchors], best[image, anchors].detach().float(),
-                                       labels[image, anchors], self.nms_iou)]
+            kept = anchors[
+                batched_nms(
+                    boxes[image, anchors], best[image, anchors].detach().float(), labels[image, anchors], self.nms_iou
+                )
+            ]
             found.append(Found(boxes[image, kept], labels[image, kept], best[image, kept], kept))
         return found
 
@@ -223,13 +230,16 @@ def matched(found: list[Found], given: Sequence[Mapping[str, Any]], min_iou: flo
     from torchvision.ops import box_iou
 
     if len(given) != len(found):
-        raise CamkitError(f"detections has {len(given)} entries for a batch of {len(found)} images; give one "
-                          "dict with 'boxes' (N, 4) and 'labels' (N,) per image.")
+        raise CamkitError(
+            f"detections has {len(given)} entries for a batch of {len(found)} images; give one "
+            "dict with 'boxes' (N, 4) and 'labels' (N,) per image."
+        )
     result = []
     for image, wanted in zip(found, given):
         if not isinstance(wanted, Mapping) or "boxes" not in wanted or "labels" not in wanted:
-            raise CamkitTypeError("each entry of detections must be a dict with 'boxes' (N, 4, xyxy in input "
-                                  "pixels) and 'labels' (N,).")
+            raise CamkitTypeError(
+                "each entry of detections must be a dict with 'boxes' (N, 4, xyxy in input pixels) and 'labels' (N,)."
+            )
         device = image.boxes.device
         boxes = torch.as_tensor(wanted["boxes"], dtype=torch.float32, device=device).reshape(-1, 4)
         labels = torch.as_tensor(wanted["labels"], device=device).reshape(-1).long()
@@ -245,13 +255,20 @@ def matched(found: list[Found], given: Sequence[Mapping[str, Any]], min_iou: flo
         hit = best_iou >= 0
         # An unmatched box scores a zero that still belongs to the graph, so the batch's backward stays one call.
         scores = torch.where(hit, image.scores[best], image.scores.sum() * 0.0)
-        result.append(Found(torch.where(hit[:, None], image.boxes[best], boxes), labels, scores,
-                            torch.where(hit, image.keys[best], unmatched.keys)))
+        result.append(
+            Found(
+                torch.where(hit[:, None], image.boxes[best], boxes),
+                labels,
+                scores,
+                torch.where(hit, image.keys[best], unmatched.keys),
+            )
+        )
     return result
 
 
-def best_match_score(detections: Mapping[str, torch.Tensor], box: torch.Tensor, label: int,
-                     min_iou: float) -> torch.Tensor:
+def best_match_score(
+    detections: Mapping[str, torch.Tensor], box: torch.Tensor, label: int, min_iou: float
+) -> torch.Tensor:
     """A torchvision image's score of the detection of ``label`` overlapping ``box`` most (IoU >= min_iou), else 0."""
     from torchvision.ops import box_iou
 
@@ -271,17 +288,33 @@ def xywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
 
 def _dicts(output: Any) -> list[Mapping[str, torch.Tensor]]:
     if not isinstance(output, (list, tuple)) or not all(isinstance(item, Mapping) for item in output):
-        raise CamkitTypeError("a torchvision detector returns a list of dicts with boxes, labels and scores; "
-                              f"this model returned {type(output).__name__}.")
+        raise CamkitTypeError(
+            "a torchvision detector returns a list of dicts with boxes, labels and scores; "
+            f"this model returned {type(output).__name__}."
+        )
     return list(output)
 
 
 def _attribute(output: Any, name: str) -> torch.Tensor:
     value = output.get(name) if isinstance(output, Mapping) else getattr(output, name, None)
     if not isinstance(value, torch.Tensor):
-        raise CamkitTypeError(f"a DETR-family detector's output has '{name}'; this one ({type(output).__name__}) has none.")
+        raise CamkitTypeError(
+            f"a DETR-family detector's output has '{name}'; this one ({type(output).__name__}) has none."
+        )
     return value
 
 
-__all__ = ["DetectionScore", "Detector", "DetrDetector", "Found", "TorchvisionDetector", "YoloDetector",
-           "best_match_score", "detector_of", "matched", "strongest", "unwrapped", "xywh_to_xyxy"]
+__all__ = [
+    "DetectionScore",
+    "Detector",
+    "DetrDetector",
+    "Found",
+    "TorchvisionDetector",
+    "YoloDetector",
+    "best_match_score",
+    "detector_of",
+    "matched",
+    "strongest",
+    "unwrapped",
+    "xywh_to_xyxy",
+]

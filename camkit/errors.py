@@ -9,6 +9,7 @@ keeps its traceback -- except what the explained model itself raises:
 :func:`model_code` marks those (any type, left unchanged for API callers), so
 that a folder run can count them as that image's failure.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -6,6 +6,7 @@ whose output is a grid of the image, a spatial map or tokens laid on their
 patch grid; for a Vision Transformer, whose class (distillation, register)
 tokens ride along to the head, the last block's first norm.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -14,7 +15,7 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,16 +27,29 @@ from .modes import evaluation
 
 logger = logging.getLogger("camkit")
 
-LayerSpec = Union[None, str, nn.Module]
-LayersSpec = Union[LayerSpec, Sequence[Union[str, nn.Module]]]
+LayerSpec = str | nn.Module | None
+LayersSpec = LayerSpec | Sequence[str | nn.Module]
 
 # Modules that only re-lay, re-scale or pool the last feature map for the head:
 # their map is the previous layer's one, renamed (or resampled, for adaptive
 # pooling), so the automatic choice skips them and names the stage itself.
 _NOT_A_STAGE = (
-    nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool3d, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Flatten, nn.Unflatten, nn.LayerNorm,
-    nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool3d,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Flatten,
+    nn.Unflatten,
+    nn.LayerNorm,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.GroupNorm,
 )
 _NOT_A_STAGE_NAMES = ("Permute", "LayerNorm2d", "FrozenBatchNorm2d")
 
@@ -163,8 +177,9 @@ def auto_layer(model: nn.Module, x: torch.Tensor | ModelCall) -> tuple[str, nn.M
         )
     last = stages[-1]
     if grids[last][0] > 0:
-        norms = [infos[index].name for index in grids
-                 if grids[index][0] > 0 and _is_token_norm(modules[infos[index].name])]
+        norms = [
+            infos[index].name for index in grids if grids[index][0] > 0 and _is_token_norm(modules[infos[index].name])
+        ]
         if not norms:
             raise CamkitError(
                 f"The model's last grid {infos[last].name!r} carries {grids[last][0]} special token(s) (class, "
@@ -206,8 +221,11 @@ def _refuse_unlaid_tokens(
 
 def _is_token_norm(module: nn.Module) -> bool:
     rms_norm = getattr(nn, "RMSNorm", None)
-    return (isinstance(module, nn.LayerNorm) or (rms_norm is not None and isinstance(module, rms_norm))
-            or type(module).__name__.lower() in ("rmsnorm", "layernorm"))
+    return (
+        isinstance(module, nn.LayerNorm)
+        or (rms_norm is not None and isinstance(module, rms_norm))
+        or type(module).__name__.lower() in ("rmsnorm", "layernorm")
+    )
 
 
 def _is_stage(module: nn.Module) -> bool:
@@ -246,8 +264,9 @@ def refuse_torchscript(model: nn.Module, layers: Sequence[tuple[str, nn.Module]]
         raise CamkitTypeError(f"The model is TorchScript ({type(model).__name__}). {TORCHSCRIPT_ADVICE}")
     for name, module in layers:
         if isinstance(module, torch.jit.ScriptModule):
-            raise CamkitTypeError(f"The target layer {name!r} is TorchScript ({type(module).__name__}). "
-                                  f"{TORCHSCRIPT_ADVICE}")
+            raise CamkitTypeError(
+                f"The target layer {name!r} is TorchScript ({type(module).__name__}). {TORCHSCRIPT_ADVICE}"
+            )
 
 
 def find_layers(model: nn.Module, target_layer: LayersSpec) -> list[tuple[str, nn.Module]]:

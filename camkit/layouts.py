@@ -6,6 +6,7 @@ give tokens ``(B, N, D)``, a few special tokens (class, distillation,
 registers) followed by the patch grid. :class:`Layout` names the four; a
 user-supplied ``reshape`` overrides the rule.
 """
+
 from __future__ import annotations
 
 import enum
@@ -85,7 +86,13 @@ def patch_size_of(model: nn.Module) -> tuple[int, int] | None:
 # dist_token, reg_token), Hugging Face (cls_token, distillation_token, register_tokens, and CLIP's
 # class_embedding). Each is (D,), (1, D) or (1, n, D): n tokens of width D.
 _SPECIAL_TOKEN_PARAMETERS = (
-    "class_token", "cls_token", "class_embedding", "dist_token", "distillation_token", "reg_token", "register_tokens",
+    "class_token",
+    "cls_token",
+    "class_embedding",
+    "dist_token",
+    "distillation_token",
+    "reg_token",
+    "register_tokens",
 )
 # More leading tokens than this are not taken for special tokens when the model does not say how many it has.
 _MAX_GUESSED_PREFIX = 16
@@ -211,8 +218,10 @@ def _strided_grid(patches: int, height: int, width: int, max_mismatch: float | N
         grid_w = patches // grid_h
         if grid_h * grid_w < 2 or grid_h > height or grid_w > width:
             continue
-        if (height < width and grid_h > grid_w) or (height > width and grid_h < grid_w) or (
-            height == width and grid_h != grid_w
+        if (
+            (height < width and grid_h > grid_w)
+            or (height > width and grid_h < grid_w)
+            or (height == width and grid_h != grid_w)
         ):
             continue
         # n / s rounds to g (down or up) exactly when n / (g + 1) < s < n / (g - 1).
@@ -229,5 +238,12 @@ def _strided_grid(patches: int, height: int, width: int, max_mismatch: float | N
 
 
 __all__ = [
-    "Layout", "Reshape", "output_layout", "patch_size_of", "prefix_tokens_of", "to_grid", "token_grid", "token_layout",
+    "Layout",
+    "Reshape",
+    "output_layout",
+    "patch_size_of",
+    "prefix_tokens_of",
+    "to_grid",
+    "token_grid",
+    "token_layout",
 ]

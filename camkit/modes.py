@@ -17,6 +17,7 @@ already holds a module may claim it again (a metric that runs an explainer
 nests). Claims are taken all at once under one condition variable, so two
 calls never hold halves of each other's modules.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,6 +26,7 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
+
 
 class _ModuleClaims:
     """Which thread holds which modules, and how many times (claims are re-entrant per thread)."""
@@ -72,7 +74,7 @@ class ModelClaim:
     def release(self) -> None:
         _claims.release(self._modules)
 
-    def __enter__(self) -> "ModelClaim":
+    def __enter__(self) -> ModelClaim:
         self.acquire()
         return self
 

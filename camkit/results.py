@@ -6,6 +6,7 @@ An :class:`Explanation` shows itself in Jupyter (``_repr_png_``), with
 (``import camkit`` does so); this module never imports it, so the core does
 not depend on the drawing side or on matplotlib.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -23,8 +24,9 @@ _renderer: dict[str, Callable[..., Any]] = {}
 _Result = TypeVar("_Result", bound="_Drawn")
 
 
-def set_renderer(*, figure: Callable[..., Any], show: Callable[..., None], save: Callable[..., Path],
-                 kind: str = "") -> None:
+def set_renderer(
+    *, figure: Callable[..., Any], show: Callable[..., None], save: Callable[..., Path], kind: str = ""
+) -> None:
     """Install the functions that draw an :class:`Explanation` (``kind="detection"``: a
     :class:`DetectionExplanation`); ``camkit.viz`` calls this on import."""
     _renderer.update({f"{kind}figure": figure, f"{kind}show": show, f"{kind}save": save})
@@ -55,8 +57,11 @@ class _Drawn:
             images = unnormalize(self.images, mean, std)
         elif images is not None:
             images = display_batch(images, len(self), tuple(self.images.shape[2:]))
-        return replace(self, display=images if images is not None else self.display,  # type: ignore[type-var]
-                       class_names=class_names if class_names is not None else self.class_names)
+        return replace(
+            self,
+            display=images if images is not None else self.display,  # type: ignore[type-var]
+            class_names=class_names if class_names is not None else self.class_names,
+        )
 
     def class_name(self, index: int) -> str:
         """A class index as its name when ``class_names`` has one."""
@@ -82,7 +87,9 @@ class _Drawn:
 
     def _render(self, what: str) -> Callable[..., Any]:
         if self._drawing + what not in _renderer:
-            raise CamkitError(f"Drawing an {type(self).__name__} needs camkit.viz; import camkit (or camkit.viz) first.")
+            raise CamkitError(
+                f"Drawing an {type(self).__name__} needs camkit.viz; import camkit (or camkit.viz) first."
+            )
         return _renderer[self._drawing + what]
 
 
@@ -125,8 +132,10 @@ class Explanation(_Drawn):
     def top_channels(self, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
         """Each image's ``k`` channels of largest weight, largest first: indices and weights, ``(B, k)`` each."""
         if self.channel_weights is None:
-            raise CamkitError(f"{self.method} does not weight channels, so there are no top channels; use a "
-                              "channel-weighted method (Grad-CAM, Grad-CAM++, Score-CAM, ...).")
+            raise CamkitError(
+                f"{self.method} does not weight channels, so there are no top channels; use a "
+                "channel-weighted method (Grad-CAM, Grad-CAM++, Score-CAM, ...)."
+            )
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise CamkitError(f"k must be a positive int, got {k!r}.")
         weights, indices = self.channel_weights.topk(min(k, self.channel_weights.shape[1]), dim=1)
@@ -139,8 +148,10 @@ class Explanation(_Drawn):
         size = "x".join(map(str, self.maps.shape[1:]))
         grid = "x".join(map(str, self.layer_maps.shape[1:]))
         targets = "callable" if self.targets is None else _short(self.targets.tolist())
-        return (f"Explanation(method={self.method!r}, layer={self.layer!r}, images={len(self)}, maps={size}, "
-                f"layer_maps={grid}, targets={targets}, device={self.maps.device})")
+        return (
+            f"Explanation(method={self.method!r}, layer={self.layer!r}, images={len(self)}, maps={size}, "
+            f"layer_maps={grid}, targets={targets}, device={self.maps.device})"
+        )
 
 
 @dataclass(repr=False)
@@ -178,35 +189,41 @@ class DetectionExplanation(_Drawn):
 
     def combined(self) -> torch.Tensor:
         """``(B, H, W)``: each pixel's largest map over the image's detections (zeros for an image with none)."""
-        return torch.stack([maps.amax(dim=0) if maps.shape[0] else maps.new_zeros(maps.shape[1:])
-                            for maps in self.maps])
+        return torch.stack(
+            [maps.amax(dim=0) if maps.shape[0] else maps.new_zeros(maps.shape[1:]) for maps in self.maps]
+        )
 
     def __repr__(self) -> str:
         counts = _short([int(labels.shape[0]) for labels in self.labels])
-        return (f"DetectionExplanation(method={self.method!r}, layer={self.layer!r}, family={self.family!r}, "
-                f"images={len(self)}, detections={counts}, device={self.images.device})")
+        return (
+            f"DetectionExplanation(method={self.method!r}, layer={self.layer!r}, family={self.family!r}, "
+            f"images={len(self)}, detections={counts}, device={self.images.device})"
+        )
 
 
 def display_batch(images: Any, count: int, size: tuple[int, ...]) -> torch.Tensor:
     """Images to draw under ``count`` maps of ``size``: float ``(B, 3, *size)`` in [0, 1], from uint8 or floats."""
     items = list(images) if isinstance(images, (list, tuple)) else None
     if items is None and not isinstance(images, torch.Tensor):
-        raise CamkitTypeError(f"display images must be a tensor (B, 3, H, W) or a list of (3, H, W) tensors, got "
-                              f"{type(images).__name__}.")
+        raise CamkitTypeError(
+            f"display images must be a tensor (B, 3, H, W) or a list of (3, H, W) tensors, got {type(images).__name__}."
+        )
     if items is None:
         items = list(images.unbind(0)) if images.dim() == len(size) + 2 else []
-    if len(items) != count or not all(isinstance(item, torch.Tensor) and item.dim() == len(size) + 1
-                                      and item.shape[0] in (1, 3) for item in items):
-        raise CamkitError(f"with_display needs {count} images of shape (3, H, W) or (1, H, W), one per map; got "
-                          f"{len(items)} of shapes {[tuple(getattr(item, 'shape', ())) for item in items][:3]}.")
+    if len(items) != count or not all(
+        isinstance(item, torch.Tensor) and item.dim() == len(size) + 1 and item.shape[0] in (1, 3) for item in items
+    ):
+        raise CamkitError(
+            f"with_display needs {count} images of shape (3, H, W) or (1, H, W), one per map; got "
+            f"{len(items)} of shapes {[tuple(getattr(item, 'shape', ())) for item in items][:3]}."
+        )
     mode = "bilinear" if len(size) == 2 else "trilinear"
     shown = []
     for item in items:
         # uint8 (what decoders and camkit.load_images give) is 0..255; floats are taken as [0, 1].
         image = item.float() / 255 if item.dtype == torch.uint8 else item.float()
         if tuple(image.shape[1:]) != size:
-            image = F.interpolate(image[None], size=size, mode=mode, align_corners=False,
-                                  antialias=len(size) == 2)[0]
+            image = F.interpolate(image[None], size=size, mode=mode, align_corners=False, antialias=len(size) == 2)[0]
         shown.append(image.expand(3, *image.shape[1:]).clamp(0, 1))
     return torch.stack(shown)
 

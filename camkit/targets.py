@@ -4,17 +4,18 @@ The score is what the explainer differentiates. For classifiers it is the raw
 logit of a class (as in the Grad-CAM paper); for anything else the caller
 passes a function from the model's output to ``(B,)`` scores.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
 
 from .errors import CamkitError, CamkitTypeError
 
-TargetSpec = Union[None, int, Sequence[int], torch.Tensor, Callable[[Any], torch.Tensor]]
+TargetSpec = int | Sequence[int] | torch.Tensor | Callable[[Any], torch.Tensor] | None
 
 # Keys tried, in order, when a model returns a dict: Hugging Face classifiers
 # say "logits" (CLIP's zero-shot scores "logits_per_image"), torchvision segmenters "out".
@@ -96,8 +97,15 @@ def scores_for(output: Any, target: TargetSpec, batch_size: int) -> tuple[torch.
     return logits.gather(1, classes[:, None]).squeeze(1), classes
 
 
-def contrastive_scores(logits: torch.Tensor, classes: torch.Tensor, ranks: Sequence[int], alpha: float, *,
-                       rivals: torch.Tensor | None = None, weighting: str = "softmax") -> torch.Tensor:
+def contrastive_scores(
+    logits: torch.Tensor,
+    classes: torch.Tensor,
+    ranks: Sequence[int],
+    alpha: float,
+    *,
+    rivals: torch.Tensor | None = None,
+    weighting: str = "softmax",
+) -> torch.Tensor:
     """Finer-CAM's score ``(B,)``: z_c - alpha * sum_i q_i z_i over the rivals at ``ranks`` of |z_i - z_c|.
 
     q is the softmax over the rivals' logits, which equals the authors'
@@ -116,7 +124,9 @@ def contrastive_scores(logits: torch.Tensor, classes: torch.Tensor, ranks: Seque
         distance.scatter_(1, classes[:, None], -1.0)
         rivals = distance.argsort(dim=1, stable=True)[:, kept]
     rival_logits = logits.gather(1, rivals)
-    weights = rival_logits.softmax(dim=1) if weighting == "softmax" else torch.full_like(rival_logits, 1 / rivals.shape[1])
+    weights = (
+        rival_logits.softmax(dim=1) if weighting == "softmax" else torch.full_like(rival_logits, 1 / rivals.shape[1])
+    )
     return target_logits - alpha * (weights * rival_logits).sum(dim=1)
 
 
@@ -133,8 +143,10 @@ def class_indices(logits: torch.Tensor, target: TargetSpec) -> torch.Tensor:
         classes = torch.full((batch_size,), target, dtype=torch.long, device=logits.device)
     else:
         if isinstance(target, torch.Tensor) and target.is_meta:
-            raise CamkitError("target is a tensor on the meta device, which holds no values; pass class indices "
-                              "on the CPU or on the model's device.")
+            raise CamkitError(
+                "target is a tensor on the meta device, which holds no values; pass class indices "
+                "on the CPU or on the model's device."
+            )
         try:
             classes = torch.as_tensor(target, device=logits.device)
         except (TypeError, ValueError, RuntimeError) as error:
@@ -182,8 +194,10 @@ class NonFiniteScores(CamkitError):
 
 
 def non_finite_message(images: list[int]) -> str:
-    return (f"The explained score is NaN or infinite for image(s) {images[:8]} of the batch. Check the model's "
-            "weights and that the input is normalised the way the model expects.")
+    return (
+        f"The explained score is NaN or infinite for image(s) {images[:8]} of the batch. Check the model's "
+        "weights and that the input is normalised the way the model expects."
+    )
 
 
 class PerImageTargets:
@@ -199,7 +213,7 @@ class PerImageTargets:
     def __init__(self, callables: Sequence[Callable[[Any], Any]]) -> None:
         self.callables = list(callables)
 
-    def rows(self, image_index: torch.Tensor) -> "PerImageTargets":
+    def rows(self, image_index: torch.Tensor) -> PerImageTargets:
         """The callables for rows that copy the images ``image_index`` (of a batch that may itself hold copies)."""
         images = len(self.callables)
         return PerImageTargets([self.callables[int(index) % images] for index in image_index.tolist()])
@@ -208,8 +222,10 @@ class PerImageTargets:
         parts = _per_row(output)
         images = len(self.callables)
         if len(parts) % images:
-            raise CamkitError(f"{images} per-image target callables for a model output of {len(parts)} rows; "
-                              "give one callable per image of the batch.")
+            raise CamkitError(
+                f"{images} per-image target callables for a model output of {len(parts)} rows; "
+                "give one callable per image of the batch."
+            )
         # Copies of the batch are copy-major: row r copies image r % B.
         scores = [_one_score(self.callables[row % images](part), row) for row, part in enumerate(parts)]
         return torch.stack(scores)
@@ -224,23 +240,29 @@ def _per_row(output: Any) -> Sequence[Any]:
 
 def _one_score(score: Any, row: int) -> torch.Tensor:
     if not isinstance(score, torch.Tensor):
-        raise CamkitTypeError(f"the target callable of row {row} returned {type(score).__name__}; it must return "
-                              "a tensor score computed from the output it was given (so that it has a gradient).")
+        raise CamkitTypeError(
+            f"the target callable of row {row} returned {type(score).__name__}; it must return "
+            "a tensor score computed from the output it was given (so that it has a gradient)."
+        )
     if score.numel() != 1:
-        raise CamkitError(f"the target callable of row {row} returned {score.numel()} values; a per-image target "
-                          "callable returns one score for its image.")
+        raise CamkitError(
+            f"the target callable of row {row} returned {score.numel()} values; a per-image target "
+            "callable returns one score for its image."
+        )
     return score.reshape(())
 
 
 def as_target(target: Any, class_names: Sequence[str] | None = None) -> TargetSpec:
     """A user's ``target`` in the form the pipeline takes: class names to indices, a list of callables to one."""
-    if isinstance(target, str) or (isinstance(target, (list, tuple)) and target
-                                   and all(isinstance(item, str) for item in target)):
+    if isinstance(target, str) or (
+        isinstance(target, (list, tuple)) and target and all(isinstance(item, str) for item in target)
+    ):
         return _named_classes(target, class_names)
     if isinstance(target, (list, tuple)) and target and any(callable(item) for item in target):
         if not all(callable(item) and not isinstance(item, torch.Tensor) for item in target):
-            raise CamkitTypeError("target mixes callables with other values; give one callable per image, "
-                                  "or class indices only.")
+            raise CamkitTypeError(
+                "target mixes callables with other values; give one callable per image, or class indices only."
+            )
         return PerImageTargets(target)
     return target
 
@@ -388,16 +410,19 @@ class CaptionTarget:
     def __init__(self, tokens: torch.Tensor | Sequence[int], positions: int | Sequence[int] | None = None) -> None:
         self.tokens = torch.as_tensor(tokens)
         if self.tokens.dim() not in (1, 2) or self.tokens.dtype.is_floating_point or self.tokens.dtype == torch.bool:
-            raise CamkitTypeError(f"CaptionTarget tokens must be integer token ids (T,) or (B, T), got "
-                                  f"{self.tokens.dtype} {tuple(self.tokens.shape)}.")
+            raise CamkitTypeError(
+                f"CaptionTarget tokens must be integer token ids (T,) or (B, T), got "
+                f"{self.tokens.dtype} {tuple(self.tokens.shape)}."
+            )
         length = self.tokens.shape[-1]
         chosen = range(length) if positions is None else [positions] if isinstance(positions, int) else positions
         self.positions = torch.as_tensor(list(chosen), dtype=torch.long)
         if self.positions.numel() == 0 or bool(((self.positions < -length) | (self.positions >= length)).any()):
-            raise CamkitError(f"CaptionTarget positions {positions!r} must be caption positions in "
-                              f"-{length}..{length - 1}.")
+            raise CamkitError(
+                f"CaptionTarget positions {positions!r} must be caption positions in -{length}..{length - 1}."
+            )
 
-    def rows(self, index: torch.Tensor) -> "CaptionTarget":
+    def rows(self, index: torch.Tensor) -> CaptionTarget:
         if self.tokens.dim() == 1 or self.tokens.shape[0] == 1:
             return self
         return CaptionTarget(self.tokens.to(index.device)[index], self.positions.tolist())
@@ -426,21 +451,27 @@ class NeuronTarget:
     call only; explaining an earlier layer shows what drives the neuron.
     """
 
-    def __init__(self, layer: str | nn.Module, channel: int | Sequence[int] | None = None,
-                 position: Sequence[int] | None = None) -> None:
+    def __init__(
+        self, layer: str | nn.Module, channel: int | Sequence[int] | None = None, position: Sequence[int] | None = None
+    ) -> None:
         if not isinstance(layer, (str, nn.Module)):
             raise CamkitTypeError(f"NeuronTarget layer must be a module name or a module, got {type(layer).__name__}.")
         self.layer = layer
-        self.channels = None if channel is None else torch.as_tensor(
-            [channel] if isinstance(channel, int) else list(channel), dtype=torch.long)
+        self.channels = (
+            None
+            if channel is None
+            else torch.as_tensor([channel] if isinstance(channel, int) else list(channel), dtype=torch.long)
+        )
         self.position = None if position is None else tuple(int(i) for i in position)
 
     def scores(self, activation: torch.Tensor) -> torch.Tensor:
         """``(B,)`` scores from the layer's activation in grid layout ``(B, K, *grid)``."""
         count = activation.shape[1]
         if self.channels is not None and bool(((self.channels < 0) | (self.channels >= count)).any()):
-            raise CamkitError(f"NeuronTarget channel {self.channels.tolist()} is out of range: the layer has "
-                              f"{count} channels (0..{count - 1}).")
+            raise CamkitError(
+                f"NeuronTarget channel {self.channels.tolist()} is out of range: the layer has "
+                f"{count} channels (0..{count - 1})."
+            )
         chosen = activation if self.channels is None else activation[:, self.channels.to(activation.device)]
         if self.position is None:
             return chosen.flatten(2).mean(dim=2).sum(dim=1)
@@ -451,5 +482,7 @@ class NeuronTarget:
         return chosen[neuron].sum(dim=1)
 
     def __call__(self, output: Any) -> torch.Tensor:
-        raise CamkitError("NeuronTarget scores a layer inside the model, not its output: pass it as an explainer's "
-                          "target (the explainer hooks the layer for that call).")
+        raise CamkitError(
+            "NeuronTarget scores a layer inside the model, not its output: pass it as an explainer's "
+            "target (the explainer hooks the layer for that call)."
+        )

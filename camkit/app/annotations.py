@@ -8,6 +8,7 @@ coordinates with x1/y1 exclusive (camkit's convention, as
 is taken as written. Images are matched by file name, or by stem when the
 names differ only in extension.
 """
+
 from __future__ import annotations
 
 import csv
@@ -52,16 +53,19 @@ def read_boxes(path: Path) -> Annotations:
         return read_coco(path)
     if path.suffix.lower() == ".csv":
         return read_csv(path)
-    raise CamkitError(f"--boxes {path}: unknown format; give a COCO .json, a .csv (file,x0,y0,x1,y1[,label]) "
-                      "or a folder of Pascal VOC .xml files.")
+    raise CamkitError(
+        f"--boxes {path}: unknown format; give a COCO .json, a .csv (file,x0,y0,x1,y1[,label]) "
+        "or a folder of Pascal VOC .xml files."
+    )
 
 
 def read_coco(path: Path) -> Annotations:
     try:
         data = json.loads(path.read_text())
         names = {image["id"]: Path(image["file_name"]).name for image in data["images"]}
-        categories = {category["id"]: category.get("name", str(category["id"]))
-                      for category in data.get("categories", [])}
+        categories = {
+            category["id"]: category.get("name", str(category["id"])) for category in data.get("categories", [])
+        }
         result = Annotations()
         for item in data["annotations"]:
             x, y, width, height = (float(value) for value in item["bbox"])
@@ -69,9 +73,10 @@ def read_coco(path: Path) -> Annotations:
             result.boxes.setdefault(name, []).append((x, y, x + width, y + height))
             result.labels.setdefault(name, []).append(categories.get(item.get("category_id"), ""))
     except (ValueError, KeyError, TypeError) as error:
-        raise CamkitError(f"--boxes {path}: not a COCO annotation file ({type(error).__name__}: {error}); it needs "
-                          "'images' with id and file_name and 'annotations' with image_id and bbox [x, y, w, h].") \
-            from error
+        raise CamkitError(
+            f"--boxes {path}: not a COCO annotation file ({type(error).__name__}: {error}); it needs "
+            "'images' with id and file_name and 'annotations' with image_id and bbox [x, y, w, h]."
+        ) from error
     return result
 
 

@@ -9,6 +9,7 @@ the object's true box is known and a good heatmap must land on it.
 ``scripts/train_demo.py`` trains :class:`DemoNet` and writes its weights and
 held-out accuracy to ``camkit/weights/``.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -43,8 +44,12 @@ class DemoNet(nn.Module):
         super().__init__()
 
         def stage(inputs: int, outputs: int, pool: bool) -> list[nn.Module]:
-            layers: list[nn.Module] = [nn.Conv2d(inputs, outputs, 3, padding=1, bias=False), nn.BatchNorm2d(outputs), nn.ReLU()]
-            return layers + [nn.MaxPool2d(2)] if pool else layers
+            layers: list[nn.Module] = [
+                nn.Conv2d(inputs, outputs, 3, padding=1, bias=False),
+                nn.BatchNorm2d(outputs),
+                nn.ReLU(),
+            ]
+            return [*layers, nn.MaxPool2d(2)] if pool else layers
 
         self.features = nn.Sequential(
             *stage(3, 32, True), *stage(32, 64, True), *stage(64, 128, True), *stage(128, 128, False)
@@ -94,10 +99,14 @@ def make_demo_dataset(
         top = int(torch.randint(photo_h - crop + 1, (1,), generator=generator))
         left = int(torch.randint(photo_w - crop + 1, (1,), generator=generator))
         background = photo[:, top : top + crop, left : left + crop].float()[None] / 255
-        background = F.interpolate(background, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+        background = F.interpolate(background, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[
+            0
+        ]
 
-        side = int(round(size * float(torch.empty(1).uniform_(0.28, 0.45, generator=generator))))
-        glyph = F.interpolate(glyphs[chosen[i]][None, None], size=(side, side), mode="bilinear", align_corners=False)[0, 0]
+        side = round(size * float(torch.empty(1).uniform_(0.28, 0.45, generator=generator)))
+        glyph = F.interpolate(glyphs[chosen[i]][None, None], size=(side, side), mode="bilinear", align_corners=False)[
+            0, 0
+        ]
         alpha = glyph.clamp(0, 1)
         y0 = int(torch.randint(size - side + 1, (1,), generator=generator))
         x0 = int(torch.randint(size - side + 1, (1,), generator=generator))
@@ -108,7 +117,9 @@ def make_demo_dataset(
         region.mul_(1 - alpha).add_(colour[:, None, None] * alpha)
 
         ys, xs = torch.nonzero(alpha > 0.25, as_tuple=True)
-        boxes[i] = torch.tensor([x0 + int(xs.min()), y0 + int(ys.min()), x0 + int(xs.max()) + 1, y0 + int(ys.max()) + 1])
+        boxes[i] = torch.tensor(
+            [x0 + int(xs.min()), y0 + int(ys.min()), x0 + int(xs.max()) + 1, y0 + int(ys.max()) + 1]
+        )
         images[i] = (background * 255).round().clamp(0, 255).to(torch.uint8)
     return images, labels[chosen], boxes
 
@@ -133,7 +144,9 @@ def demo_model(device: str | torch.device = "cpu") -> DemoNet:
     return load_demo_model(device)
 
 
-def demo_images(n: int = 8, seed: int = 0, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def demo_images(
+    n: int = 8, seed: int = 0, device: str | torch.device = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``n`` held-out demo images (``camkit.demo_images()``): the model's input, the uint8 images and the labels.
 
     ``x`` is normalised for :func:`demo_model`; ``images`` (uint8 ``(n, 3, 64, 64)``) are what to draw maps

@@ -4,6 +4,7 @@ torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them camkit runs as a
 single process. The collectives here are tiny (counts and barriers), so they
 use the gloo backend whatever device the model runs on.
 """
+
 from __future__ import annotations
 
 import os

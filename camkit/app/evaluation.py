@@ -15,6 +15,7 @@ with the authors' inclusive pixel counts (x1 - 1). Robustness uses
 ``--samples`` noisy copies per image, seeded per image (the numbers do not
 depend on batching or on the torchrun split).
 """
+
 from __future__ import annotations
 
 import csv
@@ -38,10 +39,28 @@ from .io import discover, read_rgb, write_atomically
 from .models import load_model, resolve_device
 from .runner import progress_bar
 
-COLUMNS = ("method", "pointing_game", "energy_pointing_game", "max_box_acc_v2", "localisation_error", "pxap",
-           "deletion", "insertion", "average_drop", "increase_in_confidence", "road_combined", "class_sensitivity",
-           "model_randomisation", "max_sensitivity", "gradient_noise_spearman", "gradient_noise_ssim", "sparseness",
-           "complexity", "adcc", "seconds_per_image")
+COLUMNS = (
+    "method",
+    "pointing_game",
+    "energy_pointing_game",
+    "max_box_acc_v2",
+    "localisation_error",
+    "pxap",
+    "deletion",
+    "insertion",
+    "average_drop",
+    "increase_in_confidence",
+    "road_combined",
+    "class_sensitivity",
+    "model_randomisation",
+    "max_sensitivity",
+    "gradient_noise_spearman",
+    "gradient_noise_ssim",
+    "sparseness",
+    "complexity",
+    "adcc",
+    "seconds_per_image",
+)
 # Columns that need ground truth, and those over the whole set (no per-image spread).
 NEEDS_BOXES = ("max_box_acc_v2", "localisation_error")
 NEEDS_OBJECTS = ("pointing_game", "energy_pointing_game", "pxap")
@@ -113,8 +132,9 @@ def _run(args: EvaluationJob, ranks: distributed.Ranks) -> int:
     data = _data(args, loaded)
     data = data.take(distributed.shard(list(range(data.x.shape[0])), ranks), device)
     with progress_bar(len(names) * data.x.shape[0], "camkit evaluate", args.quiet or not ranks.is_main) as bar:
-        scored = [_score(name, create(name, loaded.model, args.layer), loaded.model, data, args, ranks, bar)
-                  for name in names]
+        scored = [
+            _score(name, create(name, loaded.model, args.layer), loaded.model, data, args, ranks, bar) for name in names
+        ]
     if not ranks.is_main:
         return 0
     table = [row for row, _, _ in scored]
@@ -128,7 +148,9 @@ def _run(args: EvaluationJob, ranks: distributed.Ranks) -> int:
         writer.writerows(table)
         write_atomically(args.csv, buffer.getvalue().encode())
     if args.plot is not None:
-        write_atomically(args.plot, _plot(table, [spread for _, spread, _ in scored], [curve for _, _, curve in scored]))
+        write_atomically(
+            args.plot, _plot(table, [spread for _, spread, _ in scored], [curve for _, _, curve in scored])
+        )
     return 0
 
 
@@ -143,9 +165,13 @@ def _data(args: EvaluationJob, loaded) -> EvaluationData:
         from .demo import demo_object_masks, make_demo_dataset
 
         images, labels, boxes = make_demo_dataset(args.n_images, seed=1, split="test")
-        return EvaluationData((images.float() / 255 - mean) / std, torch.arange(images.shape[0]),
-                              demo_object_masks(boxes, images.shape[-1]), _inclusive(boxes[:, None].double()),
-                              labels)
+        return EvaluationData(
+            (images.float() / 255 - mean) / std,
+            torch.arange(images.shape[0]),
+            demo_object_masks(boxes, images.shape[-1]),
+            _inclusive(boxes[:, None].double()),
+            labels,
+        )
     annotations = read_boxes(args.boxes) if args.boxes is not None else None
     if args.masks is not None and not args.masks.is_dir():
         raise CamkitError(f"--masks {args.masks}: not a folder; give a folder with one mask image per image")
@@ -157,27 +183,36 @@ def _data(args: EvaluationJob, loaded) -> EvaluationData:
             truth = annotations.for_image(source.path) if annotations is not None else None
             mask_file = find_mask(args.masks, source.path) if args.masks is not None else None
             mask = _read_mask(mask_file, size) if mask_file is not None else None
-        except Exception as error:  # noqa: BLE001 - a bad file is reported and skipped
+        except Exception as error:
             print(f"camkit: {source.path}: cannot read image or its annotation: {error}", file=sys.stderr)
             continue
         if (annotations is not None and truth is None) or (args.masks is not None and mask is None):
-            print(f"camkit: {source.path}: no {'box' if truth is None and annotations else 'mask'} for this "
-                  "image; left out", file=sys.stderr)
+            print(
+                f"camkit: {source.path}: no {'box' if truth is None and annotations else 'mask'} for this "
+                "image; left out",
+                file=sys.stderr,
+            )
             continue
-        pixels.append(F.interpolate(image[None].float() / 255, size=size, mode="bilinear",
-                                    antialias=True, align_corners=False)[0])
+        pixels.append(
+            F.interpolate(image[None].float() / 255, size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+        )
         if truth is not None:
             scaled = scale_boxes(truth, tuple(image.shape[1:]), size)
             boxes.append(_inclusive(scaled.floor()[None])[0])
         if mask is not None:
             objects.append(mask)
         elif truth is not None:
-            objects.append(metrics.boxes_to_masks(scaled, *size).any(dim=0) if len(scaled) else torch.zeros(size,
-                                                                                                           dtype=torch.bool))
+            objects.append(
+                metrics.boxes_to_masks(scaled, *size).any(dim=0) if len(scaled) else torch.zeros(size, dtype=torch.bool)
+            )
     if not pixels:
         raise CamkitError(f"no readable images in {', '.join(args.inputs)}")
-    return EvaluationData((torch.stack(pixels) - mean) / std, torch.arange(len(pixels)),
-                          torch.stack(objects) if objects else None, boxes or None)
+    return EvaluationData(
+        (torch.stack(pixels) - mean) / std,
+        torch.arange(len(pixels)),
+        torch.stack(objects) if objects else None,
+        boxes or None,
+    )
 
 
 def _inclusive(boxes: torch.Tensor) -> list[torch.Tensor]:
@@ -191,11 +226,12 @@ def _read_mask(path: Path, size: tuple[int, ...]) -> torch.Tensor:
     return F.interpolate(mask, size=size, mode="nearest")[0, 0] > 0
 
 
-def _score(name: str, explainer, model, data: EvaluationData, args, ranks: distributed.Ranks, bar: tqdm
-           ) -> tuple[dict[str, Any], dict[str, float], torch.Tensor | None]:
+def _score(
+    name: str, explainer, model, data: EvaluationData, args, ranks: distributed.Ranks, bar: tqdm
+) -> tuple[dict[str, Any], dict[str, float], torch.Tensor | None]:
     """The method's row (means), the per-image spread of each column, and its MaxBoxAcc curve (IoU 0.5)."""
-    sums: dict[str, float] = {column: 0.0 for column in COLUMNS[1:]}
-    squares: dict[str, float] = {column: 0.0 for column in COLUMNS[1:]}
+    sums: dict[str, float] = dict.fromkeys(COLUMNS[1:], 0.0)
+    squares: dict[str, float] = dict.fromkeys(COLUMNS[1:], 0.0)
     boxes_running = metrics.RunningMaxBoxAccuracy() if data.boxes is not None else None
     pxap_running = metrics.RunningPixelAveragePrecision() if data.objects is not None else None
     seconds = 0.0
@@ -217,21 +253,25 @@ def _score(name: str, explainer, model, data: EvaluationData, args, ranks: distr
             "average_drop": metrics.average_drop(model, batch, maps, classes),
             "increase_in_confidence": metrics.increase_in_confidence(model, batch, maps, classes),
             # Imputation noise off: its draws depend on the batch, and the table must not (torchrun, batch size).
-            "road_combined": metrics.road_combined(model, batch, maps, classes, percentiles=ROAD_PERCENTILES,
-                                                   noise=0.0),
+            "road_combined": metrics.road_combined(
+                model, batch, maps, classes, percentiles=ROAD_PERCENTILES, noise=0.0
+            ),
             "class_sensitivity": metrics.pearson(maps, explainer(batch, top_two[:, 1])),
             "model_randomisation": metrics.model_randomisation(
-                lambda model_copy: create(name, model_copy, args.layer), model, batch, classes),
+                lambda model_copy: create(name, model_copy, args.layer), model, batch, classes
+            ),
             "sparseness": metrics.sparseness(maps),
             "complexity": metrics.complexity(maps),
             "adcc": metrics.adcc(explainer, batch, classes, maps),
         }
         if args.samples > 0:
             seeds = data.index[rows]
-            values["max_sensitivity"] = metrics.max_sensitivity(explainer, batch, classes, samples=args.samples,
-                                                                seed=seeds, batch_size=args.batch_size)
-            stability = metrics.gradient_noise_stability(explainer, batch, classes, sigma=args.sigma,
-                                                         samples=args.samples, seed=seeds)
+            values["max_sensitivity"] = metrics.max_sensitivity(
+                explainer, batch, classes, samples=args.samples, seed=seeds, batch_size=args.batch_size
+            )
+            stability = metrics.gradient_noise_stability(
+                explainer, batch, classes, sigma=args.sigma, samples=args.samples, seed=seeds
+            )
             values["gradient_noise_spearman"], values["gradient_noise_ssim"] = stability["spearman"], stability["ssim"]
         if data.objects is not None and pxap_running is not None:
             objects = data.objects[rows]
@@ -256,8 +296,11 @@ def _score(name: str, explainer, model, data: EvaluationData, args, ranks: distr
     row: dict[str, Any] = {"method": name}
     spread: dict[str, float] = {}
     for column in COLUMNS[1:-1]:
-        empty = (column in NEEDS_BOXES and data.boxes is None) or (column in NEEDS_OBJECTS and data.objects is None) \
+        empty = (
+            (column in NEEDS_BOXES and data.boxes is None)
+            or (column in NEEDS_OBJECTS and data.objects is None)
             or (column in ROBUSTNESS and args.samples == 0)
+        )
         if empty or column in DATA_SET_LEVEL:
             row[column] = ""
             continue

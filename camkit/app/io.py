@@ -1,4 +1,5 @@
 """Finding, decoding and writing images for the folder commands."""
+
 from __future__ import annotations
 
 import glob
@@ -40,7 +41,7 @@ def _stem(relative: Path) -> Path:
 
 
 def _suffix(name: str) -> str:
-    return name[len(_stem(Path(name)).name):]
+    return name[len(_stem(Path(name)).name) :]
 
 
 @dataclass(frozen=True)
@@ -102,9 +103,9 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
         elif pattern[index] == "?":
             out.append("[^/]")
             index += 1
-        elif pattern[index] == "[" and "]" in pattern[index + 2:]:
+        elif pattern[index] == "[" and "]" in pattern[index + 2 :]:
             end = pattern.index("]", index + 2)
-            body = pattern[index + 1:end]
+            body = pattern[index + 1 : end]
             out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
             index = end + 1
         else:
@@ -140,8 +141,11 @@ def discover(inputs: list[str], skip: Path | None = None) -> list[Source]:
     for number, entry in enumerate(inputs):
         path = Path(entry)
         if path.is_dir():
-            found.extend((file, file.relative_to(path), number) for file in _walk(path, skip, unlistable)
-                         if _wanted(file) or file in unlistable)
+            found.extend(
+                (file, file.relative_to(path), number)
+                for file in _walk(path, skip, unlistable)
+                if _wanted(file) or file in unlistable
+            )
         elif path.is_file():
             found.append((path, Path(path.name), number))
         elif glob.has_magic(entry):
@@ -155,8 +159,10 @@ def discover(inputs: list[str], skip: Path | None = None) -> list[Source]:
             continue
         unique.setdefault(file.resolve(), (file, relative, number))
     sources = _named([value for _, value in sorted(unique.items(), key=lambda item: str(item[1][0]))], inputs)
-    return [Source(source.path, source.relative, unlistable[source.path]) if source.path in unlistable else source
-            for source in sources]
+    return [
+        Source(source.path, source.relative, unlistable[source.path]) if source.path in unlistable else source
+        for source in sources
+    ]
 
 
 def _named(found: list[tuple[Path, Path, int]], inputs: list[str]) -> list[Source]:
@@ -171,7 +177,9 @@ def _named(found: list[tuple[Path, Path, int]], inputs: list[str]) -> list[Sourc
         if len({found[index][1] for index in indices}) > 1:  # same stem, other suffixes: keep the suffix
             for index in indices:
                 relative = found[index][1]
-                names[index] = _stem(relative).with_name(_stem(relative).name + "_" + _suffix(relative.name)[1:].replace(".", "_"))
+                names[index] = _stem(relative).with_name(
+                    _stem(relative).name + "_" + _suffix(relative.name)[1:].replace(".", "_")
+                )
     for indices in groups(names).values():
         if len({found[index][2] for index in indices}) > 1:  # from different entries: under the entry's name
             for index in indices:
@@ -232,8 +240,10 @@ def read_rgb(path: Path | BinaryIO, max_pixels: int = MAX_DRAWN_PIXELS) -> torch
         try:
             opened = Image.open(path)
         except Image.DecompressionBombError:
-            raise CamkitError("image has too many pixels to decode safely (over PIL's decompression-bomb limit of "
-                              f"{2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} megapixels)") from None
+            raise CamkitError(
+                "image has too many pixels to decode safely (over PIL's decompression-bomb limit of "
+                f"{2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f} megapixels)"
+            ) from None
     with opened as image:
         width, height = image.size
         factor = math.ceil(math.sqrt(width * height / max_pixels)) if width * height > max_pixels else 1
@@ -241,8 +251,15 @@ def read_rgb(path: Path | BinaryIO, max_pixels: int = MAX_DRAWN_PIXELS) -> torch
             target = (math.ceil(width / factor), math.ceil(height / factor))
             image.draft(image.mode, target)  # a JPEG decodes at a reduced scale at least as large as target
             image = image.reduce(max(1, math.ceil(image.size[0] / target[0])))
-            logger.warning("%s: %d x %d pixels, explained and drawn at %d x %d to bound memory (images over %.1f "
-                           "megapixels are reduced)", path, width, height, *image.size, max_pixels / 1e6)
+            logger.warning(
+                "%s: %d x %d pixels, explained and drawn at %d x %d to bound memory (images over %.1f "
+                "megapixels are reduced)",
+                path,
+                width,
+                height,
+                *image.size,
+                max_pixels / 1e6,
+            )
         else:
             image.load()
         image = ImageOps.exif_transpose(image)
@@ -348,8 +365,9 @@ class LoadedImages(tuple):  # type: ignore[type-arg]
     paths: list[str]
     skipped: list[tuple[str, str]]
 
-    def __new__(cls, batch: torch.Tensor, originals: list[torch.Tensor], paths: list[str],
-                skipped: list[tuple[str, str]]) -> "LoadedImages":
+    def __new__(
+        cls, batch: torch.Tensor, originals: list[torch.Tensor], paths: list[str], skipped: list[tuple[str, str]]
+    ) -> LoadedImages:
         loaded = super().__new__(cls, (batch, originals))
         loaded.paths, loaded.skipped = paths, skipped
         return loaded
@@ -376,14 +394,15 @@ def read_url(url: str) -> bytes:
     import urllib.request
 
     try:
-        with urllib.request.urlopen(url, timeout=URL_TIMEOUT_SECONDS) as response:  # noqa: S310 - http(s) only
+        with urllib.request.urlopen(url, timeout=URL_TIMEOUT_SECONDS) as response:
             return bytes(response.read())
     except (urllib.error.URLError, OSError, ValueError) as error:
         reason = getattr(error, "reason", None) or error
         if isinstance(error, urllib.error.HTTPError):
             reason = f"HTTP {error.code} {error.reason}"
-        raise CamkitError(f"cannot download {url} ({reason}); check the network, or download the image and pass "
-                          "its file") from None
+        raise CamkitError(
+            f"cannot download {url} ({reason}); check the network, or download the image and pass its file"
+        ) from None
 
 
 def load_images(
@@ -425,13 +444,15 @@ def load_images(
         try:
             originals.append(read_rgb(io.BytesIO(read_url(where)) if is_url(where) else where))
             names.append(name)
-        except Exception as error:  # noqa: BLE001 - any decoding failure is reported in one line
+        except Exception as error:
             reason = str(error) if isinstance(error, CamkitError) else f"{type(error).__name__}: {error}"
             if errors == "raise" and is_url(where) and isinstance(error, CamkitError):
                 raise  # the download's own message names the URL and what to do
             if errors == "raise":
-                raise CamkitError(f"cannot read image {name}: {reason.splitlines()[0] if reason else ''}; pass "
-                                  "errors='skip' to leave unreadable files out") from None
+                raise CamkitError(
+                    f"cannot read image {name}: {reason.splitlines()[0] if reason else ''}; pass "
+                    "errors='skip' to leave unreadable files out"
+                ) from None
             skipped.append((name, reason))
     if not originals:
         raise CamkitError(f"none of the {len(found)} images could be read (first: {skipped[0][0]}: {skipped[0][1]})")
@@ -444,8 +465,12 @@ def load_images(
     side = (size, size) if isinstance(size, int) else tuple(size)
     if len(side) != 2 or min(side) < 1:
         raise CamkitError(f"size must be a positive int or (height, width), got {size!r}")
-    resized = torch.cat([F.interpolate(image[None].float() / 255, size=side, mode="bilinear", antialias=True,
-                                       align_corners=False) for image in originals])
+    resized = torch.cat(
+        [
+            F.interpolate(image[None].float() / 255, size=side, mode="bilinear", antialias=True, align_corners=False)
+            for image in originals
+        ]
+    )
     return LoadedImages((resized - mean.reshape(1, 3, 1, 1)) / std.reshape(1, 3, 1, 1), originals, names, skipped)
 
 
@@ -464,14 +489,16 @@ def seen_part(image: torch.Tensor, preprocess: Any) -> torch.Tensor:
     crop_h, crop_w = (crop[0], crop[0]) if len(crop) == 1 else (crop[0], crop[1])
     keep_h, keep_w = min(height, round(crop_h / scale)), min(width, round(crop_w / scale))
     top, left = round((height - keep_h) / 2), round((width - keep_w) / 2)
-    return image[:, top:top + keep_h, left:left + keep_w]
+    return image[:, top : top + keep_h, left : left + keep_w]
 
 
 def _mean_std(normalize: Any) -> tuple[torch.Tensor, torch.Tensor]:
     named = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), "none": ((0.0,) * 3, (1.0,) * 3)}
     if isinstance(normalize, str):
         if normalize not in named:
-            raise CamkitError(f"normalize={normalize!r}: use 'imagenet', 'none', (mean, std) or a torchvision weights enum")
+            raise CamkitError(
+                f"normalize={normalize!r}: use 'imagenet', 'none', (mean, std) or a torchvision weights enum"
+            )
         normalize = named[normalize]
     try:
         mean, std = (torch.as_tensor(values, dtype=torch.float32).reshape(3) for values in normalize)

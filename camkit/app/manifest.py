@@ -25,6 +25,7 @@ do not parse are cleared, and what was dropped is reported in one line. A
 manifest that cannot be written (a full disk) is one line and exit status 1;
 the previous file stays intact, and the rows are written at the next chance.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,8 +44,17 @@ from . import distributed
 from .io import write_atomically
 
 MANIFEST_NAME = "manifest.csv"
-MANIFEST_FIELDS = ("input", "output", "method", "predicted_class", "predicted_name", "score",
-                   "explained_class", "status", "error")
+MANIFEST_FIELDS = (
+    "input",
+    "output",
+    "method",
+    "predicted_class",
+    "predicted_name",
+    "score",
+    "explained_class",
+    "status",
+    "error",
+)
 SKIPPED = "skipped (exists)"
 FLUSH_SECONDS = 2.0
 LOCK_NAME = ".manifest.lock"
@@ -95,8 +105,13 @@ def relative_paths(row: Row, folder: Path) -> Row:
     current folder) is converted too.
     """
     output, source = str(row.get("output") or ""), str(row.get("input") or "")
-    earlier = os.path.isabs(output) or (not output and source and not os.path.isabs(source)
-                                        and not (folder / source).exists() and os.path.exists(source))
+    earlier = os.path.isabs(output) or (
+        not output
+        and source
+        and not os.path.isabs(source)
+        and not (folder / source).exists()
+        and os.path.exists(source)
+    )
     if not earlier and not os.path.isabs(source):
         return row
     converted = dict(row)
@@ -129,7 +144,8 @@ def read_rows(path: Path, *, report: bool = True) -> list[Row]:
     if report and (dropped or cleared):
         shown = ", ".join(map(str, dropped[:5])) + (", ..." if len(dropped) > 5 else "")
         parts = ([f"dropped {len(dropped)} damaged row(s) (line {shown})"] if dropped else []) + (
-            [f"cleared {cleared} value(s) that were not numbers"] if cleared else [])
+            [f"cleared {cleared} value(s) that were not numbers"] if cleared else []
+        )
         logger.warning("%s: %s; the rest of the manifest is kept", path, " and ".join(parts))
     return rows
 
@@ -137,7 +153,7 @@ def read_rows(path: Path, *, report: bool = True) -> list[Row]:
 def _row_at(lines: list[str], start: int) -> tuple[Row, int] | None:
     """The row starting at ``lines[start]`` and how many lines it spans, or None if no row parses there."""
     for count in range(1, min(_MAX_ROW_LINES, len(lines) - start) + 1):
-        text = "".join(lines[start:start + count])
+        text = "".join(lines[start : start + count])
         if "\0" in text:
             return None
         try:
@@ -242,9 +258,13 @@ class Manifest:
     def _write_failed(self, error: OSError) -> None:
         reason = error.strerror or str(error)
         if reason != self.write_error:  # one line per cause, not one per flush
-            logger.warning("cannot write %s (%s); the previous manifest is intact, and this run's %d row(s) are "
-                           "written at the next chance (free space and rerun to resume)", self.path, reason,
-                           len(self._mine))
+            logger.warning(
+                "cannot write %s (%s); the previous manifest is intact, and this run's %d row(s) are "
+                "written at the next chance (free space and rerun to resume)",
+                self.path,
+                reason,
+                len(self._mine),
+            )
         self.write_error = reason
 
     def finish(self) -> None:

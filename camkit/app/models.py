@@ -1,4 +1,5 @@
 """Loading the model to explain: the bundled demo, a torchvision or timm name, an exported program, or user code."""
+
 from __future__ import annotations
 
 import contextlib
@@ -24,7 +25,6 @@ from ..errors import CamkitError, MissingDependency
 from ..layers import TORCHSCRIPT_ADVICE
 from ..viz import IMAGENET_MEAN, IMAGENET_STD
 from .safe_load import UnsafeArchive, exported_program_bytes, weights_only_loads
-
 
 logger = logging.getLogger("camkit")
 RANDOM_WEIGHTS = "none"  # --weights none: the architecture's random initialisation
@@ -63,8 +63,9 @@ def load_model(spec: str | None, weights: str | None = None, device: torch.devic
     device = torch.device(device)
     random_init = weights is not None and weights.lower() == RANDOM_WEIGHTS
     if random_init:
-        logger.warning("--weights none: the model's weights are random, so its maps show the architecture, "
-                       "not anything learnt")
+        logger.warning(
+            "--weights none: the model's weights are random, so its maps show the architecture, not anything learnt"
+        )
     if spec is None or spec == "demo":
         return _demo(weights, device)
     path = Path(spec)
@@ -110,8 +111,11 @@ def model_for_listing(spec: str, input_size: int | None = None) -> tuple[nn.Modu
     # torchvision and timm share many names (resnet18): each suggested once.
     names = list(dict.fromkeys(torchvision.models.list_models(module=torchvision.models) + _timm_names()))
     close = difflib.get_close_matches(spec, names, n=4)
-    raise CamkitError(f"unknown model {spec!r}" + (f"; did you mean {', '.join(close)}?" if close else "")
-                      + " (a torchvision or timm name, 'demo', a .pt2 file or package.module:factory)")
+    raise CamkitError(
+        f"unknown model {spec!r}"
+        + (f"; did you mean {', '.join(close)}?" if close else "")
+        + " (a torchvision or timm name, 'demo', a .pt2 file or package.module:factory)"
+    )
 
 
 def _demo(weights: str | None, device: torch.device) -> LoadedModel:
@@ -125,18 +129,22 @@ def _demo(weights: str | None, device: torch.device) -> LoadedModel:
         model = DemoNet()
         _load_weights(model, weights, "the demo CNN")
         model = model.to(device).eval()
-    return LoadedModel(model, (DEMO_SIZE, DEMO_SIZE), DEMO_MEAN, DEMO_STD, list(DEMO_CLASSES), "camkit demo CNN (digits on photos)")
+    return LoadedModel(
+        model, (DEMO_SIZE, DEMO_SIZE), DEMO_MEAN, DEMO_STD, list(DEMO_CLASSES), "camkit demo CNN (digits on photos)"
+    )
 
 
 def _from_file(path: Path, device: torch.device) -> LoadedModel:
     if _is_torchscript(path):
-        raise CamkitError(f"{path} is a TorchScript archive. {TORCHSCRIPT_ADVICE} Pass the .pt2 file, or the "
-                          "model's code as package.module:factory.")
+        raise CamkitError(
+            f"{path} is a TorchScript archive. {TORCHSCRIPT_ADVICE} Pass the .pt2 file, or the "
+            "model's code as package.module:factory."
+        )
     data = exported_program_bytes(path)  # refuses archives that would unpickle code, before torch reads them
     try:
         with _quiet_torch_logs():
             program = torch.export.load(io.BytesIO(data))
-    except Exception as error:  # noqa: BLE001 - any failure means "not an exported program"
+    except Exception as error:
         raise CamkitError(
             f"cannot load {path} as a model: it is neither a torch.export program (.pt2) nor TorchScript "
             f"({type(error).__name__}). A state-dict file goes in --weights, with --model naming the architecture."
@@ -173,8 +181,14 @@ def _from_factory(spec: str, weights: str | None, device: torch.device) -> Loade
     names = getattr(model, "class_names", None)
     size = getattr(model, "input_size", 224)
     size = (size, size) if isinstance(size, int) else tuple(size)
-    return LoadedModel(model.to(device).eval(), size, IMAGENET_MEAN, IMAGENET_STD,
-                       list(names) if names is not None else None, f"{spec}")
+    return LoadedModel(
+        model.to(device).eval(),
+        size,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        list(names) if names is not None else None,
+        f"{spec}",
+    )
 
 
 def _is_ultralytics(path: Path) -> bool:
@@ -192,13 +206,14 @@ def _ultralytics(spec: str, device: torch.device) -> LoadedModel:
         raise CamkitError(f"model file {spec} does not exist (camkit never downloads ultralytics checkpoints).")
     try:
         network = YOLO(spec).model
-    except Exception as error:  # noqa: BLE001 - ultralytics raises many kinds for a bad file or yaml
+    except Exception as error:
         raise CamkitError(f"ultralytics cannot load --model {spec}: {str(error).strip()[:200]}") from None
     names = getattr(network, "names", None)
     class_names = [str(names[index]) for index in sorted(names)] if isinstance(names, dict) else None
     # ultralytics models take RGB in [0, 1], unnormalised, at a multiple of their largest stride.
-    return LoadedModel(network.to(device).eval(), (640, 640), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), class_names,
-                       f"ultralytics {spec}")
+    return LoadedModel(
+        network.to(device).eval(), (640, 640), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), class_names, f"ultralytics {spec}"
+    )
 
 
 def _torchvision_detector(name: str, weights: str | None, device: torch.device) -> LoadedModel:
@@ -206,8 +221,10 @@ def _torchvision_detector(name: str, weights: str | None, device: torch.device) 
     import torchvision
 
     if weights is None or not Path(weights).exists():
-        raise CamkitError(f"--model {name} is a torchvision detector: give --weights a local state-dict file "
-                          "(camkit does not download detector weights here).")
+        raise CamkitError(
+            f"--model {name} is a torchvision detector: give --weights a local state-dict file "
+            "(camkit does not download detector weights here)."
+        )
     state = _state_dict(weights)
     classes = state.get("roi_heads.box_predictor.cls_score.weight")
     num_classes = int(classes.shape[0]) if isinstance(classes, torch.Tensor) else 91
@@ -215,8 +232,14 @@ def _torchvision_detector(name: str, weights: str | None, device: torch.device) 
     _load_weights(model, weights, name, state)
     coco = list(torchvision.models.get_model_weights(name).DEFAULT.meta.get("categories", []))
     # torchvision detectors normalise and resize inside; they take RGB in [0, 1].
-    return LoadedModel(model.to(device).eval(), (640, 640), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0),
-                       coco if len(coco) == num_classes else None, f"{name} ({weights})")
+    return LoadedModel(
+        model.to(device).eval(),
+        (640, 640),
+        (0.0, 0.0, 0.0),
+        (1.0, 1.0, 1.0),
+        coco if len(coco) == num_classes else None,
+        f"{name} ({weights})",
+    )
 
 
 def _torchvision(name: str, weights: str | None, device: torch.device) -> LoadedModel:
@@ -227,30 +250,39 @@ def _torchvision(name: str, weights: str | None, device: torch.device) -> Loaded
         return _torchvision_detector(name, weights, device)
     if name not in available:
         close = difflib.get_close_matches(name, available, n=4) or sorted(available)[:6]
-        raise CamkitError(f"unknown model {name!r}; did you mean {', '.join(close)}? (or a timm name, a .pt2 file, "
-                          "or package.module:factory)")
+        raise CamkitError(
+            f"unknown model {name!r}; did you mean {', '.join(close)}? (or a timm name, a .pt2 file, "
+            "or package.module:factory)"
+        )
     if weights is not None and Path(weights).exists():
         state = _state_dict(weights)
         model = torchvision.models.get_model(name, weights=None, num_classes=_num_classes(name, state))
         _load_weights(model, weights, name, state)
-        return LoadedModel(model.to(device).eval(), (224, 224), IMAGENET_MEAN, IMAGENET_STD, None, f"{name} ({weights})")
+        return LoadedModel(
+            model.to(device).eval(), (224, 224), IMAGENET_MEAN, IMAGENET_STD, None, f"{name} ({weights})"
+        )
     if weights is not None and weights.lower() == RANDOM_WEIGHTS:
         model = torchvision.models.get_model(name, weights=None)
-        return LoadedModel(model.to(device).eval(), (224, 224), IMAGENET_MEAN, IMAGENET_STD, None,
-                           f"{name} (random weights)")
+        return LoadedModel(
+            model.to(device).eval(), (224, 224), IMAGENET_MEAN, IMAGENET_STD, None, f"{name} (random weights)"
+        )
     enum = torchvision.models.get_model_weights(name)
     weight_name = weights or "DEFAULT"
     try:
         chosen = enum[weight_name] if weight_name != "DEFAULT" else enum.DEFAULT
     except KeyError:
         options = ", ".join(["DEFAULT", *(member.name for member in enum)])
-        raise CamkitError(f"--weights {weights!r} is neither a file nor one of {name}'s weight sets: {options}.") from None
+        raise CamkitError(
+            f"--weights {weights!r} is neither a file nor one of {name}'s weight sets: {options}."
+        ) from None
     try:
         with weights_only_loads():  # torchvision unpickles its cached file fully otherwise
             model = torchvision.models.get_model(name, weights=chosen)  # downloads once into torch's cache
     except pickle.UnpicklingError:
-        raise UnsafeArchive(f"refusing torchvision's cached weights for {name} ({chosen}): the file in torch's hub "
-                            "cache holds more than tensors, which could run code. Delete it and download again.") from None
+        raise UnsafeArchive(
+            f"refusing torchvision's cached weights for {name} ({chosen}): the file in torch's hub "
+            "cache holds more than tensors, which could run code. Delete it and download again."
+        ) from None
     except (OSError, RuntimeError) as error:  # URLError is an OSError; a corrupt download a RuntimeError
         raise CamkitError(
             f"cannot get {name}'s {chosen.name} weights ({_first_sentence(error)}); torchvision downloads them on "
@@ -260,17 +292,25 @@ def _torchvision(name: str, weights: str | None, device: torch.device) -> Loaded
     size = chosen.transforms().crop_size
     side = size[0] if isinstance(size, (list, tuple)) else int(size)
     meta: dict[str, Any] = chosen.meta
-    return LoadedModel(model.to(device).eval(), (side, side), IMAGENET_MEAN, IMAGENET_STD,
-                       list(meta.get("categories", [])) or None, f"{name} ({chosen})")
+    return LoadedModel(
+        model.to(device).eval(),
+        (side, side),
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        list(meta.get("categories", [])) or None,
+        f"{name} ({chosen})",
+    )
 
 
 def _timm_name(spec: str) -> str | None:
     """The timm architecture ``spec`` names (``timm:NAME``, or a timm name torchvision lacks), else None."""
     if spec.startswith("timm:"):
         name = spec.removeprefix("timm:")
-        if name.startswith("hf-hub:") or name.startswith("hf_hub:"):
-            raise CamkitError(f"--model {spec}: a Hugging Face Hub name downloads its configuration; camkit only "
-                              "builds timm's own architectures offline. Name the architecture and pass --weights.")
+        if name.startswith(("hf-hub:", "hf_hub:")):
+            raise CamkitError(
+                f"--model {spec}: a Hugging Face Hub name downloads its configuration; camkit only "
+                "builds timm's own architectures offline. Name the architecture and pass --weights."
+            )
         if not _timm_module().is_model(name):
             close = difflib.get_close_matches(name, _timm_names(), n=4)
             raise CamkitError(f"timm has no model {name!r}" + (f"; did you mean {', '.join(close)}?" if close else "."))
@@ -321,8 +361,13 @@ def _timm_input_size(model: nn.Module) -> tuple[int, int]:
 def _timm(name: str, weights: str | None, device: torch.device) -> LoadedModel:
     if weights is not None and weights.lower() == RANDOM_WEIGHTS:
         model = _timm_model(name)
-        return LoadedModel(model.to(device).eval(), _timm_input_size(model), *_timm_mean_std(model), None,
-                           f"timm {name} (random weights)")
+        return LoadedModel(
+            model.to(device).eval(),
+            _timm_input_size(model),
+            *_timm_mean_std(model),
+            None,
+            f"timm {name} (random weights)",
+        )
     if weights is None:
         raise CamkitError(
             f"--model {name} is a timm architecture and camkit does not download timm weights: pass --weights "
@@ -330,16 +375,19 @@ def _timm(name: str, weights: str | None, device: torch.device) -> LoadedModel:
             "timm.create_model(..., pretrained=True) on a machine that may download)."
         )
     if not Path(weights).is_file():
-        raise CamkitError(f"--weights {weights} is not a file; for timm's {name} camkit loads weights from a local "
-                          "checkpoint only (it never downloads them).")
+        raise CamkitError(
+            f"--weights {weights} is not a file; for timm's {name} camkit loads weights from a local "
+            "checkpoint only (it never downloads them)."
+        )
     state = _state_dict(weights)
     model = _timm_model(name)
     classes = _timm_num_classes(model, state)
     if classes is not None and classes != getattr(model, "num_classes", classes):
         model = _timm_model(name, num_classes=classes)
     _load_weights(model, weights, f"timm's {name}", state)
-    return LoadedModel(model.to(device).eval(), _timm_input_size(model), *_timm_mean_std(model), None,
-                       f"timm {name} ({weights})")
+    return LoadedModel(
+        model.to(device).eval(), _timm_input_size(model), *_timm_mean_std(model), None, f"timm {name} ({weights})"
+    )
 
 
 def _timm_mean_std(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -359,8 +407,10 @@ def read_class_names(path: str | Path) -> list[str]:
         try:
             loaded = json.loads(text)
         except json.JSONDecodeError as error:
-            raise CamkitError(f"--class-names {path} is not valid JSON ({error.msg} at line {error.lineno}); "
-                              "give a JSON list of names, a mapping of index to name, or one name per line") from None
+            raise CamkitError(
+                f"--class-names {path} is not valid JSON ({error.msg} at line {error.lineno}); "
+                "give a JSON list of names, a mapping of index to name, or one name per line"
+            ) from None
         if isinstance(loaded, dict):
             try:
                 loaded = [loaded[key] for key in sorted(loaded, key=int)]
@@ -404,7 +454,7 @@ def _state_dict(path: str) -> dict[str, torch.Tensor]:
             "file, save its weights alone: torch.save(torch.load(FILE, weights_only=False).state_dict(), "
             "'weights.pt'), and pass that file."
         ) from None
-    except Exception as error:  # noqa: BLE001 - torch raises many types for bad files
+    except Exception as error:
         raise CamkitError(f"cannot read weights file {path}: {_first_sentence(error)}") from None
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
@@ -468,21 +518,28 @@ def _load_weights(model: nn.Module, path: str, what: str, state: dict[str, torch
         model.load_state_dict(state)
     except RuntimeError as error:
         expected = model.state_dict()
-        mismatched = [name for name, tensor in state.items()
-                      if name in expected and tuple(expected[name].shape) != tuple(tensor.shape)]
+        mismatched = [
+            name
+            for name, tensor in state.items()
+            if name in expected and tuple(expected[name].shape) != tuple(tensor.shape)
+        ]
         missing = [name for name in expected if name not in state]
         unexpected = [name for name in state if name not in expected]
         details = []
         if mismatched:
             name = mismatched[0]
-            details.append(f"{len(mismatched)} tensors of another shape (e.g. {name}: "
-                           f"{tuple(state[name].shape)} in the file, {tuple(expected[name].shape)} in the model)")
+            details.append(
+                f"{len(mismatched)} tensors of another shape (e.g. {name}: "
+                f"{tuple(state[name].shape)} in the file, {tuple(expected[name].shape)} in the model)"
+            )
         if missing:
             details.append(f"{len(missing)} missing (e.g. {missing[0]})")
         if unexpected:
             details.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        raise CamkitError(f"the weights in {path} do not fit {what}: {'; '.join(details) or str(error)[:160]}. "
-                          "Give the architecture these weights were trained for.") from None
+        raise CamkitError(
+            f"the weights in {path} do not fit {what}: {'; '.join(details) or str(error)[:160]}. "
+            "Give the architecture these weights were trained for."
+        ) from None
 
 
 @contextlib.contextmanager

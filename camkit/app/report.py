@@ -13,6 +13,7 @@ resumed run or a second run with other methods gives a report of every row
 the manifest holds. Overlays are referenced by URL-escaped paths relative to
 the page; every piece of text (file names are user data) is HTML-escaped.
 """
+
 from __future__ import annotations
 
 import html
@@ -43,8 +44,10 @@ def check_owned(path: Path) -> None:
     except OSError as error:
         raise CamkitError(f"cannot read {path}: {error.strerror or error}") from None
     if GENERATOR.encode() not in head:
-        raise CamkitError(f"{path} exists and was not written by camkit; camkit never overwrites it: choose another "
-                          "output folder with -o, or move that file.")
+        raise CamkitError(
+            f"{path} exists and was not written by camkit; camkit never overwrites it: choose another "
+            "output folder with -o, or move that file."
+        )
 
 
 def label_of(input_path: str) -> str:
@@ -52,12 +55,14 @@ def label_of(input_path: str) -> str:
     return Path(os.path.abspath(input_path)).parent.name
 
 
-def write_report(manifest_path: Path, *, label_from_folder: bool = False,
-                 class_names: Sequence[str] | None = None) -> Path:
+def write_report(
+    manifest_path: Path, *, label_from_folder: bool = False, class_names: Sequence[str] | None = None
+) -> Path:
     """Write ``report.html`` beside ``manifest_path`` from every row it holds, atomically; return its path."""
     path = manifest_path.parent / REPORT_NAME
-    page = build_report(read_rows(manifest_path), path.parent, label_from_folder=label_from_folder,
-                        class_names=class_names)
+    page = build_report(
+        read_rows(manifest_path), path.parent, label_from_folder=label_from_folder, class_names=class_names
+    )
     write_atomically(path, page.encode("utf-8"))
     return path
 
@@ -71,8 +76,9 @@ class _Image:
     cells: dict[str, Row] = field(default_factory=dict)
 
 
-def build_report(rows: Sequence[Row], folder: Path, *, label_from_folder: bool = False,
-                 class_names: Sequence[str] | None = None) -> str:
+def build_report(
+    rows: Sequence[Row], folder: Path, *, label_from_folder: bool = False, class_names: Sequence[str] | None = None
+) -> str:
     """The report page for manifest ``rows``, with overlay links relative to ``folder`` (where the page goes)."""
     images: dict[str, _Image] = {}
     for row in rows:
@@ -88,25 +94,41 @@ def build_report(rows: Sequence[Row], folder: Path, *, label_from_folder: bool =
     labels = sorted({image.label for image in images.values() if image.label}, key=_natural)
     failed = sum(any(row["status"] == "error" for row in image.cells.values()) for image in images.values())
 
-    body = [_row_html(number, image, methods, folder, class_names) for number, image in
-            enumerate(sorted(images.values(), key=lambda image: _natural(image.input)))]
-    class_options = "".join(f'<option value="{_attr(key)}">{_text(text)}</option>'
-                            for key, text in sorted(classes.items(), key=lambda item: _natural(item[0])))
+    body = [
+        _row_html(number, image, methods, folder, class_names)
+        for number, image in enumerate(sorted(images.values(), key=lambda image: _natural(image.input)))
+    ]
+    class_options = "".join(
+        f'<option value="{_attr(key)}">{_text(text)}</option>'
+        for key, text in sorted(classes.items(), key=lambda item: _natural(item[0]))
+    )
     if failed:
         class_options += '<option value="error">failed</option>'
     label_controls = ""
     if label_from_folder:
         label_options = "".join(f'<option value="{_attr(label)}">{_text(label)}</option>' for label in labels)
-        label_controls = (f'<label>label <select id="label"><option value="">all</option>{label_options}</select></label>'
-                          '<label><input type="checkbox" id="differs"> prediction differs from label</label>')
+        label_controls = (
+            f'<label>label <select id="label"><option value="">all</option>{label_options}</select></label>'
+            '<label><input type="checkbox" id="differs"> prediction differs from label</label>'
+        )
     headers = "".join(f"<th>{_text(method)}</th>" for method in methods)
     label_header = "<th>label</th>" if label_from_folder else ""
-    summary = (f"{len(images)} images, {len(methods)} method{'s' if len(methods) != 1 else ''}"
-               f"{f', {failed} failed' if failed else ''}")
+    summary = (
+        f"{len(images)} images, {len(methods)} method{'s' if len(methods) != 1 else ''}"
+        f"{f', {failed} failed' if failed else ''}"
+    )
     return _PAGE.format(
-        generator=GENERATOR, title=_text(f"camkit report: {folder.name}"), style=_STYLE, head_script=_HEAD_SCRIPT,
-        heading=_text(f"camkit report: {folder.name}"), summary=_text(summary), class_options=class_options,
-        label_controls=label_controls, label_header=label_header, headers=headers, rows="\n".join(body),
+        generator=GENERATOR,
+        title=_text(f"camkit report: {folder.name}"),
+        style=_STYLE,
+        head_script=_HEAD_SCRIPT,
+        heading=_text(f"camkit report: {folder.name}"),
+        summary=_text(summary),
+        class_options=class_options,
+        label_controls=label_controls,
+        label_header=label_header,
+        headers=headers,
+        rows="\n".join(body),
         script=_SCRIPT,
     )
 
@@ -120,9 +142,14 @@ def _row_html(number: int, image: _Image, methods: list[str], folder: Path, clas
     differs = ""
     if image.label is not None and predicted:
         differs = "1" if any(not _matches(image.label, row, class_names) for row in predicted) else "0"
-    attributes = {"class": "item", "data-order": str(number), "data-classes": " ".join(tokens),
-                  "data-score": f"{max(scores):.6f}" if scores else "", "data-label": image.label or "",
-                  "data-differs": differs}
+    attributes = {
+        "class": "item",
+        "data-order": str(number),
+        "data-classes": " ".join(tokens),
+        "data-score": f"{max(scores):.6f}" if scores else "",
+        "data-label": image.label or "",
+        "data-differs": differs,
+    }
     opening = "<tr " + " ".join(f'{key}="{_attr(value)}"' for key, value in attributes.items()) + ">"
     cells = [f'<th scope="row" class="input">{_text(image.input)}</th>']
     if image.label is not None:
@@ -138,8 +165,10 @@ def _cell_html(row: Row | None, folder: Path) -> str:
         return f'<td class="error">{_text(row["error"] or row["status"])}</td>'
     url = _attr(relative_url(folder / Path(row["output"]), folder))  # outputs are relative to the manifest's folder
     alt = _attr(f"{row['method']} overlay of {row['input']}")
-    picture = (f'<a href="{url}"><img src="{url}" alt="{alt}" loading="lazy" decoding="async" '
-               'onload="camkitImage(this, true)" onerror="camkitImage(this, false)"></a>')
+    picture = (
+        f'<a href="{url}"><img src="{url}" alt="{alt}" loading="lazy" decoding="async" '
+        'onload="camkitImage(this, true)" onerror="camkitImage(this, false)"></a>'
+    )
     if _has_prediction(row):
         score = f" &middot; {float(row['score']):.3f}" if str(row["score"]).strip() else ""
         caption = f'<span class="class">{_text(_class_text(row))}</span>{score}'

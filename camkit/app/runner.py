@@ -11,6 +11,7 @@ device, and blending, PNG encoding and writing in writer threads. Files are
 written atomically, so a rerun resumes an interrupted job: it redoes a file
 unless every output it should have (overlays and saved maps) exists.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -40,8 +41,18 @@ from ..targets import SegmentationTarget, logits_of
 from ..viz import attribution_picture, colormap_lut, detection_overlays, overlay, to_uint8_hwc
 from ..viz.captions import captioned
 from . import distributed, report, volumes
-from .io import (IMAGE_SUFFIXES, Source, discover, encode_npy, encode_png, is_volume, read_rgb, read_volume,
-                 remove_stale_parts, write_atomically)
+from .io import (
+    IMAGE_SUFFIXES,
+    Source,
+    discover,
+    encode_npy,
+    encode_png,
+    is_volume,
+    read_rgb,
+    read_volume,
+    remove_stale_parts,
+    write_atomically,
+)
 from .manifest import SKIPPED, Manifest, check_owned
 from .models import LoadedModel, input_channels, load_model, read_class_names, resolve_device
 
@@ -160,8 +171,11 @@ class Plan:
         overlay_path = self.out / source.relative.parent / f"{source.relative.name}_{method.replace('+', 'p')}.png"
         saved = {"npy": "_map.npy", "png16": "_map.png"}.get(self.job.save_maps or "")
         sidecar = self.job.save_maps == "npy" and self.explainers[method].weighs_channels
-        return [overlay_path] + ([overlay_path.with_name(overlay_path.stem + saved)] if saved else []) + (
-            [overlay_path.with_name(overlay_path.stem + CHANNEL_WEIGHTS_SUFFIX)] if sidecar else [])
+        return (
+            [overlay_path]
+            + ([overlay_path.with_name(overlay_path.stem + saved)] if saved else [])
+            + ([overlay_path.with_name(overlay_path.stem + CHANNEL_WEIGHTS_SUFFIX)] if sidecar else [])
+        )
 
 
 @dataclass
@@ -189,7 +203,7 @@ def _run(job: OverlayJob, ranks: distributed.Ranks) -> int:
         torch.set_num_threads(previous_threads)
 
 
-def _run_planned(checked: "Plan", job: OverlayJob, ranks: distributed.Ranks) -> int:
+def _run_planned(checked: Plan, job: OverlayJob, ranks: distributed.Ranks) -> int:
     _prepare_output(checked.out, ranks)
     manifest = Manifest(checked.out, ranks)
     tally = Tally()
@@ -209,8 +223,11 @@ def _run_planned(checked: "Plan", job: OverlayJob, ranks: distributed.Ranks) -> 
     skipped = int(distributed.total(tally.skipped, ranks))
     if not job.quiet and ranks.is_main:
         shown = f"; report: {report_path}" if report_path else ""
-        print(f"camkit: {written} overlays written, {skipped} skipped as already done, {failed} inputs failed; "
-              f"manifest: {manifest.path}{shown}", file=sys.stderr)
+        print(
+            f"camkit: {written} overlays written, {skipped} skipped as already done, {failed} inputs failed; "
+            f"manifest: {manifest.path}{shown}",
+            file=sys.stderr,
+        )
     manifest_lost = manifest.write_error is not None  # said in one line when it happened
     return 1 if failed or manifest_lost or (job.report and ranks.is_main and report_path is None) else 0
 
@@ -218,8 +235,9 @@ def _run_planned(checked: "Plan", job: OverlayJob, ranks: distributed.Ranks) -> 
 def _write_report(checked: Plan, manifest: Manifest) -> Path | None:
     """The report of every row in the manifest; a report that cannot be written is one stderr line, not a crash."""
     try:
-        return report.write_report(manifest.path, label_from_folder=checked.job.label_from_folder,
-                                   class_names=checked.loaded.class_names)
+        return report.write_report(
+            manifest.path, label_from_folder=checked.job.label_from_folder, class_names=checked.loaded.class_names
+        )
     except OSError as error:
         print(f"camkit: cannot write {checked.out / report.REPORT_NAME}: {error.strerror or error}", file=sys.stderr)
         return None
@@ -228,12 +246,16 @@ def _write_report(checked: Plan, manifest: Manifest) -> Path | None:
 def plan(job: OverlayJob, ranks: distributed.Ranks | None = None) -> Plan:
     """Check everything that can be checked before the model runs; raise one CamkitError for the first problem."""
     ranks = ranks or distributed.Ranks()
-    methods = list(METHODS) if job.method == "all" else [name.strip().lower() for name in job.method.split(",")
-                                                         if name.strip()]
+    methods = (
+        list(METHODS)
+        if job.method == "all"
+        else [name.strip().lower() for name in job.method.split(",") if name.strip()]
+    )
     unknown = [name for name in methods if name not in METHODS]
     if unknown or not methods:
-        raise CamkitError(f"unknown method {', '.join(unknown) or repr(job.method)}; "
-                          f"choose from {', '.join(METHODS)} or 'all'")
+        raise CamkitError(
+            f"unknown method {', '.join(unknown) or repr(job.method)}; choose from {', '.join(METHODS)} or 'all'"
+        )
     if not 0.0 <= job.alpha <= 1.0:
         raise CamkitError(f"--alpha must lie in [0, 1], got {job.alpha}")
     if job.batch_size < 1:
@@ -250,8 +272,10 @@ def plan(job: OverlayJob, ranks: distributed.Ranks | None = None) -> Plan:
     ranks_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
     threads = thread_budget(usable_cores() // ranks_here, workers=job.workers, threads=job.threads)
     if job.input_size is not None and job.input_size < MIN_INPUT_SIZE:
-        raise CamkitError(f"--input-size must be at least {MIN_INPUT_SIZE} pixels, got {job.input_size}; "
-                          "leave it out to use the model's own input size")
+        raise CamkitError(
+            f"--input-size must be at least {MIN_INPUT_SIZE} pixels, got {job.input_size}; "
+            "leave it out to use the model's own input size"
+        )
     colormap_lut(job.colormap)
     mean, std = _normalisation(job.normalize)
     device = resolve_device(distributed.device_for(ranks, job.device))
@@ -263,8 +287,7 @@ def plan(job: OverlayJob, ranks: distributed.Ranks | None = None) -> Plan:
     target = None if job.target == "top1" else _class_index(job.target, loaded)
     if job.method == "all":  # the attention methods need a transformer
         methods = methods_for(loaded.model)
-    explainers = {name: create(name, loaded.model, job.layer, **_sample_options(name, job.samples))
-                  for name in methods}
+    explainers = {name: create(name, loaded.model, job.layer, **_sample_options(name, job.samples)) for name in methods}
     _preflight(loaded, explainers, size, device)
     if target is not None:
         check_target_in_range(loaded, target, size, device)
@@ -288,8 +311,9 @@ def _sample_options(method: str, samples: int | None) -> dict[str, int]:
     return {"n_samples": samples}
 
 
-def _preflight(loaded: LoadedModel, explainers: dict[str, Explainer], size: tuple[int, ...],
-               device: torch.device) -> None:
+def _preflight(
+    loaded: LoadedModel, explainers: dict[str, Explainer], size: tuple[int, ...], device: torch.device
+) -> None:
     """One dry-run forward on a blank input: the model accepts the images and every named layer runs."""
     channels = 3 if len(size) == 2 else (input_channels(loaded.model) or 1)
     blank = torch.zeros(1, channels, *size, device=device)
@@ -307,12 +331,17 @@ def _preflight(loaded: LoadedModel, explainers: dict[str, Explainer], size: tupl
         for name, _ in explainer.layers:
             info = seen.get(name)
             if info is None:
-                raise CamkitError(f"--layer {name} does not run when the model sees an image; choose a layer on "
-                                  "the path from the input to the output (`camkit layers MODEL` lists them)")
+                raise CamkitError(
+                    f"--layer {name} does not run when the model sees an image; choose a layer on "
+                    "the path from the input to the output (`camkit layers MODEL` lists them)"
+                )
             grid = (info.shape or ())[2:] if info.layout is not None and info.layout.value != "nhwc" else ()
             if grid and math.prod(grid) == 1:
-                logger.warning("--layer %s gives a 1x1 map at this input size, so every map will be blank; "
-                               "choose an earlier layer or a larger --input-size", name)
+                logger.warning(
+                    "--layer %s gives a 1x1 map at this input size, so every map will be blank; "
+                    "choose an earlier layer or a larger --input-size",
+                    name,
+                )
 
 
 def check_target_in_range(loaded: LoadedModel, target: int, size: tuple[int, ...], device: torch.device) -> None:
@@ -326,17 +355,21 @@ def check_target_in_range(loaded: LoadedModel, target: int, size: tuple[int, ...
     classes = int(logits.shape[1]) if logits.dim() >= 2 else 0
     if classes and not 0 <= target < classes:
         named = f" ({len(loaded.class_names)} class names)" if loaded.class_names else ""
-        raise CamkitError(f"--target {target} is out of range: the model has {classes} classes{named}, so a class "
-                          f"index is 0..{classes - 1}")
+        raise CamkitError(
+            f"--target {target} is out of range: the model has {classes} classes{named}, so a class "
+            f"index is 0..{classes - 1}"
+        )
 
 
 def _check_output_is_not_an_input(out: Path, inputs: list[str]) -> None:
     for entry in inputs:
         path = Path(entry)
         if path.is_dir() and (out == path.resolve() or out in path.resolve().parents):
-            raise CamkitError(f"the output folder {out} is the input folder {entry} or contains it, so outputs "
-                              "could be read back or overwrite inputs; give -o a folder of its own "
-                              "(one inside the input folder is fine: it is never read as input)")
+            raise CamkitError(
+                f"the output folder {out} is the input folder {entry} or contains it, so outputs "
+                "could be read back or overwrite inputs; give -o a folder of its own "
+                "(one inside the input folder is fine: it is never read as input)"
+            )
 
 
 def _prepare_output(out: Path, ranks: distributed.Ranks) -> None:
@@ -380,8 +413,9 @@ class Item:
 class Images(torch.utils.data.Dataset):
     """Decodes and resizes in the workers; a bad file becomes an error record, never an exception."""
 
-    def __init__(self, sources: list[Source], size: tuple[int, ...], mean: tuple[float, ...],
-                 std: tuple[float, ...]) -> None:
+    def __init__(
+        self, sources: list[Source], size: tuple[int, ...], mean: tuple[float, ...], std: tuple[float, ...]
+    ) -> None:
         self.sources, self.size = sources, size
         self.mean = torch.tensor(mean).reshape(3, 1, 1)
         self.std = torch.tensor(std).reshape(3, 1, 1)
@@ -392,10 +426,11 @@ class Images(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> Item:
         try:
             original = read_rgb(self.sources[index].path)
-        except Exception as error:  # noqa: BLE001 - any decoding failure is reported, not raised
+        except Exception as error:
             return Item(index, None, None, f"cannot read image: {_one_line(error)}")
-        resized = F.interpolate(original[None].float() / 255, size=self.size, mode="bilinear",
-                                antialias=True, align_corners=False)[0]
+        resized = F.interpolate(
+            original[None].float() / 255, size=self.size, mode="bilinear", antialias=True, align_corners=False
+        )[0]
         return Item(index, (resized - self.mean) / self.std, original, None)
 
 
@@ -407,7 +442,7 @@ class Writers:
         self.slots = BoundedSemaphore(pending)  # bounds the images waiting to be written
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="camkit-writer")
 
-    def __enter__(self) -> "Writers":
+    def __enter__(self) -> Writers:
         return self
 
     def __exit__(self, *_exc: Any) -> None:
@@ -442,16 +477,22 @@ def _explain_images(checked: Plan, sources: list[Source], manifest: Manifest, ta
             _fail(source, checked, manifest, tally, "a 2-D image, but the model takes 3-D volumes")
         return
     loader = torch.utils.data.DataLoader(
-        Images(sources, checked.size, checked.mean, checked.std), batch_size=checked.job.batch_size,
-        num_workers=checked.threads.workers, collate_fn=list, worker_init_fn=_quiet_worker, persistent_workers=False,
+        Images(sources, checked.size, checked.mean, checked.std),
+        batch_size=checked.job.batch_size,
+        num_workers=checked.threads.workers,
+        collate_fn=list,
+        worker_init_fn=_quiet_worker,
+        persistent_workers=False,
     )
     if detector_of(checked.loaded.model) is not None:
         _explain_detections(checked, sources, manifest, tally)
         return
     policy = TargetPolicy(checked.loaded.model, checked.target)
     device = _device_of(checked.loaded.model)
-    with progress_bar(len(sources), "camkit overlay", checked.job.quiet) as bar, \
-            Writers(manifest, tally, 4 * checked.job.batch_size, checked.threads.writers) as writers:
+    with (
+        progress_bar(len(sources), "camkit overlay", checked.job.quiet) as bar,
+        Writers(manifest, tally, 4 * checked.job.batch_size, checked.threads.writers) as writers,
+    ):
         within = WithinBatch(bar, checked.explainers)
         for batch in loader:
             within.start(len(batch))
@@ -459,24 +500,47 @@ def _explain_images(checked: Plan, sources: list[Source], manifest: Manifest, ta
                 if item.error is not None:
                     _fail(sources[item.index], checked, manifest, tally, item.error)
             good = [item for item in batch if item.error is None]
-            for items, target, results in _explained(checked, policy, good, device, sources, manifest, tally,
-                                                     within):
+            for items, target, results in _explained(checked, policy, good, device, sources, manifest, tally, within):
                 for method, result in results.items():
                     maps = result.maps.cpu()
                     attributions = result.attributions.cpu() if result.attributions is not None else None
                     for row_index, item in enumerate(items):
                         source = sources[item.index]
                         paths = checked.outputs(source, method)
-                        row = _row(source, paths[0], method, status="ok", result=result, row_index=row_index,
-                                   loaded=checked.loaded, explained=_explained_class(target, row_index))
+                        row = _row(
+                            source,
+                            paths[0],
+                            method,
+                            status="ok",
+                            result=result,
+                            row_index=row_index,
+                            loaded=checked.loaded,
+                            explained=_explained_class(target, row_index),
+                        )
                         if attributions is not None:
-                            writers.submit(row, _write_attribution, item.original, maps[row_index],
-                                           attributions[row_index], paths, checked.job)
+                            writers.submit(
+                                row,
+                                _write_attribution,
+                                item.original,
+                                maps[row_index],
+                                attributions[row_index],
+                                paths,
+                                checked.job,
+                            )
                         else:
-                            weights = (result.channel_weights[row_index].cpu() if result.channel_weights is not None
-                                       else None)
-                            writers.submit(row, _write_image, item.original, maps[row_index], paths, checked.job,
-                                           weights, caption_text(row, checked.loaded.class_names))
+                            weights = (
+                                result.channel_weights[row_index].cpu() if result.channel_weights is not None else None
+                            )
+                            writers.submit(
+                                row,
+                                _write_image,
+                                item.original,
+                                maps[row_index],
+                                paths,
+                                checked.job,
+                                weights,
+                                caption_text(row, checked.loaded.class_names),
+                            )
             within.finish()
 
 
@@ -486,9 +550,15 @@ def stderr_is_terminal() -> bool:
 
 def progress_bar(total: int, description: str, quiet: bool) -> tqdm:
     """Images done, images/s and ETA on stderr, only on a terminal and without ``--quiet``; fractions within a batch."""
-    return tqdm(total=total, unit="img", desc=description, file=sys.stderr, disable=quiet or not stderr_is_terminal(),
-                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total_fmt} img [{elapsed}<{remaining}, "
-                           "{rate_fmt}]", dynamic_ncols=True)
+    return tqdm(
+        total=total,
+        unit="img",
+        desc=description,
+        file=sys.stderr,
+        disable=quiet or not stderr_is_terminal(),
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total_fmt} img [{elapsed}<{remaining}, {rate_fmt}]",
+        dynamic_ncols=True,
+    )
 
 
 class WithinBatch:
@@ -525,9 +595,16 @@ class WithinBatch:
             self.bar.update(position - self.bar.n)
 
 
-def _explained(checked: Plan, policy: "TargetPolicy", items: list[Item], device: torch.device,
-               sources: list[Source], manifest: Manifest, tally: Tally, within: WithinBatch | None = None,
-               ) -> Iterator[tuple[list[Item], Any, dict[str, Explanation]]]:
+def _explained(
+    checked: Plan,
+    policy: TargetPolicy,
+    items: list[Item],
+    device: torch.device,
+    sources: list[Source],
+    manifest: Manifest,
+    tally: Tally,
+    within: WithinBatch | None = None,
+) -> Iterator[tuple[list[Item], Any, dict[str, Explanation]]]:
     """The batch explained by every method; if that fails, image by image, so one bad image loses only itself."""
     if not items:
         return
@@ -551,8 +628,14 @@ def _explained(checked: Plan, policy: "TargetPolicy", items: list[Item], device:
         yield from _explained(checked, policy, [item], device, sources, manifest, tally)
 
 
-def _write_image(original: torch.Tensor, image_map: torch.Tensor, paths: list[Path], job: OverlayJob,
-                 channel_weights: torch.Tensor | None = None, caption: str = "") -> None:
+def _write_image(
+    original: torch.Tensor,
+    image_map: torch.Tensor,
+    paths: list[Path],
+    job: OverlayJob,
+    channel_weights: torch.Tensor | None = None,
+    caption: str = "",
+) -> None:
     height, width = original.shape[1:]
     full = F.interpolate(image_map[None, None], size=(height, width), mode="bilinear", align_corners=False)[0]
     blended = to_uint8_hwc(overlay(original[None].float() / 255, full, alpha=job.alpha, colormap=job.colormap))[0]
@@ -563,6 +646,7 @@ def _write_image(original: torch.Tensor, image_map: torch.Tensor, paths: list[Pa
 
 def caption_text(row: dict[str, Any], class_names: list[str] | None) -> str:
     """The caption strip's text: the method, the explained class, and the prediction with its probability."""
+
     def named(index: Any) -> str:
         if index == "" or index is None:
             return ""
@@ -579,13 +663,15 @@ def caption_text(row: dict[str, Any], class_names: list[str] | None) -> str:
     return " | ".join(parts)
 
 
-def _write_attribution(original: torch.Tensor, image_map: torch.Tensor, attribution: torch.Tensor, paths: list[Path],
-                       job: OverlayJob) -> None:
+def _write_attribution(
+    original: torch.Tensor, image_map: torch.Tensor, attribution: torch.Tensor, paths: list[Path], job: OverlayJob
+) -> None:
     """A pixel method's output: the signed attribution as a picture (not a heatmap), at the image's size;
     ``--save-maps npy`` keeps the raw ``(C, H, W)`` attributions at the model's input size."""
     height, width = original.shape[1:]
-    picture = F.interpolate(attribution_picture(attribution[None]), size=(height, width), mode="bilinear",
-                            align_corners=False)
+    picture = F.interpolate(
+        attribution_picture(attribution[None]), size=(height, width), mode="bilinear", align_corners=False
+    )
     write_atomically(paths[0], encode_png(to_uint8_hwc(picture)[0].numpy()))
     if job.save_maps == "npy":
         write_atomically(paths[1], encode_npy(attribution.numpy()))
@@ -594,7 +680,9 @@ def _write_attribution(original: torch.Tensor, image_map: torch.Tensor, attribut
         _write_map(full[0], paths, job)
 
 
-def _write_map(full: torch.Tensor, paths: list[Path], job: OverlayJob, channel_weights: torch.Tensor | None = None) -> None:
+def _write_map(
+    full: torch.Tensor, paths: list[Path], job: OverlayJob, channel_weights: torch.Tensor | None = None
+) -> None:
     if job.save_maps == "npy":
         write_atomically(paths[1], encode_npy(full.numpy()))
         if channel_weights is not None and len(paths) > 2:  # the sidecar: (K,) float32 weights of the layer's channels
@@ -610,12 +698,17 @@ def _explain_volumes(checked: Plan, sources: list[Source], manifest: Manifest, t
     policy = TargetPolicy(checked.loaded.model, checked.target)
     for source in sources:
         if len(checked.loaded.input_size) != 3:
-            _fail(source, checked, manifest, tally,
-                  "a 3-D volume, but the model takes 2-D images; give a 3-D model with --model")
+            _fail(
+                source,
+                checked,
+                manifest,
+                tally,
+                "a 3-D volume, but the model takes 2-D images; give a 3-D model with --model",
+            )
             continue
         try:
             volume = read_volume(source.path)
-        except Exception as error:  # noqa: BLE001 - a bad file is reported, the run goes on
+        except Exception as error:
             _fail(source, checked, manifest, tally, f"cannot read volume: {_one_line(error)}")
             continue
         try:
@@ -628,16 +721,30 @@ def _explain_volumes(checked: Plan, sources: list[Source], manifest: Manifest, t
             _fail(source, checked, manifest, tally, f"cannot explain: {_one_line(error)}")
             continue
         for method, result in results.items():
-            full = F.interpolate(result.maps[:, None].cpu(), size=tuple(volume.shape[1:]), mode="trilinear",
-                                 align_corners=False)[0, 0]
+            full = F.interpolate(
+                result.maps[:, None].cpu(), size=tuple(volume.shape[1:]), mode="trilinear", align_corners=False
+            )[0, 0]
             paths = checked.outputs(source, method)
             picture = volumes.montage(volume[0], full, checked.job.alpha, checked.job.colormap)
             write_atomically(paths[0], encode_png(to_uint8_hwc(picture)[0].numpy()))
             if checked.job.save_maps == "npy":
-                _write_map(full, paths, checked.job,
-                           result.channel_weights[0].cpu() if result.channel_weights is not None else None)
-            manifest.add(_row(source, paths[0], method, status="ok", result=result, loaded=checked.loaded,
-                              explained=_explained_class(target, 0)))
+                _write_map(
+                    full,
+                    paths,
+                    checked.job,
+                    result.channel_weights[0].cpu() if result.channel_weights is not None else None,
+                )
+            manifest.add(
+                _row(
+                    source,
+                    paths[0],
+                    method,
+                    status="ok",
+                    result=result,
+                    loaded=checked.loaded,
+                    explained=_explained_class(target, 0),
+                )
+            )
             tally.written += 1
 
 
@@ -650,8 +757,13 @@ DETECTION_FIELDS = ("input", "output", "method", "detection", "x1", "y1", "x2", 
 def _explain_detections(checked: Plan, sources: list[Source], manifest: Manifest, tally: Tally) -> None:
     job, device = checked.job, _device_of(checked.loaded.model)
     loader = torch.utils.data.DataLoader(
-        Images(sources, checked.size, checked.mean, checked.std), batch_size=job.batch_size,
-        num_workers=job.workers, collate_fn=list, worker_init_fn=_quiet_worker, persistent_workers=False)
+        Images(sources, checked.size, checked.mean, checked.std),
+        batch_size=job.batch_size,
+        num_workers=job.workers,
+        collate_fn=list,
+        worker_init_fn=_quiet_worker,
+        persistent_workers=False,
+    )
     rows: list[dict[str, Any]] = []
     for batch in loader:
         for item in batch:
@@ -662,8 +774,11 @@ def _explain_detections(checked: Plan, sources: list[Source], manifest: Manifest
             for method, explainer in checked.explainers.items():
                 paths = checked.outputs(source, method)
                 try:
-                    result = explainer.explain_detections(item.pixels[None].to(device), score_threshold=job.score_threshold,
-                                                          max_detections=job.max_detections)
+                    result = explainer.explain_detections(
+                        item.pixels[None].to(device),
+                        score_threshold=job.score_threshold,
+                        max_detections=job.max_detections,
+                    )
                 except EXPLAIN_ERRORS as error:
                     _fail(source, checked, manifest, tally, f"cannot explain: {_one_line(error)}")
                     break
@@ -673,16 +788,25 @@ def _explain_detections(checked: Plan, sources: list[Source], manifest: Manifest
     _write_detection_table(checked.out, rows, {str(source.path) for source in sources})
 
 
-def _write_detections(result: Any, original: torch.Tensor, source: Source, path: Path, method: str,
-                      checked: Plan) -> list[dict[str, Any]]:
+def _write_detections(
+    result: Any, original: torch.Tensor, source: Source, path: Path, method: str, checked: Plan
+) -> list[dict[str, Any]]:
     """The image's overlay (and one per detection), at the image's own size; the detections' table rows."""
     height, width = original.shape[1:]
     scale = torch.tensor([width / checked.size[1], height / checked.size[0]] * 2)
     display = original[None].float() / 255
     maps = [F.interpolate(result.maps[0][None].cpu(), size=(height, width), mode="bilinear", align_corners=False)[0]]
     boxes = result.boxes[0].cpu() * scale
-    resized = type(result)(**{**result.__dict__, "images": display, "display": display, "maps": maps,
-                              "boxes": [boxes], "class_names": checked.loaded.class_names})
+    resized = type(result)(
+        **{
+            **result.__dict__,
+            "images": display,
+            "display": display,
+            "maps": maps,
+            "boxes": [boxes],
+            "class_names": checked.loaded.class_names,
+        }
+    )
     colors = {"alpha": checked.job.alpha, "colormap": checked.job.colormap}
     write_atomically(path, encode_png(detection_overlays(resized, **colors)[0].permute(1, 2, 0).numpy()))
     singles = detection_overlays(resized, per_detection=True, **colors)[0] if checked.job.per_detection else None
@@ -692,10 +816,18 @@ def _write_detections(result: Any, original: torch.Tensor, source: Source, path:
         if singles is not None:
             write_atomically(output, encode_png(singles[index].permute(1, 2, 0).numpy()))
         label = int(result.labels[0][index])
-        rows.append({"input": str(source.path), "output": str(output), "method": method, "detection": index,
-                     **dict(zip(("x1", "y1", "x2", "y2"), (f"{value:.1f}" for value in boxes[index].tolist()))),
-                     "label": label, "label_name": resized.class_name(label),
-                     "score": f"{float(result.scores[0][index]):.6f}"})
+        rows.append(
+            {
+                "input": str(source.path),
+                "output": str(output),
+                "method": method,
+                "detection": index,
+                **dict(zip(("x1", "y1", "x2", "y2"), (f"{value:.1f}" for value in boxes[index].tolist()))),
+                "label": label,
+                "label_name": resized.class_name(label),
+                "score": f"{float(result.scores[0][index]):.6f}",
+            }
+        )
     return rows
 
 
@@ -703,8 +835,12 @@ def _detection_row(source: Source, path: Path, method: str, result: Any, names: 
     row = _row(source, path, method, status="ok")
     if result.labels[0].numel():
         label = int(result.labels[0][0])
-        row.update(predicted_class=label, predicted_name=names[label] if names and label < len(names) else "",
-                   score=f"{float(result.scores[0][0]):.6f}", explained_class=label)
+        row.update(
+            predicted_class=label,
+            predicted_name=names[label] if names and label < len(names) else "",
+            score=f"{float(result.scores[0][0]):.6f}",
+            explained_class=label,
+        )
     return row
 
 
@@ -733,11 +869,29 @@ def _fail(source: Source, checked: Plan, manifest: Manifest, tally: Tally, messa
         manifest.add(_row(source, "", method, status="error", error=message))
 
 
-def _row(source: Source, path: Path | str, method: str, *, status: str, error: str = "",
-         result: Explanation | None = None, row_index: int = 0, loaded: LoadedModel | None = None,
-         explained: int | None = None) -> dict[str, Any]:
-    row = {"input": str(source.path), "output": str(path), "method": method, "predicted_class": "",
-           "predicted_name": "", "score": "", "explained_class": "", "status": status, "error": error}
+def _row(
+    source: Source,
+    path: Path | str,
+    method: str,
+    *,
+    status: str,
+    error: str = "",
+    result: Explanation | None = None,
+    row_index: int = 0,
+    loaded: LoadedModel | None = None,
+    explained: int | None = None,
+) -> dict[str, Any]:
+    row = {
+        "input": str(source.path),
+        "output": str(path),
+        "method": method,
+        "predicted_class": "",
+        "predicted_name": "",
+        "score": "",
+        "explained_class": "",
+        "status": status,
+        "error": error,
+    }
     if result is not None:
         if result.predictions is not None:
             predicted = int(result.predictions[row_index])
@@ -815,9 +969,11 @@ def _class_index(text: str, loaded: LoadedModel) -> int:
         if text in names:
             return names.index(text)
         if not names:
-            raise CamkitError(f"--target {text!r} is a class name, but this model has no class names (a local "
-                              "checkpoint carries none): pass --class-names FILE (one name per line, or JSON), "
-                              "or give a class index") from None
+            raise CamkitError(
+                f"--target {text!r} is a class name, but this model has no class names (a local "
+                "checkpoint carries none): pass --class-names FILE (one name per line, or JSON), "
+                "or give a class index"
+            ) from None
         raise CamkitError(f"--target {text!r}: use top1, a class index, or a class name of this model") from None
 
 

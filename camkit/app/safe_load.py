@@ -21,6 +21,7 @@ brings unless it is the user's own code they named on purpose:
   cached file fully; :func:`weights_only_loads` makes every ``torch.load`` in
   that call weights-only, so a tampered cache is refused too.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,8 +31,8 @@ import os
 import re
 import warnings
 import zipfile
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -63,21 +64,25 @@ def exported_program_bytes(path: Path) -> bytes:
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile:
-        raise CamkitError(f"cannot load {path} as a model: it is not a torch.export archive (.pt2 is a zip file). "
-                          "A state-dict file goes in --weights, with --model naming the architecture.") from None
+        raise CamkitError(
+            f"cannot load {path} as a model: it is not a torch.export archive (.pt2 is a zip file). "
+            "A state-dict file goes in --weights, with --model naming the architecture."
+        ) from None
     with archive:
         entries = {_inner_name(name): name for name in archive.namelist()}
-        if any(name in entries for name in _LEGACY_NAMES) or "version" in entries and _ARCHIVE_FORMAT not in entries:
+        if any(name in entries for name in _LEGACY_NAMES) or ("version" in entries and _ARCHIVE_FORMAT not in entries):
             raise UnsafeArchive(
                 f"refusing {path}: it is a torch.export archive in the pre-2.8 layout, whose weights torch loads with "
                 "full pickle (which can run code). Re-save it with torch.export.save from a current torch."
             )
         if _ARCHIVE_FORMAT not in entries:
-            raise CamkitError(f"cannot load {path} as a model: it is neither a torch.export program (.pt2) nor "
-                              "TorchScript. A state-dict file goes in --weights, with --model naming the architecture.")
+            raise CamkitError(
+                f"cannot load {path} as a model: it is neither a torch.export program (.pt2) nor "
+                "TorchScript. A state-dict file goes in --weights, with --model naming the architecture."
+            )
         for name in entries:
             if name.startswith(_MODELS_PREFIX) and name.endswith(".json"):
-                model = name[len(_MODELS_PREFIX):-len(".json")]
+                model = name[len(_MODELS_PREFIX) : -len(".json")]
                 _check_payloads(archive, entries, path, _WEIGHTS_DIR, model, "weights")
                 _check_payloads(archive, entries, path, _CONSTANTS_DIR, model, "constants")
             elif name.startswith(_SAMPLE_INPUTS_DIR):
@@ -85,8 +90,9 @@ def exported_program_bytes(path: Path) -> bytes:
     return data
 
 
-def _check_payloads(archive: zipfile.ZipFile, entries: dict[str, str], path: Path, folder: str, model: str,
-                    kind: str) -> None:
+def _check_payloads(
+    archive: zipfile.ZipFile, entries: dict[str, str], path: Path, folder: str, model: str, kind: str
+) -> None:
     legacy = f"{folder}{model}.pt"
     if legacy in entries:  # torch deserialises these with a fallback to full pickle
         _check_weights_only(archive.read(entries[legacy]), path, legacy)
@@ -114,7 +120,7 @@ def _check_weights_only(payload: bytes, path: Path, entry: str) -> None:
         with warnings.catch_warnings():  # torch warns about pickle protocols on the way to refusing
             warnings.simplefilter("ignore")
             torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any refusal of the weights-only unpickler
+    except Exception as error:
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
         reason = f"it calls {found.group(1)}" if found else "it holds more than tensors"
         raise UnsafeArchive(
@@ -130,7 +136,9 @@ def weights_only_loads() -> Iterator[None]:
     For library code that loads files camkit does not open itself (torchvision's cached weight sets).
     The switch is an environment variable, so the block belongs in single-threaded set-up code.
     """
-    saved = {name: os.environ.get(name) for name in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
+    saved = {
+        name: os.environ.get(name) for name in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+    }
     os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
     os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
     try:

@@ -1,4 +1,5 @@
 """3-D volumes in a folder run: prepared for a 3-D model, drawn as a montage of their middle slices."""
+
 from __future__ import annotations
 
 import torch
@@ -19,8 +20,11 @@ def montage(volume: torch.Tensor, heat: torch.Tensor, alpha: float, colormap: st
     """The middle axial, coronal and sagittal slices side by side, each overlaid, ``(1, 3, H', W')``."""
     shown = (volume - volume.min()) / (volume.max() - volume.min()).clamp_min(1e-12)
     depth, height, width = shown.shape
-    slices = [(shown[depth // 2], heat[depth // 2]), (shown[:, height // 2], heat[:, height // 2]),
-              (shown[:, :, width // 2], heat[:, :, width // 2])]
+    slices = [
+        (shown[depth // 2], heat[depth // 2]),
+        (shown[:, height // 2], heat[:, height // 2]),
+        (shown[:, :, width // 2], heat[:, :, width // 2]),
+    ]
     tallest = max(image.shape[0] for image, _ in slices)
     panels = []
     for image, slice_map in slices:

@@ -6,6 +6,7 @@ inputs failed (each reported), 2 bad usage (nothing was written), 130 Ctrl-C
 (one line; what finished is kept). Any other exception is a bug and keeps its
 traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,6 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-
 from importlib.metadata import PackageNotFoundError, version
 
 from ..errors import CamkitError

@@ -1,4 +1,5 @@
 """``camkit evaluate``: the flags; the work is :mod:`camkit.app.evaluation`."""
+
 from __future__ import annotations
 
 import argparse
@@ -21,16 +22,31 @@ def register(commands: Any) -> None:
         "MaxBoxAccV2 and PxAP (percent) follow Choe et al., CVPR 2020.",
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="images/folders/globs (default: the demo set with boxes)")
-    parser.add_argument("--boxes", type=Path, default=None, help="the images' boxes: a COCO .json, a folder of "
-                        "Pascal VOC .xml, or a .csv of file,x0,y0,x1,y1[,label] (x1/y1 exclusive)")
-    parser.add_argument("--masks", type=Path, default=None, help="a folder with one mask image per image (same "
-                        "stem, non-zero = object)")
-    parser.add_argument("--method", "--methods", default="all", action=DeprecatedSpelling, dest="methods",
-                        help="comma-separated method names, or 'all' (--methods, the old spelling, still works)")
+    parser.add_argument(
+        "inputs", nargs="*", metavar="INPUT", help="images/folders/globs (default: the demo set with boxes)"
+    )
+    parser.add_argument(
+        "--boxes",
+        type=Path,
+        default=None,
+        help="the images' boxes: a COCO .json, a folder of "
+        "Pascal VOC .xml, or a .csv of file,x0,y0,x1,y1[,label] (x1/y1 exclusive)",
+    )
+    parser.add_argument(
+        "--masks", type=Path, default=None, help="a folder with one mask image per image (same stem, non-zero = object)"
+    )
+    parser.add_argument(
+        "--method",
+        "--methods",
+        default="all",
+        action=DeprecatedSpelling,
+        dest="methods",
+        help="comma-separated method names, or 'all' (--methods, the old spelling, still works)",
+    )
     parser.add_argument("--model", default=None, help="as for `camkit overlay` (default: the demo CNN)")
-    parser.add_argument("--weights", default=None, help="as for `camkit overlay`: a local weights file or a "
-                        "torchvision weight set name")
+    parser.add_argument(
+        "--weights", default=None, help="as for `camkit overlay`: a local weights file or a torchvision weight set name"
+    )
     parser.add_argument("--layer", default=None, help="dotted target layer name (default: automatic)")
     parser.add_argument("--n-images", type=int, default=64, help="demo images to evaluate on")
     parser.add_argument("--batch-size", type=int, default=16, help="images per model pass")
@@ -38,12 +54,19 @@ def register(commands: Any) -> None:
     parser.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ...")
     parser.add_argument("--csv", type=Path, default=None, help="also write the table here")
     parser.add_argument("--markdown", type=Path, default=None, help="also write the table here as Markdown")
-    parser.add_argument("--plot", type=Path, default=None, help="write a PNG: per-metric bars (one standard "
-                        "deviation over images) and box accuracy against the CAM threshold")
-    parser.add_argument("--samples", type=int, default=2, help="noisy copies per image for the robustness "
-                        "columns (0 leaves them out)")
-    parser.add_argument("--sigma", type=float, default=0.1, help="gradient noise, times each image's gradient "
-                        "standard deviation")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        help="write a PNG: per-metric bars (one standard "
+        "deviation over images) and box accuracy against the CAM threshold",
+    )
+    parser.add_argument(
+        "--samples", type=int, default=2, help="noisy copies per image for the robustness columns (0 leaves them out)"
+    )
+    parser.add_argument(
+        "--sigma", type=float, default=0.1, help="gradient noise, times each image's gradient standard deviation"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar (shown only when stderr is a terminal)")
     parser.set_defaults(run=_run)
 

@@ -1,4 +1,5 @@
 """argparse help that reads well."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,13 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 class DeprecatedSpelling(argparse.Action):
     """A flag with an old spelling kept working: the first option string is the one to use; the others say so."""
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
-                 option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
         if option_string is not None and option_string != self.option_strings[0]:
             print(f"camkit: {option_string} is deprecated; use {self.option_strings[0]}", file=sys.stderr)
         setattr(namespace, self.dest, values)

@@ -1,4 +1,5 @@
 """``camkit layers``: a model's candidate target layers, their output shapes and the automatic choice."""
+
 from __future__ import annotations
 
 import argparse
@@ -6,24 +7,30 @@ from typing import Any
 
 import torch
 
-from ..errors import CamkitError
 from ..app.models import input_channels, model_for_listing
+from ..errors import CamkitError
 from ..layers import LayerInfo, auto_layer, dry_run
 from ..layouts import Layout, patch_size_of, prefix_tokens_of, token_layout
 
 
 def register(commands: Any) -> None:
     """Add ``layers`` to an ``add_subparsers()`` object."""
-    parser = commands.add_parser(
-        "layers", help="list a model's candidate target layers with their output shapes"
+    parser = commands.add_parser("layers", help="list a model's candidate target layers with their output shapes")
+    parser.add_argument(
+        "model",
+        nargs="?",
+        default="demo",
+        help="a torchvision name (resnet50, vit_b_16, swin_t), a timm name (levit_128s, convnext_atto; "
+        "timm:NAME where torchvision has the same name), 'demo' (the bundled CNN, the default), a "
+        "torch.export .pt2 file, or package.module:factory; no weights are downloaded",
     )
-    parser.add_argument("model", nargs="?", default="demo",
-                        help="a torchvision name (resnet50, vit_b_16, swin_t), a timm name (levit_128s, convnext_atto; "
-                        "timm:NAME where torchvision has the same name), 'demo' (the bundled CNN, the default), a "
-                        "torch.export .pt2 file, or package.module:factory; no weights are downloaded")
-    parser.add_argument("--input-size", type=int, default=None,
-                        help="side of the square dry-run input (default: the model's own, 224 for torchvision; "
-                        "timm's from its configuration; a timm ViT is built for this size)")
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        default=None,
+        help="side of the square dry-run input (default: the model's own, 224 for torchvision; "
+        "timm's from its configuration; a timm ViT is built for this size)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -40,8 +47,10 @@ def run(args: argparse.Namespace) -> int:
         rows = [info for info in dry_run(model, x) if info.layout is not None]
     except RuntimeError as error:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
-        raise CamkitError(f"{args.model} cannot run on a {channels}x{'x'.join(map(str, size))} input ({first}); "
-                          "try another --input-size") from None
+        raise CamkitError(
+            f"{args.model} cannot run on a {channels}x{'x'.join(map(str, size))} input ({first}); "
+            "try another --input-size"
+        ) from None
     width = max(len(info.name) for info in rows)
     patch_size, prefix_tokens = patch_size_of(model), prefix_tokens_of(model)
     print(f"{'layer':<{width}}  {'type':<22} output shape       layout")
@@ -53,9 +62,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _layout_text(
-    info: LayerInfo, size: tuple[int, ...], patch_size: tuple[int, int] | None, prefix_tokens: int
-) -> str:
+def _layout_text(info: LayerInfo, size: tuple[int, ...], patch_size: tuple[int, int] | None, prefix_tokens: int) -> str:
     """The layout, and for tokens the grid camkit lays them on: ``tokens 1+14x14`` (special tokens + grid)."""
     if info.layout is not Layout.TOKENS or not info.shape:
         return str(info.layout)

@@ -3,6 +3,7 @@
 ``camkit methods --markdown`` prints README.md's method table; a test keeps
 the README equal to it, so the registry is the one source of both.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,11 +35,15 @@ def plain_table() -> str:
 
 
 def markdown_table() -> str:
-    rows = ["| name | class | uses gradients | depends on the class | cost | what it computes | paper |",
-            "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| name | class | uses gradients | depends on the class | cost | what it computes | paper |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, cls in METHODS.items():
-        rows.append(f"| `{name}` | `{cls.__name__}` | {_yes(cls.uses_gradients)} | {_yes(cls.class_specific)} | "
-                    f"{_cost(cls)} | {_summary(cls)} | {_linked(cls.paper)} |")
+        rows.append(
+            f"| `{name}` | `{cls.__name__}` | {_yes(cls.uses_gradients)} | {_yes(cls.class_specific)} | "
+            f"{_cost(cls)} | {_summary(cls)} | {_linked(cls.paper)} |"
+        )
     return "\n".join(rows)
 
 

@@ -17,6 +17,7 @@ is passed to camkit as class indices; any other per-image targets (these
 classes or pytorch-grad-cam's own) run as one callable per image. Nothing here
 imports pytorch-grad-cam.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -95,8 +96,9 @@ class FasterRCNNBoxScoreTarget:
         return total
 
 
-def show_cam_on_image(img: np.ndarray, mask: Any, use_rgb: bool = False, colormap: ColormapSpec | int = "jet",
-                      image_weight: float = 0.5) -> np.ndarray:
+def show_cam_on_image(
+    img: np.ndarray, mask: Any, use_rgb: bool = False, colormap: ColormapSpec | int = "jet", image_weight: float = 0.5
+) -> np.ndarray:
     """One image with its map blended over it, uint8 ``(H, W, 3)`` at the image's own size.
 
     ``img`` is float32 ``(H, W, 3)`` in [0, 1] (or uint8); ``mask`` a map ``(h, w)`` in [0, 1] at any size,
@@ -114,8 +116,9 @@ def show_cam_on_image(img: np.ndarray, mask: Any, use_rgb: bool = False, colorma
         raise CamkitError(f"mask must be one (h, w) map, got shape {tuple(heat.shape)}; index the batch: cams[0].")
     if isinstance(image_weight, bool) or not isinstance(image_weight, (int, float)) or not 0 <= image_weight <= 1:
         raise CamkitError(f"image_weight must lie in [0, 1], got {image_weight!r}.")
-    blended = overlay(image.permute(2, 0, 1)[None], heat[None].float(), alpha=1 - float(image_weight),
-                      colormap=_colormap(colormap))
+    blended = overlay(
+        image.permute(2, 0, 1)[None], heat[None].float(), alpha=1 - float(image_weight), colormap=_colormap(colormap)
+    )
     picture = (blended[0].permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
     return picture if use_rgb else np.ascontiguousarray(picture[..., ::-1])
 
@@ -135,8 +138,13 @@ class PeerStyleCAM:
 
     method: ClassVar[type[Explainer]]
 
-    def __init__(self, model: nn.Module, target_layers: Sequence[nn.Module | str],
-                 reshape_transform: Callable[[Any], torch.Tensor] | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: Sequence[nn.Module | str],
+        reshape_transform: Callable[[Any], torch.Tensor] | None = None,
+        **options: Any,
+    ) -> None:
         if isinstance(target_layers, (nn.Module, str)) or not isinstance(target_layers, Sequence) or not target_layers:
             raise CamkitTypeError("target_layers must be a list of layers, e.g. [model.layer4].")
         self.model, self.target_layers = model, list(target_layers)
@@ -153,22 +161,29 @@ class PeerStyleCAM:
                 if not issubclass(self.method, ChannelWeightedExplainer):
                     raise CamkitError(f"eigen_smooth needs a channel-weighted method; {self.method.__name__} is not.")
                 options["eigen_smooth"] = True
-            self._explainers[key] = self.method(self.model, self.target_layers, reshape=self.reshape_transform,
-                                                **options)
+            self._explainers[key] = self.method(
+                self.model, self.target_layers, reshape=self.reshape_transform, **options
+            )
         return self._explainers[key]
 
-    def __call__(self, input_tensor: torch.Tensor, targets: Sequence[Any] | None = None, aug_smooth: bool = False,
-                 eigen_smooth: bool = False) -> np.ndarray:
+    def __call__(
+        self,
+        input_tensor: torch.Tensor,
+        targets: Sequence[Any] | None = None,
+        aug_smooth: bool = False,
+        eigen_smooth: bool = False,
+    ) -> np.ndarray:
         """float32 maps ``(B, H, W)`` in [0, 1], camkit's."""
         result = self._explainer(aug_smooth, eigen_smooth).explain(input_tensor, camkit_target(targets))
         self.explanation = result
         return result.maps.detach().cpu().numpy().astype(np.float32)
 
-    def forward(self, input_tensor: torch.Tensor, targets: Sequence[Any] | None = None,
-                eigen_smooth: bool = False) -> np.ndarray:
+    def forward(
+        self, input_tensor: torch.Tensor, targets: Sequence[Any] | None = None, eigen_smooth: bool = False
+    ) -> np.ndarray:
         return self(input_tensor, targets, eigen_smooth=eigen_smooth)
 
-    def __enter__(self) -> "PeerStyleCAM":
+    def __enter__(self) -> PeerStyleCAM:
         return self
 
     def __exit__(self, *_exc: object) -> None:  # hooks live only during each call: nothing to release
@@ -180,11 +195,14 @@ def camkit_target(targets: Sequence[Any] | None) -> Any:
     if targets is None:
         return None
     targets = list(targets)
-    if targets and all(type(target).__name__ == "ClassifierOutputTarget" and hasattr(target, "category")
-                       for target in targets):  # camkit's or pytorch-grad-cam's: the class path, exactly camkit's
+    if targets and all(
+        type(target).__name__ == "ClassifierOutputTarget" and hasattr(target, "category") for target in targets
+    ):  # camkit's or pytorch-grad-cam's: the class path, exactly camkit's
         return [int(target.category) for target in targets]
     if not all(callable(target) for target in targets):
-        raise CamkitTypeError("targets must be a list of target objects (e.g. ClassifierOutputTarget(c)), one per image.")
+        raise CamkitTypeError(
+            "targets must be a list of target objects (e.g. ClassifierOutputTarget(c)), one per image."
+        )
     return targets
 
 

@@ -1,4 +1,5 @@
 """Ablation-CAM: each channel weighted by the relative drop of the score when it is zeroed."""
+
 from __future__ import annotations
 
 import contextlib
@@ -26,8 +27,11 @@ class _DownstreamRefused(Exception):
     """The downstream-only pass gave a result that a plain forward would not."""
 
 
-@register("ablationcam", paper="Desai & Ramaswamy, Ablation-CAM: Visual Explanations for Deep Convolutional "
-                               "Network via Gradient-free Localization, WACV 2020")
+@register(
+    "ablationcam",
+    paper="Desai & Ramaswamy, Ablation-CAM: Visual Explanations for Deep Convolutional "
+    "Network via Gradient-free Localization, WACV 2020",
+)
 class AblationCAM(PerturbationExplainer):
     """Each channel weighted by the relative drop of the score when it is zeroed; gradient-free.
 
@@ -50,8 +54,9 @@ class AblationCAM(PerturbationExplainer):
     ``path="downstream"`` refuses the fallback.
     """
 
-    def __init__(self, model: nn.Module, target_layer: LayersSpec = None, *, path: Path = "auto",
-                 **options: Any) -> None:
+    def __init__(
+        self, model: nn.Module, target_layer: LayersSpec = None, *, path: Path = "auto", **options: Any
+    ) -> None:
         super().__init__(model, target_layer, **options)
         if path not in ("auto", "downstream", "full"):
             raise CamkitError(f"path must be 'auto', 'downstream' or 'full', got {path!r}.")
@@ -59,7 +64,11 @@ class AblationCAM(PerturbationExplainer):
         self.path_used: str | None = None
 
     def score_channels(
-        self, call: ModelCall, captured: Capture, layer: nn.Module, probe: Probe,
+        self,
+        call: ModelCall,
+        captured: Capture,
+        layer: nn.Module,
+        probe: Probe,
         target: torch.Tensor | Callable[[Any], torch.Tensor],
     ) -> torch.Tensor:
         activations, clean_scores = captured.activations, captured.scores
@@ -69,18 +78,26 @@ class AblationCAM(PerturbationExplainer):
         ablated: torch.Tensor | None = None
         # Per-image inputs would have to follow the fanned-out copies past the layer: full forwards only.
         if self.path == "downstream" and call.has_per_image_inputs:
-            raise CamkitError("path='downstream' cannot fan per-image inputs out to the ablated copies; use "
-                              "path='auto' or 'full'.")
+            raise CamkitError(
+                "path='downstream' cannot fan per-image inputs out to the ablated copies; use path='auto' or 'full'."
+            )
         if self.path != "full" and not call.has_per_image_inputs:
             refusals = []
             # Copies from the layer's output on; where the network mixes in a tensor from before the
             # layer (a transformer block's residual), copies from the input of the enclosing block instead.
             for where, fan_at in self._fan_out_points(layer):
                 try:
-                    ablated = self._ablated_scores(call, layer, channel_dim, image_index, channel_index, target,
-                                                   clean_scores, self.rows_per_chunk(call.x, probe.largest_downstream,
-                                                                                     with_input=False),
-                                                   fan_at=fan_at)
+                    ablated = self._ablated_scores(
+                        call,
+                        layer,
+                        channel_dim,
+                        image_index,
+                        channel_index,
+                        target,
+                        clean_scores,
+                        self.rows_per_chunk(call.x, probe.largest_downstream, with_input=False),
+                        fan_at=fan_at,
+                    )
                     self.path_used = "downstream" if fan_at is layer else f"downstream from {where}"
                     break
                 except (_DownstreamRefused, RuntimeError, CamkitError) as error:  # a real error recurs below
@@ -91,11 +108,22 @@ class AblationCAM(PerturbationExplainer):
                         f"The network after the layer cannot run on a batch of ablated copies "
                         f"({'; '.join(refusals)}); use path='auto' or 'full'."
                     ) from None
-                logger.info("Ablation-CAM: no downstream-only pass reproduced the clean scores (%s); "
-                            "running full forwards.", "; ".join(refusals))
+                logger.info(
+                    "Ablation-CAM: no downstream-only pass reproduced the clean scores (%s); running full forwards.",
+                    "; ".join(refusals),
+                )
         if ablated is None:
-            ablated = self._ablated_scores(call, layer, channel_dim, image_index, channel_index, target,
-                                           clean_scores, self.rows_per_chunk(call.x, probe.largest), fan_at=None)
+            ablated = self._ablated_scores(
+                call,
+                layer,
+                channel_dim,
+                image_index,
+                channel_index,
+                target,
+                clean_scores,
+                self.rows_per_chunk(call.x, probe.largest),
+                fan_at=None,
+            )
             self.path_used = "full"
         logger.info("Ablation-CAM ran the %s path on %d ablated copies.", self.path_used, len(image_index))
         reference = clean_scores.double()[image_index]
@@ -111,9 +139,17 @@ class AblationCAM(PerturbationExplainer):
         return [("the layer", layer)] + [(f"{prefix!r}", self.model.get_submodule(prefix)) for prefix in enclosing]
 
     def _ablated_scores(
-        self, call: ModelCall, layer: nn.Module, channel_dim: int, image_index: torch.Tensor,
-        channel_index: torch.Tensor, target: torch.Tensor | Callable[[Any], torch.Tensor],
-        clean_scores: torch.Tensor, chunk_rows: int, *, fan_at: nn.Module | None,
+        self,
+        call: ModelCall,
+        layer: nn.Module,
+        channel_dim: int,
+        image_index: torch.Tensor,
+        channel_index: torch.Tensor,
+        target: torch.Tensor | Callable[[Any], torch.Tensor],
+        clean_scores: torch.Tensor,
+        chunk_rows: int,
+        *,
+        fan_at: nn.Module | None,
     ) -> torch.Tensor:
         """``(R,)`` float64 scores with each row's channel zeroed: copies from ``fan_at`` on, or full forwards (None)."""
         x = call.x
@@ -135,23 +171,31 @@ class AblationCAM(PerturbationExplainer):
             with contextlib.ExitStack() as hooks:
                 if not at_layer:
                     hooks.enter_context(_input_fanned_out(fan_at, fan_out))
-                hooks.enter_context(output_replaced(
-                    layer, _ablation(fan_out if at_layer else torch.arange(len(fan_out), device=x.device),
-                                     ablated_channels, channel_dim)))
+                hooks.enter_context(
+                    output_replaced(
+                        layer,
+                        _ablation(
+                            fan_out if at_layer else torch.arange(len(fan_out), device=x.device),
+                            ablated_channels,
+                            channel_dim,
+                        ),
+                    )
+                )
                 chunk = call.rows(inputs)
                 row_target = hooks.enter_context(scored_target(self.model, target, chunk))
                 output = chunk.run(self.model)
                 scores = row_scores(output, row_target, row_images, probabilities=False).double()
             if fan_at is not None:
-                unablated, expected = scores[len(row):], clean_scores.double()[inputs]
+                unablated, expected = scores[len(row) :], clean_scores.double()[inputs]
                 if not bool(((unablated - expected).abs() <= 1e-4 * (1 + expected.abs())).all()):
                     raise _DownstreamRefused("the unablated copies did not reproduce the clean scores")
             found[row] = scores[: len(row)]
         return found
 
 
-def _ablation(fan_out: torch.Tensor, ablated_channels: torch.Tensor,
-              channel_dim: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def _ablation(
+    fan_out: torch.Tensor, ablated_channels: torch.Tensor, channel_dim: int
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """The layer output's rows ``fan_out``, row i with channel ``ablated_channels[i]`` zeroed (rows past them kept whole)."""
 
     def ablate(tensor: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ laid on their grid become the layer map; ReLU, upsampling, normalisation,
 ``augment`` and passes of copies are the base's. ``target_layer`` chooses the
 blocks (a block, its attention or anything inside it; None: every block).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -56,8 +57,9 @@ class AttentionExplainer(Explainer):
 
     def capture(self, call: ModelCall, target: TargetSpec) -> list[Capture]:
         x = call.x  # the attention is read from the image alone (ModelCall's extra inputs are not passed on)
-        read = read_attention(self.model, self.blocks, x, target, with_gradients=self.uses_gradients,
-                              separate_blocks=self.separate_blocks)
+        read = read_attention(
+            self.model, self.blocks, x, target, with_gradients=self.uses_gradients, separate_blocks=self.separate_blocks
+        )
         with full_precision(x.device):  # the relevance in float32 also under the caller's autocast
             relevance = self.token_relevance(read, target).float()
         scores = self.explained_scores(read)

@@ -1,4 +1,5 @@
 """Attention rollout: the product of the blocks' attention, averaged with the identity, rows normalised."""
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -16,8 +17,9 @@ from .registry import register
 HeadFusion = Literal["mean", "max", "min"]
 
 
-@register("attentionrollout", paper="Abnar & Zuidema, Quantifying Attention Flow in Transformers, ACL 2020 "
-                                    "(arXiv:2005.00928)")
+@register(
+    "attentionrollout", paper="Abnar & Zuidema, Quantifying Attention Flow in Transformers, ACL 2020 (arXiv:2005.00928)"
+)
 class AttentionRollout(AttentionExplainer):
     """The class token's row of the product of the blocks' head-fused attention, each averaged with the identity.
 
@@ -39,8 +41,15 @@ class AttentionRollout(AttentionExplainer):
     uses_gradients = False
     class_specific = False
 
-    def __init__(self, model: nn.Module, target_layer: LayersSpec = None, *, head_fusion: HeadFusion = "mean",
-                 discard_ratio: float = 0.0, **options: Any) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layer: LayersSpec = None,
+        *,
+        head_fusion: HeadFusion = "mean",
+        discard_ratio: float = 0.0,
+        **options: Any,
+    ) -> None:
         if head_fusion not in ("mean", "max", "min"):
             raise CamkitError(f"head_fusion must be 'mean', 'max' or 'min', got {head_fusion!r}.")
         if isinstance(discard_ratio, bool) or not isinstance(discard_ratio, (int, float)) or not 0 <= discard_ratio < 1:
@@ -50,8 +59,9 @@ class AttentionRollout(AttentionExplainer):
         self.discard_ratio = float(discard_ratio)
 
     def token_relevance(self, read: AttentionRead, target: TargetSpec) -> torch.Tensor:
-        return chained_row([self.mixed(probabilities.float()) for probabilities in read.probabilities],
-                           query_weights(read))
+        return chained_row(
+            [self.mixed(probabilities.float()) for probabilities in read.probabilities], query_weights(read)
+        )
 
     def mixed(self, probabilities: torch.Tensor) -> torch.Tensor:
         """One block's Ã ``(B, N, N)`` from its probabilities ``(B, heads, N, N)``."""

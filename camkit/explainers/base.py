@@ -6,6 +6,7 @@ its map another way, or ``capture`` for one that needs other passes through
 the model (Smooth Grad-CAM++). Everything stays a batched tensor on the
 input's device, and the whole call runs inside :func:`camkit.modes.explaining`.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -93,13 +94,16 @@ class Explainer:
         **unknown: Any,
     ) -> None:
         if unknown:
-            raise CamkitTypeError(f"{type(self).__name__} has no option {min(unknown)!r}; its options are "
-                                  f"{', '.join(known_options(type(self)))}.")
+            raise CamkitTypeError(
+                f"{type(self).__name__} has no option {min(unknown)!r}; its options are "
+                f"{', '.join(known_options(type(self)))}."
+            )
         if not isinstance(model, nn.Module):
             raise CamkitTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
         refuse_torchscript(model)
-        if class_names is not None and (isinstance(class_names, str) or not all(
-                isinstance(name, str) for name in class_names)):
+        if class_names is not None and (
+            isinstance(class_names, str) or not all(isinstance(name, str) for name in class_names)
+        ):
             raise CamkitTypeError("class_names must be a list of strings, one per class index.")
         self.class_names = list(class_names) if class_names is not None else None
         if reshape is not None and not callable(reshape):
@@ -112,9 +116,12 @@ class Explainer:
             raise CamkitTypeError(f"augment must be True or False, got {augment!r}.")
         self.fuse: Fuse = fuse
         self.augment = augment
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-            raise CamkitError(f"batch_size must be a positive int (images per pass through the model) or None, "
-                              f"got {batch_size!r}.")
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+        ):
+            raise CamkitError(
+                f"batch_size must be a positive int (images per pass through the model) or None, got {batch_size!r}."
+            )
         self.batch_size = batch_size
         self.layers: list[tuple[str, nn.Module]] = find_layers(self.model, target_layer)
 
@@ -191,9 +198,9 @@ class Explainer:
         """
         # A method that runs passes of its own (noisy copies, perturbed forwards) explains each detection alone.
         one_pass = type(self).capture is Explainer.capture
-        return explain_detections(self, _checked_input(x), detections, (score_threshold, max_detections, min_iou),
-                                  one_pass)
-
+        return explain_detections(
+            self, _checked_input(x), detections, (score_threshold, max_detections, min_iou), one_pass
+        )
 
     def model_class_names(self) -> list[str] | None:
         """``class_names`` as given, else the names the model carries (``class_names``, ``config.id2label``)."""
@@ -203,8 +210,10 @@ class Explainer:
         """Class names to indices, one callable per image to one target; checked against the batch."""
         resolved = as_target(target, self.model_class_names())
         if isinstance(resolved, PerImageTargets) and len(resolved.callables) != batch:
-            raise CamkitError(f"target has {len(resolved.callables)} callables for a batch of {batch} images; "
-                              "give one callable per image, or one callable(output) -> (B,) scores for all.")
+            raise CamkitError(
+                f"target has {len(resolved.callables)} callables for a batch of {batch} images; "
+                "give one callable per image, or one callable(output) -> (B,) scores for all."
+            )
         return resolved
 
     def _augmented_explanation(self, images: torch.Tensor, call: ModelCall, target: TargetSpec) -> Explanation:
@@ -214,11 +223,14 @@ class Explainer:
             try:
                 per_image = torch.as_tensor(target, device=x.device).reshape(-1)
             except (TypeError, ValueError) as error:
-                raise CamkitTypeError(f"target must be None, an int, one int per image, or a callable; "
-                                      f"got {type(target).__name__}.") from error
+                raise CamkitTypeError(
+                    f"target must be None, an int, one int per image, or a callable; got {type(target).__name__}."
+                ) from error
             if per_image.numel() not in (1, batch):
-                raise CamkitError(f"target has {per_image.numel()} class indices for a batch of {batch} images; "
-                                  "give one int for all images or exactly one per image.")
+                raise CamkitError(
+                    f"target has {per_image.numel()} class indices for a batch of {batch} images; "
+                    "give one int for all images or exactly one per image."
+                )
             target = per_image.expand(batch).repeat(COPIES)
         else:
             target = target_rows(target, torch.arange(batch, device=x.device).repeat(COPIES))
@@ -228,10 +240,16 @@ class Explainer:
             maps = min_max_normalise(merged_maps(self.combine(layer_maps, tuple(x.shape[2:])), batch))
         first = captures[0]
         classes = identity_rows(first.classes, batch) if first.classes is not None else None
-        unchanged = Capture(first.activations, first.gradients, _rows(first.output, batch),
-                            identity_rows(first.scores, batch), classes)
-        return self._explanation(images, maps, identity_rows(layer_maps[0], batch), unchanged,
-                                 identity_rows(weights, batch) if weights is not None else None)
+        unchanged = Capture(
+            first.activations, first.gradients, _rows(first.output, batch), identity_rows(first.scores, batch), classes
+        )
+        return self._explanation(
+            images,
+            maps,
+            identity_rows(layer_maps[0], batch),
+            unchanged,
+            identity_rows(weights, batch) if weights is not None else None,
+        )
 
     def images_per_pass(self, batch: int) -> int:
         """Images per pass when a method runs copies of a batch of ``batch``: ``batch_size``, or the default rule."""
@@ -246,8 +264,14 @@ class Explainer:
             parts.append(self.capture(copies.rows(rows), target_rows(target, rows)))
         return [concatenated(layer_parts) for layer_parts in zip(*parts)]
 
-    def _explanation(self, images: torch.Tensor, maps: torch.Tensor, layer_maps: torch.Tensor,
-                     captured: Capture, channel_weights: torch.Tensor | None = None) -> Explanation:
+    def _explanation(
+        self,
+        images: torch.Tensor,
+        maps: torch.Tensor,
+        layer_maps: torch.Tensor,
+        captured: Capture,
+        channel_weights: torch.Tensor | None = None,
+    ) -> Explanation:
         predictions, probabilities = _top_class(captured.output)
         return Explanation(
             images=images,
@@ -269,8 +293,13 @@ class Explainer:
     def capture(self, call: ModelCall, target: TargetSpec) -> list[Capture]:
         """One forward (and backward, for gradient methods) through every target layer."""
         return capture(
-            self.model, self.layers, call, target, with_gradients=self.uses_gradients,
-            reshape=self.reshape, patch_size=patch_size_of(self.model),
+            self.model,
+            self.layers,
+            call,
+            target,
+            with_gradients=self.uses_gradients,
+            reshape=self.reshape,
+            patch_size=patch_size_of(self.model),
         )
 
     def layer_map(self, captured: Capture) -> torch.Tensor:
@@ -294,7 +323,7 @@ class Explainer:
 
     # pytorch-grad-cam users write `with GradCAM(...) as cam:`; hooks live only
     # for the duration of each call, so there is nothing to release.
-    def __enter__(self) -> "Explainer":
+    def __enter__(self) -> Explainer:
         return self
 
     def __exit__(self, *_exc: Any) -> None:
@@ -315,8 +344,15 @@ class ChannelWeightedExplainer(Explainer):
     used come back as ``Explanation.channel_weights``.
     """
 
-    def __init__(self, model: nn.Module, target_layer: LayersSpec = None, *, eigen_smooth: bool = False,
-                 channels: Sequence[int] | torch.Tensor | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layer: LayersSpec = None,
+        *,
+        eigen_smooth: bool = False,
+        channels: Sequence[int] | torch.Tensor | None = None,
+        **options: Any,
+    ) -> None:
         super().__init__(model, target_layer, **options)
         if not isinstance(eigen_smooth, bool):
             raise CamkitTypeError(f"eigen_smooth must be True or False, got {eigen_smooth!r}.")
@@ -342,8 +378,9 @@ class ChannelWeightedExplainer(Explainer):
         if self.channels is None:
             return mask
         if int(self.channels.max()) >= count:
-            raise CamkitError(f"channels {self.channels.tolist()} go past the layer's {count} channels "
-                              f"(0..{count - 1}).")
+            raise CamkitError(
+                f"channels {self.channels.tolist()} go past the layer's {count} channels (0..{count - 1})."
+            )
         return torch.zeros_like(mask).index_fill_(0, self.channels.to(like.device), 1)
 
     def layer_map(self, captured: Capture) -> torch.Tensor:
@@ -409,8 +446,9 @@ def _checked_input(x: Any) -> torch.Tensor:
     if x.shape[0] == 0:
         raise CamkitError("x is an empty batch (B = 0); pass at least one image.")
     if min(x.shape[1:]) == 0:
-        raise CamkitError(f"x has shape {tuple(x.shape)}: an image with no channels, height or width has no pixels "
-                          "to explain.")
+        raise CamkitError(
+            f"x has shape {tuple(x.shape)}: an image with no channels, height or width has no pixels to explain."
+        )
     if not x.is_floating_point():
         raise CamkitTypeError(
             f"x must be a floating-point tensor, got {x.dtype}. Convert with x.float() / 255 "
@@ -429,8 +467,11 @@ def known_options(cls: type) -> list[str]:
         if init is None or klass is object:
             continue
         for parameter in inspect.signature(init).parameters.values():
-            if (parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD)
-                    and parameter.name not in ("self", "model") and parameter.name not in names):
+            if (
+                parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD)
+                and parameter.name not in ("self", "model")
+                and parameter.name not in names
+            ):
                 names.append(parameter.name)
     return names
 
@@ -440,9 +481,15 @@ def _channel_mismatch(model: nn.Module, x: torch.Tensor) -> str | None:
     first = next((module for module in model.modules() if isinstance(module, (nn.Conv2d, nn.Conv3d))), None)
     if first is None or first.in_channels == x.shape[1]:
         return None
-    hint = " Repeat a grayscale image to RGB with x.expand(-1, 3, -1, -1)." if (x.shape[1], first.in_channels) == (1, 3) else ""
-    return (f"The model's first convolution takes {first.in_channels}-channel images, but x has {x.shape[1]} "
-            f"channel(s) (shape {tuple(x.shape)}).{hint}")
+    hint = (
+        " Repeat a grayscale image to RGB with x.expand(-1, 3, -1, -1)."
+        if (x.shape[1], first.in_channels) == (1, 3)
+        else ""
+    )
+    return (
+        f"The model's first convolution takes {first.in_channels}-channel images, but x has {x.shape[1]} "
+        f"channel(s) (shape {tuple(x.shape)}).{hint}"
+    )
 
 
 def _rows(output: Any, batch: int) -> Any:

@@ -1,4 +1,5 @@
 """CF-CAM: Grad-CAM weights for strong channels, DBSCAN-clustered and filtered gradients for the rest."""
+
 from __future__ import annotations
 
 import math

@@ -11,6 +11,7 @@ perturbation family's masked or ablated forwards) explain each detection with
 its own call on its image, the target being :class:`~camkit.detection.DetectionScore`:
 the same anchor, query or best-overlapping box in every copy.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -34,8 +35,13 @@ Explainer = Any
 DETECTIONS_PER_BACKWARD = 32
 
 
-def explain_detections(explainer: Explainer, images: torch.Tensor, detections: Sequence[Mapping[str, Any]] | None,
-                       limits: tuple[float, int, float], one_pass: bool) -> DetectionExplanation:
+def explain_detections(
+    explainer: Explainer,
+    images: torch.Tensor,
+    detections: Sequence[Mapping[str, Any]] | None,
+    limits: tuple[float, int, float],
+    one_pass: bool,
+) -> DetectionExplanation:
     """:meth:`camkit.Explainer.explain_detections` on checked images; ``limits`` are (score_threshold,
     max_detections, min_iou); ``one_pass``: the method keeps the base capture, so the batch is batched."""
     score_threshold, max_detections, min_iou = limits
@@ -48,7 +54,8 @@ def explain_detections(explainer: Explainer, images: torch.Tensor, detections: S
         raise CamkitTypeError(
             f"{type(model).__name__} is not a detector camkit knows (torchvision detection models, ultralytics "
             "YOLO, Hugging Face *ForObjectDetection). For another detector pass target=callable(output) -> (B,) "
-            "scores to explainer.explain.")
+            "scores to explainer.explain."
+        )
     size = (images.shape[2], images.shape[3])
     batched = one_pass
     with explaining(model):
@@ -71,25 +78,34 @@ def explain_detections(explainer: Explainer, images: torch.Tensor, detections: S
             maps = _maps_one_by_one(explainer, detector, x, chosen, min_iou)
     maps = [torch.where(image.keys[:, None, None] >= 0, image_maps, 0.0) for image, image_maps in zip(chosen, maps)]
     return DetectionExplanation(
-        images=images, boxes=[image.boxes for image in chosen], labels=[image.labels for image in chosen],
-        scores=[image.scores.detach() for image in chosen], maps=maps, keys=[image.keys for image in chosen],
-        method=explainer.name or type(explainer).__name__, layer=explainer.target_layer_name or "",
+        images=images,
+        boxes=[image.boxes for image in chosen],
+        labels=[image.labels for image in chosen],
+        scores=[image.scores.detach() for image in chosen],
+        maps=maps,
+        keys=[image.keys for image in chosen],
+        method=explainer.name or type(explainer).__name__,
+        layer=explainer.target_layer_name or "",
         family=detector.family,
     )
 
 
 def _check_options(explainer: Explainer, score_threshold: float, max_detections: int, min_iou: float) -> None:
     if explainer.needs_class_logits:
-        raise CamkitError(f"{type(explainer).__name__} weighs a classifier's classes and a detector has none to "
-                          "weigh; explain detections with a gradient method (Grad-CAM) or Eigen-CAM.")
+        raise CamkitError(
+            f"{type(explainer).__name__} weighs a classifier's classes and a detector has none to "
+            "weigh; explain detections with a gradient method (Grad-CAM) or Eigen-CAM."
+        )
     if explainer.augment:
-        raise CamkitError("augment=True flips and rescales copies, which moves the boxes; explain detections "
-                          "with augment=False.")
+        raise CamkitError(
+            "augment=True flips and rescales copies, which moves the boxes; explain detections with augment=False."
+        )
     if isinstance(max_detections, bool) or not isinstance(max_detections, int) or max_detections < 1:
         raise CamkitError(f"max_detections must be a positive int, got {max_detections!r}.")
     if not 0.0 <= float(score_threshold) < 1.0 or not 0.0 <= float(min_iou) <= 1.0:
-        raise CamkitError(f"score_threshold must be in [0, 1) and min_iou in [0, 1]; got {score_threshold!r} "
-                          f"and {min_iou!r}.")
+        raise CamkitError(
+            f"score_threshold must be in [0, 1) and min_iou in [0, 1]; got {score_threshold!r} and {min_iou!r}."
+        )
 
 
 def _default_layer(detector: Detector, model: torch.nn.Module, x: torch.Tensor) -> tuple[str, torch.nn.Module]:
@@ -97,12 +113,14 @@ def _default_layer(detector: Detector, model: torch.nn.Module, x: torch.Tensor) 
     return find_layer(model, name) if name is not None else auto_layer(model, x)
 
 
-def _batched_maps(explainer: Explainer, x: torch.Tensor, tensors: list[torch.Tensor], output: Any,
-                  chosen: list[Found]) -> list[torch.Tensor]:
+def _batched_maps(
+    explainer: Explainer, x: torch.Tensor, tensors: list[torch.Tensor], output: Any, chosen: list[Found]
+) -> list[torch.Tensor]:
     """Every detection's map from the one forward: rows of the layer's tensors, one per detection."""
     counts = [len(image) for image in chosen]
-    image_index = torch.repeat_interleave(torch.arange(len(chosen), device=x.device),
-                                          torch.tensor(counts, device=x.device))
+    image_index = torch.repeat_interleave(
+        torch.arange(len(chosen), device=x.device), torch.tensor(counts, device=x.device)
+    )
     if not counts or sum(counts) == 0:
         return [x.new_zeros((0, *x.shape[2:])) for _ in chosen]
     scores = torch.cat([image.scores for image in chosen])
@@ -113,16 +131,26 @@ def _batched_maps(explainer: Explainer, x: torch.Tensor, tensors: list[torch.Ten
         gradients = list(detection_gradients(scores, tensors, image_index))
         check_finite(explainer.layers, gradients, "gradient")
     model = explainer.model
-    captures = to_captures([tensor[image_index] for tensor in tensors], gradients, output, scores, labels,
-                           tuple(x.shape[2:]), explainer.reshape, patch_size_of(model), prefix_tokens_of(model))
+    captures = to_captures(
+        [tensor[image_index] for tensor in tensors],
+        gradients,
+        output,
+        scores,
+        labels,
+        tuple(x.shape[2:]),
+        explainer.reshape,
+        patch_size_of(model),
+        prefix_tokens_of(model),
+    )
     with full_precision(x.device):
         layer_maps = [explainer.layer_map(captured).clamp_min(0) for captured in captures]
         maps = explainer.combine(layer_maps, tuple(x.shape[2:]))
     return list(maps.split(counts))
 
 
-def detection_gradients(scores: torch.Tensor, tensors: list[torch.Tensor], image_index: torch.Tensor, *,
-                        vmapped: bool | None = None) -> list[torch.Tensor]:
+def detection_gradients(
+    scores: torch.Tensor, tensors: list[torch.Tensor], image_index: torch.Tensor, *, vmapped: bool | None = None
+) -> list[torch.Tensor]:
     """``(N, K, *grid)`` per layer: row n is d scores[n] / d tensor at image ``image_index[n]``.
 
     ``vmapped`` (default: on CUDA): one ``autograd.grad`` with ``is_grads_batched`` per chunk of
@@ -142,26 +170,34 @@ def detection_gradients(scores: torch.Tensor, tensors: list[torch.Tensor], image
             rows = torch.arange(start, min(start + step, count), device=scores.device)
             one_hot = torch.zeros((len(rows), count), dtype=scores.dtype, device=scores.device)
             one_hot[torch.arange(len(rows)), rows] = 1.0
-            found = torch.autograd.grad(scores, tensors, grad_outputs=one_hot if vmapped else one_hot[0],
-                                        is_grads_batched=vmapped, allow_unused=True,
-                                        retain_graph=bool(rows[-1] < count - 1))
+            found = torch.autograd.grad(
+                scores,
+                tensors,
+                grad_outputs=one_hot if vmapped else one_hot[0],
+                is_grads_batched=vmapped,
+                allow_unused=True,
+                retain_graph=bool(rows[-1] < count - 1),
+            )
             for part, gradient, tensor in zip(parts, found, tensors):
                 if gradient is None:
                     part.append(torch.zeros_like(tensor[image_index[rows]]))
                 else:
-                    part.append(gradient[torch.arange(len(rows)), image_index[rows]] if vmapped
-                                else gradient[image_index[rows]])
+                    part.append(
+                        gradient[torch.arange(len(rows)), image_index[rows]] if vmapped else gradient[image_index[rows]]
+                    )
     return [torch.cat(part) for part in parts]
 
 
-def _maps_one_by_one(explainer: Explainer, detector: Detector, x: torch.Tensor, chosen: list[Found],
-                     min_iou: float) -> list[torch.Tensor]:
+def _maps_one_by_one(
+    explainer: Explainer, detector: Detector, x: torch.Tensor, chosen: list[Found], min_iou: float
+) -> list[torch.Tensor]:
     """A method with passes of its own: one call per detection on its image, the same detection in every copy."""
     maps = []
     for index, image in enumerate(chosen):  # each detection is its own call: its copies are its image's
         per_detection = [
-            explainer.explain(x[index:index + 1], DetectionScore(detector, box, label, key, min_iou)).maps
-            if key >= 0 else x.new_zeros((1, *x.shape[2:]))
+            explainer.explain(x[index : index + 1], DetectionScore(detector, box, label, key, min_iou)).maps
+            if key >= 0
+            else x.new_zeros((1, *x.shape[2:]))
             for box, label, key in zip(image.boxes, image.labels.tolist(), image.keys.tolist())
         ]
         maps.append(torch.cat(per_detection) if per_detection else x.new_zeros((0, *x.shape[2:])))

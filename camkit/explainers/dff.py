@@ -1,4 +1,5 @@
 """Deep Feature Factorization: the layer's activations over the whole batch factorised into non-negative concepts."""
+
 from __future__ import annotations
 
 import sys
@@ -29,8 +30,10 @@ class FactorizedCapture(Capture):
     concept_scores: torch.Tensor | None = None
 
 
-@register("deepfeaturefactorization", paper="Collins et al., Deep Feature Factorization For Concept Discovery, "
-                                            "ECCV 2018 (arXiv:1806.10206)")
+@register(
+    "deepfeaturefactorization",
+    paper="Collins et al., Deep Feature Factorization For Concept Discovery, ECCV 2018 (arXiv:1806.10206)",
+)
 class DeepFeatureFactorization(Explainer):
     """NMF of the activations, channels x (images * positions), into ``n_components`` shared concepts.
 
@@ -51,8 +54,16 @@ class DeepFeatureFactorization(Explainer):
     uses_gradients = False
     class_specific = False  # with a head, the map is the explained class's concept: True for that instance
 
-    def __init__(self, model: nn.Module, target_layer: LayersSpec = None, *, n_components: int = 5,
-                 head: str | nn.Module | None = None, iterations: int = 200, **options: Any) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layer: LayersSpec = None,
+        *,
+        n_components: int = 5,
+        head: str | nn.Module | None = None,
+        iterations: int = 200,
+        **options: Any,
+    ) -> None:
         super().__init__(model, target_layer, **options)
         if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
             raise CamkitError(f"n_components must be a positive int, got {n_components!r}.")
@@ -81,8 +92,12 @@ class DeepFeatureFactorization(Explainer):
                 scores = self.head(concepts.T.to(_dtype_of(self.head))).float()
         grid = activations.shape[2:]
         codes = codes.reshape(self.n_components, batch, *grid).transpose(0, 1)
-        return FactorizedCapture(**{f.name: getattr(captured, f.name) for f in fields(Capture)},
-                                 concepts=concepts, codes=codes, concept_scores=scores)
+        return FactorizedCapture(
+            **{f.name: getattr(captured, f.name) for f in fields(Capture)},
+            concepts=concepts,
+            codes=codes,
+            concept_scores=scores,
+        )
 
     def layer_map(self, captured: Capture) -> torch.Tensor:
         if not isinstance(captured, FactorizedCapture) or captured.codes is None:
@@ -98,16 +113,25 @@ class DeepFeatureFactorization(Explainer):
     def explain(self, x: torch.Tensor, target: TargetSpec = None) -> FactorizationExplanation:
         return super().explain(x, target)  # type: ignore[return-value]
 
-    def _explanation(self, images: torch.Tensor, maps: torch.Tensor, layer_maps: torch.Tensor,
-                     captured: Capture, channel_weights: torch.Tensor | None = None) -> Explanation:
+    def _explanation(
+        self,
+        images: torch.Tensor,
+        maps: torch.Tensor,
+        layer_maps: torch.Tensor,
+        captured: Capture,
+        channel_weights: torch.Tensor | None = None,
+    ) -> Explanation:
         plain = super()._explanation(images, maps, layer_maps, captured, channel_weights)
         if not isinstance(captured, FactorizedCapture) or captured.codes is None:
             return plain  # augmented copies: their concepts belong to no one image
         batch, count = captured.codes.shape[:2]
         concept_maps = normalised_at_size(captured.codes.flatten(0, 1), tuple(images.shape[2:]))
-        return FactorizationExplanation(**asdict_shallow(plain),
-                                        concept_maps=concept_maps.reshape(batch, count, *images.shape[2:]),
-                                        concepts=captured.concepts, concept_scores=captured.concept_scores)
+        return FactorizationExplanation(
+            **asdict_shallow(plain),
+            concept_maps=concept_maps.reshape(batch, count, *images.shape[2:]),
+            concepts=captured.concepts,
+            concept_scores=captured.concept_scores,
+        )
 
 
 def asdict_shallow(result: Explanation) -> dict[str, Any]:

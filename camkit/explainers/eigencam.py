@@ -1,4 +1,5 @@
 """Eigen-CAM: the activations projected on their first principal component; gradient-free."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -22,8 +23,9 @@ class PrincipalComponentExplainer(Explainer):
     these maps already are (pytorch-grad-cam ignores it on them too).
     """
 
-    def __init__(self, model: nn.Module, target_layer: LayersSpec = None, *, eigen_smooth: bool = False,
-                 **options: Any) -> None:
+    def __init__(
+        self, model: nn.Module, target_layer: LayersSpec = None, *, eigen_smooth: bool = False, **options: Any
+    ) -> None:
         super().__init__(model, target_layer, **options)
         if not isinstance(eigen_smooth, bool):
             raise CamkitTypeError(f"eigen_smooth must be True or False, got {eigen_smooth!r}.")

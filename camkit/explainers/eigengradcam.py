@@ -1,4 +1,5 @@
 """Eigen-Grad-CAM: Eigen-CAM's first principal component of gradient times activation."""
+
 from __future__ import annotations
 
 import torch
@@ -9,8 +10,11 @@ from .eigencam import PrincipalComponentExplainer
 from .registry import register
 
 
-@register("eigengradcam", paper="Gildenblat et al., pytorch-grad-cam: Eigen-Grad-CAM, after Muhammad & Yeasin, "
-                                "Eigen-CAM, IJCNN 2020 (arXiv:2008.00299)")
+@register(
+    "eigengradcam",
+    paper="Gildenblat et al., pytorch-grad-cam: Eigen-Grad-CAM, after Muhammad & Yeasin, "
+    "Eigen-CAM, IJCNN 2020 (arXiv:2008.00299)",
+)
 class EigenGradCAM(PrincipalComponentExplainer):
     """First principal component of g * A over positions, sign fixed by the channel mean of g * A.
 

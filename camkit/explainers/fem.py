@@ -1,4 +1,5 @@
 """FEM: each channel thresholded by the k-sigma rule, the binary maps weighted by the channel means; gradient-free."""
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -15,8 +16,11 @@ from .registry import register
 Weighting = Literal["paper", "pytorch-grad-cam"]
 
 
-@register("fem", paper="Fuad et al., Features Understanding in 3D CNNs for Actions Recognition in Video, "
-                       "IPTA 2020 (doi:10.1109/IPTA50016.2020.9286629)")
+@register(
+    "fem",
+    paper="Fuad et al., Features Understanding in 3D CNNs for Actions Recognition in Video, "
+    "IPTA 2020 (doi:10.1109/IPTA50016.2020.9286629)",
+)
 class FEM(ElementWiseExplainer):
     """Feature Explanation Method: map = sum_k mu_k * [A_k > mu_k + k sigma_k]; the target is ignored.
 
@@ -29,8 +33,15 @@ class FEM(ElementWiseExplainer):
     uses_gradients = False
     class_specific = False
 
-    def __init__(self, model: nn.Module, target_layer: LayersSpec = None, *, k: float = 2.0,
-                 weighting: Weighting = "paper", **options: Any) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layer: LayersSpec = None,
+        *,
+        k: float = 2.0,
+        weighting: Weighting = "paper",
+        **options: Any,
+    ) -> None:
         super().__init__(model, target_layer, **options)
         if weighting not in ("paper", "pytorch-grad-cam"):
             raise CamkitError(f"weighting must be 'paper' or 'pytorch-grad-cam', got {weighting!r}.")

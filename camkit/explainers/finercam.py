@@ -1,4 +1,5 @@
 """Finer-CAM: a base method explaining S_c - alpha * (the similar classes' scores, softmax-weighted)."""
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,11 @@ from .gradcam import GradCAM
 from .registry import register
 
 
-@register("finercam", paper="Zhang et al., Finer-CAM: Spotting the Difference Reveals Finer Details for Visual "
-                            "Explanation, CVPR 2025 (arXiv:2501.11309)")
+@register(
+    "finercam",
+    paper="Zhang et al., Finer-CAM: Spotting the Difference Reveals Finer Details for Visual "
+    "Explanation, CVPR 2025 (arXiv:2501.11309)",
+)
 class FinerCAM(Explainer):
     """A gradient method on the target's logit minus alpha times its most similar rivals', as the authors' code.
 
@@ -41,29 +45,48 @@ class FinerCAM(Explainer):
 
     needs_class_logits = True  # rivals are other classes' logits: a detection's score has none
 
-    def __init__(self, model: nn.Module, target_layer: LayersSpec = None, *, alpha: float = 1.0,
-                 reference_ranks: tuple[int, ...] = (1, 2, 3), base: type[Explainer] = GradCAM,
-                 comparison_classes: int | Sequence[int] | Sequence[Sequence[int]] | torch.Tensor | None = None,
-                 weighting: Literal["softmax", "mean"] = "softmax", **options: Any) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layer: LayersSpec = None,
+        *,
+        alpha: float = 1.0,
+        reference_ranks: tuple[int, ...] = (1, 2, 3),
+        base: type[Explainer] = GradCAM,
+        comparison_classes: int | Sequence[int] | Sequence[Sequence[int]] | torch.Tensor | None = None,
+        weighting: Literal["softmax", "mean"] = "softmax",
+        **options: Any,
+    ) -> None:
         if not (isinstance(base, type) and issubclass(base, Explainer) and base.uses_gradients):
             raise CamkitTypeError(f"base must be a gradient method's class (e.g. camkit.GradCAM), got {base!r}.")
-        if (isinstance(reference_ranks, (str, bytes)) or not isinstance(reference_ranks, Sequence) or not reference_ranks
-                or any(isinstance(rank, bool) or not isinstance(rank, int) or rank < 1 for rank in reference_ranks)):
-            raise CamkitError(f"reference_ranks must be a sequence of int ranks >= 1 (1: the nearest rival), "
-                              f"got {reference_ranks!r}.")
+        if (
+            isinstance(reference_ranks, (str, bytes))
+            or not isinstance(reference_ranks, Sequence)
+            or not reference_ranks
+            or any(isinstance(rank, bool) or not isinstance(rank, int) or rank < 1 for rank in reference_ranks)
+        ):
+            raise CamkitError(
+                f"reference_ranks must be a sequence of int ranks >= 1 (1: the nearest rival), got {reference_ranks!r}."
+            )
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
-            raise CamkitTypeError(f"alpha must be a finite number (1.0 subtracts the rivals' mean logit, 0 is the "
-                                  f"base method), got {alpha!r}.")
+            raise CamkitTypeError(
+                f"alpha must be a finite number (1.0 subtracts the rivals' mean logit, 0 is the "
+                f"base method), got {alpha!r}."
+            )
         if weighting not in ("softmax", "mean"):
             raise CamkitError(f"weighting must be 'softmax' (the authors') or 'mean' (torchcam's), got {weighting!r}.")
         self.comparison_classes = None if comparison_classes is None else _class_rows(comparison_classes)
         self.weighting = weighting
-        shared = {key: options.pop(key) for key in ("reshape", "fuse", "augment", "batch_size", "class_names")
-                  if key in options}
+        shared = {
+            key: options.pop(key)
+            for key in ("reshape", "fuse", "augment", "batch_size", "class_names")
+            if key in options
+        }
         super().__init__(model, target_layer, **shared)
         # The base shares the layers, the layout and the fusion; augmentation runs around both.
-        self.base = base(model, [name for name, _ in self.layers] or None, reshape=self.reshape, fuse=self.fuse,
-                         **options)
+        self.base = base(
+            model, [name for name, _ in self.layers] or None, reshape=self.reshape, fuse=self.fuse, **options
+        )
         self.alpha, self.reference_ranks = float(alpha), tuple(reference_ranks)
 
     def capture(self, call: ModelCall, target: TargetSpec) -> list[Capture]:
@@ -92,21 +115,26 @@ class FinerCAM(Explainer):
         classes = class_indices(logits, target)
         explained.append(classes)
         rivals = None if self.comparison_classes is None else self._rivals(logits, classes)
-        return contrastive_scores(logits, classes, self.reference_ranks, self.alpha, rivals=rivals,
-                                  weighting=self.weighting)
+        return contrastive_scores(
+            logits, classes, self.reference_ranks, self.alpha, rivals=rivals, weighting=self.weighting
+        )
 
     def _rivals(self, logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """The explicit comparison classes as ``(B, n)`` indices, checked against the logits and the targets."""
         rows = self.comparison_classes.to(logits.device)
         batch, num_classes = logits.shape
         if rows.shape[0] not in (1, batch):
-            raise CamkitError(f"comparison_classes has {rows.shape[0]} rows for a batch of {batch} images; give "
-                              "one list for all images or one per image.")
+            raise CamkitError(
+                f"comparison_classes has {rows.shape[0]} rows for a batch of {batch} images; give "
+                "one list for all images or one per image."
+            )
         rows = rows.expand(batch, -1)
         if bool(((rows < 0) | (rows >= num_classes)).any()):
             raise CamkitError(f"comparison_classes must be class indices in 0..{num_classes - 1}.")
         if bool((rows == classes[:, None]).any()):
-            raise CamkitError("comparison_classes holds the explained class of an image; compare it with other classes.")
+            raise CamkitError(
+                "comparison_classes holds the explained class of an image; compare it with other classes."
+            )
         return rows
 
 
@@ -115,10 +143,12 @@ def _class_rows(classes: Any) -> torch.Tensor:
     try:
         rows = torch.as_tensor(classes)
     except (TypeError, ValueError) as error:
-        raise CamkitTypeError("comparison_classes must be an int, a list of ints, or one equally long list of ints "
-                              "per image.") from error
+        raise CamkitTypeError(
+            "comparison_classes must be an int, a list of ints, or one equally long list of ints per image."
+        ) from error
     if rows.dtype.is_floating_point or rows.dtype == torch.bool or rows.dim() > 2 or rows.numel() == 0:
-        raise CamkitTypeError(f"comparison_classes must be integer class indices, one list or one per image; got "
-                              f"{classes!r}.")
+        raise CamkitTypeError(
+            f"comparison_classes must be integer class indices, one list or one per image; got {classes!r}."
+        )
     rows = rows.to(torch.long)
     return rows.reshape(1, -1) if rows.dim() < 2 else rows

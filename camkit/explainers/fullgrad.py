@@ -1,4 +1,5 @@
 """FullGrad (Srinivas & Fleuret): |x * dS/dx| plus |b * dS/dz| of every convolution and BatchNorm bias, rescaled and summed."""
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -18,8 +19,11 @@ from .registry import register
 Rescale = Literal["layer", "channel"]
 
 
-@register("fullgrad", paper="Srinivas & Fleuret, Full-Gradient Representation for Neural Network Visualization, "
-                            "NeurIPS 2019 (arXiv:1905.00780)")
+@register(
+    "fullgrad",
+    paper="Srinivas & Fleuret, Full-Gradient Representation for Neural Network Visualization, "
+    "NeurIPS 2019 (arXiv:1905.00780)",
+)
 class FullGrad(PixelExplainer):
     """abs(x * dS/dx) plus every conv/BatchNorm bias-gradient map abs(b * dS/dz), each rescaled to [0, 1], summed.
 
@@ -34,12 +38,14 @@ class FullGrad(PixelExplainer):
     summed map, one non-negative channel.
     """
 
-    def __init__(self, model: nn.Module, target_layer: LayersSpec = None, *, rescale: Rescale = "layer",
-                 **options: Any) -> None:
+    def __init__(
+        self, model: nn.Module, target_layer: LayersSpec = None, *, rescale: Rescale = "layer", **options: Any
+    ) -> None:
         super().__init__(model, target_layer, **options)
         if rescale not in ("layer", "channel"):
-            raise CamkitError(f"rescale must be 'layer' (the authors' code) or 'channel' (pytorch-grad-cam's), "
-                              f"got {rescale!r}.")
+            raise CamkitError(
+                f"rescale must be 'layer' (the authors' code) or 'channel' (pytorch-grad-cam's), got {rescale!r}."
+            )
         self.rescale: Rescale = rescale
 
     def attribute(self, x: torch.Tensor, target: TargetSpec) -> Attribution:

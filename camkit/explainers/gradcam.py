@@ -1,4 +1,5 @@
 """Grad-CAM: w_k = mean_ij dS/dA_kij; map = ReLU(sum_k w_k A_k)."""
+
 from __future__ import annotations
 
 import torch

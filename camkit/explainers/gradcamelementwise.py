@@ -1,4 +1,5 @@
 """Element-wise Grad-CAM: map = sum_k ReLU(g_k * A_k)."""
+
 from __future__ import annotations
 
 import torch
@@ -8,8 +9,10 @@ from .base import ElementWiseExplainer
 from .registry import register
 
 
-@register("gradcamelementwise", paper="Gildenblat et al., pytorch-grad-cam: element-wise Grad-CAM, 2021 "
-                                      "(github.com/jacobgil/pytorch-grad-cam)")
+@register(
+    "gradcamelementwise",
+    paper="Gildenblat et al., pytorch-grad-cam: element-wise Grad-CAM, 2021 (github.com/jacobgil/pytorch-grad-cam)",
+)
 class GradCAMElementWise(ElementWiseExplainer):
     """Positive parts of gradient times activation, summed over channels.
 

@@ -1,4 +1,5 @@
 """Grad-CAM++, eq. 19: alpha = g^2 / (2 g^2 + sum_ab A_ab g^3) (0 where undefined); w_k = sum_ij alpha ReLU(g)."""
+
 from __future__ import annotations
 
 import torch

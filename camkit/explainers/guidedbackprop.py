@@ -1,4 +1,5 @@
 """Guided backpropagation (Springenberg et al.): the input gradient with every ReLU passing back only positive gradients."""
+
 from __future__ import annotations
 
 import torch

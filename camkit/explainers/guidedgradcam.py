@@ -1,4 +1,5 @@
 """Guided Grad-CAM (Selvaraju et al.): guided backpropagation times the upsampled map of any CAM method."""
+
 from __future__ import annotations
 
 from typing import Any, ClassVar
@@ -31,13 +32,21 @@ class GuidedGradCAM(PixelExplainer):
     reads_layer: ClassVar[bool] = True
     cost: ClassVar[str] = "the CAM's, + forward + backward"
 
-    def __init__(self, model: nn.Module, target_layer: LayersSpec = None, *, cam: str | type[Explainer] = "gradcam",
-                 **options: Any) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layer: LayersSpec = None,
+        *,
+        cam: str | type[Explainer] = "gradcam",
+        **options: Any,
+    ) -> None:
         super().__init__(model, target_layer, **{key: options[key] for key in _SHARED if key in options})
         self.cam = create(cam, model, target_layer, **options)
         if isinstance(self.cam, PixelExplainer):
-            raise CamkitError(f"cam must be a CAM method (gradcam, gradcam++, scorecam, ...), got {cam!r}, "
-                              "which explains pixels itself.")
+            raise CamkitError(
+                f"cam must be a CAM method (gradcam, gradcam++, scorecam, ...), got {cam!r}, "
+                "which explains pixels itself."
+            )
         self.class_specific = self.cam.class_specific
 
     @property
@@ -47,8 +56,9 @@ class GuidedGradCAM(PixelExplainer):
     def attribute(self, x: torch.Tensor, target: TargetSpec) -> Attribution:
         explained = self.cam.explain(x, target)
         # The guided pass explains what the CAM explained: its classes, or the same callable.
-        captured = input_gradients(self.model, x, explained.targets if explained.targets is not None else target,
-                                   guided=True)
+        captured = input_gradients(
+            self.model, x, explained.targets if explained.targets is not None else target, guided=True
+        )
         self.say_if_no_relu(captured)
         values = captured.gradients * explained.maps.unsqueeze(1)
         return Attribution(values, captured.output, captured.scores, captured.classes, explained.layer_maps)

@@ -1,4 +1,5 @@
 """HiResCAM: map = ReLU(sum_k g_k * A_k), the gradient applied position by position."""
+
 from __future__ import annotations
 
 import torch
@@ -8,8 +9,10 @@ from .base import ElementWiseExplainer
 from .registry import register
 
 
-@register("hirescam", paper="Draelos & Carin, Use HiResCAM instead of Grad-CAM for faithful explanations, 2020 "
-                            "(arXiv:2011.08891)")
+@register(
+    "hirescam",
+    paper="Draelos & Carin, Use HiResCAM instead of Grad-CAM for faithful explanations, 2020 (arXiv:2011.08891)",
+)
 class HiResCAM(ElementWiseExplainer):
     """Gradient times activation at every position, summed over channels (no pooling of g).
 

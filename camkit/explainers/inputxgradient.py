@@ -1,4 +1,5 @@
 """Input x Gradient (Shrikumar et al.): each input value times the score's gradient with respect to it."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Integrated Gradients (Sundararajan et al.): (x - x') times the gradient averaged along the path from x' to x."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -19,8 +20,10 @@ from .registry import register
 Baseline = None | float | str | torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
 
 
-@register("integratedgradients", paper="Sundararajan et al., Axiomatic Attribution for Deep Networks, ICML 2017 "
-                                       "(arXiv:1703.01365)")
+@register(
+    "integratedgradients",
+    paper="Sundararajan et al., Axiomatic Attribution for Deep Networks, ICML 2017 (arXiv:1703.01365)",
+)
 class IntegratedGradients(PixelExplainer):
     """(x - x') * integral over a in [0, 1] of dS/dx at x' + a (x - x'), signed.
 
@@ -36,16 +39,27 @@ class IntegratedGradients(PixelExplainer):
 
     cost: ClassVar[str] = "forward + backward per step (50), batched"
 
-    def __init__(self, model: nn.Module, target_layer: LayersSpec = None, *, steps: int = 50,
-                 rule: Rule = "gausslegendre", baseline: Baseline = None, blur_sigma: float = 10.0,
-                 **options: Any) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layer: LayersSpec = None,
+        *,
+        steps: int = 50,
+        rule: Rule = "gausslegendre",
+        baseline: Baseline = None,
+        blur_sigma: float = 10.0,
+        **options: Any,
+    ) -> None:
         super().__init__(model, target_layer, **options)
         path_points(steps, rule)  # refuses a bad rule or step count now, not at the first call
         if isinstance(baseline, str) and baseline != "blur":
-            raise CamkitError(f"baseline must be None, a number, a tensor, 'blur' or a function of x; got {baseline!r}.")
+            raise CamkitError(
+                f"baseline must be None, a number, a tensor, 'blur' or a function of x; got {baseline!r}."
+            )
         if not (baseline is None or isinstance(baseline, (int, float, str, torch.Tensor)) or callable(baseline)):
-            raise CamkitTypeError(f"baseline must be None, a number, a tensor, 'blur' or a function of x; "
-                                  f"got {type(baseline).__name__}.")
+            raise CamkitTypeError(
+                f"baseline must be None, a number, a tensor, 'blur' or a function of x; got {type(baseline).__name__}."
+            )
         if not blur_sigma > 0:
             raise CamkitError(f"blur_sigma must be > 0 (pixels), got {blur_sigma!r}.")
         self.steps, self.rule, self.baseline, self.blur_sigma = steps, rule, baseline, float(blur_sigma)
@@ -62,8 +76,10 @@ class IntegratedGradients(PixelExplainer):
         try:
             return torch.broadcast_to(baseline.to(device=x.device, dtype=x.dtype), x.shape)
         except RuntimeError:
-            raise CamkitError(f"The baseline's shape {tuple(baseline.shape)} does not broadcast to the input's "
-                              f"{tuple(x.shape)}; give one image (C, H, W) or one per image.") from None
+            raise CamkitError(
+                f"The baseline's shape {tuple(baseline.shape)} does not broadcast to the input's "
+                f"{tuple(x.shape)}; give one image (C, H, W) or one per image."
+            ) from None
 
     def attribute(self, x: torch.Tensor, target: TargetSpec) -> Attribution:
         x = x.detach()
@@ -71,8 +87,9 @@ class IntegratedGradients(PixelExplainer):
         output, scores, classes = forward_scores(self.model, x, target)
         path_target = target if callable(target) and not isinstance(target, torch.Tensor) else classes
         if path_target is None:
-            raise CamkitError("The model's output has no class scores to explain; pass target=callable(output) -> (B,) "
-                              "scores.")
+            raise CamkitError(
+                "The model's output has no class scores to explain; pass target=callable(output) -> (B,) scores."
+            )
         alphas, weights = (points.to(device=x.device, dtype=x.dtype) for points in path_points(self.steps, self.rule))
         batch, difference = x.shape[0], x - baseline
         total = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
@@ -92,6 +109,7 @@ class IntegratedGradients(PixelExplainer):
 
 def _per_copy(target: Callable[[Any], torch.Tensor], batch: int) -> Callable[[Any], torch.Tensor]:
     """The target callable applied to each copy of the batch in a pass's output, its scores concatenated."""
+
     def scores(output: Any) -> torch.Tensor:
         rows = _rows_of(output)
         return torch.cat([target(_sliced(output, start, start + batch)) for start in range(0, rows, batch)])
@@ -106,8 +124,10 @@ def _rows_of(output: Any) -> int:
     for value in values:
         if isinstance(value, (torch.Tensor, dict, tuple, list)):
             return _rows_of(value)
-    raise CamkitTypeError(f"Cannot split a model output of type {type(output).__name__} into images for the "
-                          "target callable; pass batch_size= the number of images, so each pass holds one copy.")
+    raise CamkitTypeError(
+        f"Cannot split a model output of type {type(output).__name__} into images for the "
+        "target callable; pass batch_size= the number of images, so each pass holds one copy."
+    )
 
 
 def _sliced(output: Any, start: int, stop: int) -> Any:

@@ -1,4 +1,5 @@
 """KPCA-CAM: Eigen-CAM with RBF kernel PCA over the layer's positions; gradient-free."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -14,8 +15,11 @@ from .eigencam import PrincipalComponentExplainer
 from .registry import register
 
 
-@register("kpcacam", paper="Karmani et al., KPCA-CAM: Visual Explainability of Deep Computer Vision Models "
-                           "using Kernel PCA, MMSP 2024 (arXiv:2410.00267)")
+@register(
+    "kpcacam",
+    paper="Karmani et al., KPCA-CAM: Visual Explainability of Deep Computer Vision Models "
+    "using Kernel PCA, MMSP 2024 (arXiv:2410.00267)",
+)
 class KPCACAM(PrincipalComponentExplainer):
     """First kernel principal component (RBF) of the activations, sign fixed; gradient-free.
 
@@ -27,8 +31,9 @@ class KPCACAM(PrincipalComponentExplainer):
     uses_gradients = False
     class_specific = False
 
-    def __init__(self, model: nn.Module, target_layer: LayersSpec = None, *, gamma: float | None = None,
-                 **options: Any) -> None:
+    def __init__(
+        self, model: nn.Module, target_layer: LayersSpec = None, *, gamma: float | None = None, **options: Any
+    ) -> None:
         super().__init__(model, target_layer, **options)
         if gamma is not None and not gamma > 0:
             raise CamkitError(f"gamma must be a positive number or None (1 / channels), got {gamma!r}.")

@@ -1,4 +1,5 @@
 """LayerCAM: map = ReLU(sum_k ReLU(g_k) * A_k); several layers fused by max after tanh(2 M / max M)."""
+
 from __future__ import annotations
 
 import torch
@@ -9,8 +10,11 @@ from .base import ElementWiseExplainer
 from .registry import register
 
 
-@register("layercam", paper="Jiang et al., LayerCAM: Exploring Hierarchical Class Activation Maps for "
-                            "Localization, IEEE TIP 2021 (doi:10.1109/TIP.2021.3089943)")
+@register(
+    "layercam",
+    paper="Jiang et al., LayerCAM: Exploring Hierarchical Class Activation Maps for "
+    "Localization, IEEE TIP 2021 (doi:10.1109/TIP.2021.3089943)",
+)
 class LayerCAM(ElementWiseExplainer):
     """Activations weighted by their positive gradients at every position; layers fused as the paper.
 

@@ -1,4 +1,5 @@
 """LeGrad: each block's positive gradient of its own class score with respect to its attention, averaged."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -17,8 +18,11 @@ from .registry import register
 ScoreProjection = Callable[[torch.Tensor], torch.Tensor]
 
 
-@register("legrad", paper="Bousselham et al., LeGrad: An Explainability Method for Vision Transformers via Feature "
-                          "Formation Sensitivity, ICCV 2025 (arXiv:2404.03214)")
+@register(
+    "legrad",
+    paper="Bousselham et al., LeGrad: An Explainability Method for Vision Transformers via Feature "
+    "Formation Sensitivity, ICCV 2025 (arXiv:2404.03214)",
+)
 class LeGrad(AttentionExplainer):
     """Each block's positive gradient of its own class score by its attention, averaged over heads, queries, blocks.
 
@@ -42,8 +46,14 @@ class LeGrad(AttentionExplainer):
 
     separate_blocks = True
 
-    def __init__(self, model: nn.Module, target_layer: LayersSpec = None, *,
-                 score_projection: ScoreProjection | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layer: LayersSpec = None,
+        *,
+        score_projection: ScoreProjection | None = None,
+        **options: Any,
+    ) -> None:
         super().__init__(model, target_layer, **options)
         if score_projection is not None and not callable(score_projection):
             raise CamkitTypeError("score_projection must be a function from tokens (B, N, D) to logits (B, classes).")
@@ -60,8 +70,9 @@ class LeGrad(AttentionExplainer):
         batch = read.probabilities[0].shape[0]
         per_block = target if target is not None or read.classes is None else read.classes
         with torch.enable_grad():
-            scores = torch.stack([scores_for(self.score_projection(tokens), per_block, batch)[0]
-                                  for tokens in read.block_outputs])
+            scores = torch.stack(
+                [scores_for(self.score_projection(tokens), per_block, batch)[0] for tokens in read.block_outputs]
+            )
         gradients = read.gradients_of(scores)
         return torch.stack([gradient.float().clamp_min(0).mean(dim=(1, 2)) for gradient in gradients]).mean(dim=0)
 
@@ -82,8 +93,9 @@ def default_score_projection(model: nn.Module) -> ScoreProjection | None:
     classifiers = [head for head in found if isinstance(head, nn.Module)]
     if isinstance(layernorm, nn.Module) and classifiers:
         hf_norm = layernorm
-        return lambda tokens: torch.stack([head(_pooled_for(head, hf_norm(tokens.mean(dim=1))))
-                                           for head in classifiers]).mean(dim=0)
+        return lambda tokens: torch.stack(
+            [head(_pooled_for(head, hf_norm(tokens.mean(dim=1)))) for head in classifiers]
+        ).mean(dim=0)
     return None
 
 

@@ -7,6 +7,7 @@ many rows as ``memory_budget`` allows. The weights land in a
 :class:`ScoredCapture`, so the shared pipeline (sum, ReLU, upsample,
 normalise) does the rest.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -84,8 +85,9 @@ class PerturbationExplainer(ChannelWeightedExplainer):
         super().__init__(model, target_layer, **options)
         if isinstance(memory_budget, bool) or not isinstance(memory_budget, int) or memory_budget < 1:
             raise CamkitError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}.")
-        if top_channels is not None and (isinstance(top_channels, bool) or not isinstance(top_channels, int)
-                                         or top_channels < 1):
+        if top_channels is not None and (
+            isinstance(top_channels, bool) or not isinstance(top_channels, int) or top_channels < 1
+        ):
             raise CamkitError(f"top_channels must be a positive int or None (all channels), got {top_channels!r}.")
         if progress is not None and not callable(progress):
             raise CamkitTypeError("progress must be a function progress(rows_done, rows_total) or None.")
@@ -94,8 +96,15 @@ class PerturbationExplainer(ChannelWeightedExplainer):
     def capture(self, call: ModelCall, target: TargetSpec) -> list[Capture]:
         """The clean pass, then each layer's channel weights from its perturbed forwards."""
         with self._watching_sizes(call.batch) as probes:  # the clean pass doubles as the memory probe
-            cleans = capture(self.model, self.layers, call, target, with_gradients=False,
-                             reshape=self.reshape, patch_size=patch_size_of(self.model))
+            cleans = capture(
+                self.model,
+                self.layers,
+                call,
+                target,
+                with_gradients=False,
+                reshape=self.reshape,
+                patch_size=patch_size_of(self.model),
+            )
         is_callable = callable(target) and not isinstance(target, torch.Tensor)
         if cleans[0].classes is None and not is_callable:
             raise CamkitError(
@@ -120,7 +129,11 @@ class PerturbationExplainer(ChannelWeightedExplainer):
         return captured.channel_weights.float()
 
     def score_channels(
-        self, call: ModelCall, captured: Capture, layer: nn.Module, probe: Probe,
+        self,
+        call: ModelCall,
+        captured: Capture,
+        layer: nn.Module,
+        probe: Probe,
         target: torch.Tensor | Callable[[Any], torch.Tensor],
     ) -> torch.Tensor:
         """``(B, K)`` channel weights from perturbed forwards (rows of ``call``), in chunks that fit ``memory_budget``.
@@ -224,7 +237,10 @@ def output_replaced(layer: nn.Module, change: Callable[[torch.Tensor], torch.Ten
 
 
 def row_scores(
-    output: Any, target: torch.Tensor | Callable[[Any], torch.Tensor], image_index: torch.Tensor, *,
+    output: Any,
+    target: torch.Tensor | Callable[[Any], torch.Tensor],
+    image_index: torch.Tensor,
+    *,
     probabilities: bool,
 ) -> torch.Tensor:
     """``(R,)`` scores of the perturbed rows: each row's class (its softmax probability or raw logit), or the callable's score."""
@@ -243,5 +259,13 @@ def row_scores(
     return scores.gather(1, target[image_index][:, None]).squeeze(1)
 
 
-__all__ = ["DEFAULT_MEMORY_BUDGET", "PerturbationExplainer", "Probe", "Progress", "ScoredCapture", "first_tensor",
-           "output_replaced", "row_scores"]
+__all__ = [
+    "DEFAULT_MEMORY_BUDGET",
+    "PerturbationExplainer",
+    "Probe",
+    "Progress",
+    "ScoredCapture",
+    "first_tensor",
+    "output_replaced",
+    "row_scores",
+]

@@ -10,6 +10,7 @@ and min-max normalises each image's map to [0, 1] (a flat map becomes zeros,
 as for the CAM family), so overlays, metrics and the report take it as they
 take a CAM map.
 """
+
 from __future__ import annotations
 
 import logging
@@ -61,8 +62,10 @@ class PixelExplainer(Explainer):
     def __init__(self, model: nn.Module, target_layer: LayersSpec = None, **options: Any) -> None:
         super().__init__(model, target_layer, **options)
         if self.augment and not self.reads_layer:
-            raise CamkitError(f"augment=True averages CAM maps over flipped copies; {type(self).__name__} explains "
-                              "input pixels and takes no augment. Leave augment out.")
+            raise CamkitError(
+                f"augment=True averages CAM maps over flipped copies; {type(self).__name__} explains "
+                "input pixels and takes no augment. Leave augment out."
+            )
         if not self.reads_layer:
             self.layers = []
         self._said_no_relu = False
@@ -83,21 +86,29 @@ class PixelExplainer(Explainer):
             maps = normalised_at_size(reduced, tuple(reduced.shape[1:]))
         predictions, probabilities = _top_class(attribution.output)
         return Explanation(
-            images=images, maps=maps,
+            images=images,
+            maps=maps,
             layer_maps=attribution.layer_maps if attribution.layer_maps is not None else reduced,
-            scores=attribution.scores, targets=attribution.classes, predictions=predictions,
-            probabilities=probabilities, method=self.name or type(self).__name__,
-            layer=self.target_layer_name or "input", uses_gradients=self.uses_gradients,
-            class_specific=self.class_specific, attributions=values,
+            scores=attribution.scores,
+            targets=attribution.classes,
+            predictions=predictions,
+            probabilities=probabilities,
+            method=self.name or type(self).__name__,
+            layer=self.target_layer_name or "input",
+            uses_gradients=self.uses_gradients,
+            class_specific=self.class_specific,
+            attributions=values,
         )
 
     def say_if_no_relu(self, captured: InputCapture) -> None:
         """Once per explainer: a guided method on a model without ReLUs computes the plain gradient."""
         if captured.relus == 0 and not self._said_no_relu:
             self._said_no_relu = True
-            logger.warning("%s: the model ran no ReLU (nn.ReLU, F.relu, torch.relu, Tensor.relu), so guided "
-                           "backpropagation has nothing to guide and gives the plain input gradient.",
-                           type(self).__name__)
+            logger.warning(
+                "%s: the model ran no ReLU (nn.ReLU, F.relu, torch.relu, Tensor.relu), so guided "
+                "backpropagation has nothing to guide and gives the plain input gradient.",
+                type(self).__name__,
+            )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -1,4 +1,5 @@
 """Random-CAM: channels weighted by uniform(-1, 1) draws, the baseline a sanity study compares against."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -13,8 +14,11 @@ from .base import ChannelWeightedExplainer
 from .registry import register
 
 
-@register("randomcam", paper="Gildenblat et al., pytorch-grad-cam: Random-CAM, the random baseline of Adebayo "
-                             "et al., Sanity Checks for Saliency Maps, NeurIPS 2018 (arXiv:1810.03292)")
+@register(
+    "randomcam",
+    paper="Gildenblat et al., pytorch-grad-cam: Random-CAM, the random baseline of Adebayo "
+    "et al., Sanity Checks for Saliency Maps, NeurIPS 2018 (arXiv:1810.03292)",
+)
 class RandomCAM(ChannelWeightedExplainer):
     """w_k ~ uniform(-1, 1), one draw per image and channel; no backward pass.
 
@@ -25,8 +29,9 @@ class RandomCAM(ChannelWeightedExplainer):
     uses_gradients = False
     class_specific = False
 
-    def __init__(self, model: nn.Module, target_layer: LayersSpec = None, *, seed: int | None = None,
-                 **options: Any) -> None:
+    def __init__(
+        self, model: nn.Module, target_layer: LayersSpec = None, *, seed: int | None = None, **options: Any
+    ) -> None:
         super().__init__(model, target_layer, **options)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise CamkitError(f"seed must be an int or None (fresh weights each call), got {seed!r}.")

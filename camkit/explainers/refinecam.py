@@ -1,4 +1,5 @@
 """RefineCAM: a base method's maps at several layers multiplied together (GradCAM++ by default)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -16,8 +17,9 @@ from .gradcampp import GradCAMPlusPlus
 from .registry import register
 
 
-@register("refinecam", paper="RefineCAM: per-layer class activation maps multiplied across layers, 2026 "
-                             "(arXiv:2605.14641)")
+@register(
+    "refinecam", paper="RefineCAM: per-layer class activation maps multiplied across layers, 2026 (arXiv:2605.14641)"
+)
 class RefineCAM(Explainer):
     """The base method's map at every target layer, each normalised to [0, 1], multiplied, normalised again.
 
@@ -28,8 +30,14 @@ class RefineCAM(Explainer):
     method; ``fuse="mean"`` or ``"max"`` gives the base method's other fusions.
     """
 
-    def __init__(self, model: nn.Module, target_layer: LayersSpec = None, *, base: type[Explainer] = GradCAMPlusPlus,
-                 **options: Any) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layer: LayersSpec = None,
+        *,
+        base: type[Explainer] = GradCAMPlusPlus,
+        **options: Any,
+    ) -> None:
         if not (isinstance(base, type) and issubclass(base, Explainer)):
             raise CamkitTypeError(f"base must be a camkit method's class (e.g. camkit.GradCAMPlusPlus), got {base!r}.")
         shared = {key: options.pop(key) for key in ("reshape", "fuse", "augment", "batch_size") if key in options}

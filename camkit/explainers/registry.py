@@ -3,6 +3,7 @@
 The CLI's ``--method`` choices, ``camkit methods``, the README's method table
 and the notebooks all learn the methods and their papers from ``METHODS``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

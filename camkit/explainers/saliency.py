@@ -1,4 +1,5 @@
 """Saliency (Simonyan et al.): the gradient of the score with respect to each input value."""
+
 from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
@@ -25,8 +26,7 @@ class Saliency(PixelExplainer):
 
     channel_reduction: ClassVar[Literal["sum", "max"]] = "max"
 
-    def __init__(self, model: nn.Module, target_layer: LayersSpec = None, *, abs: bool = True,
-                 **options: Any) -> None:
+    def __init__(self, model: nn.Module, target_layer: LayersSpec = None, *, abs: bool = True, **options: Any) -> None:
         super().__init__(model, target_layer, **options)
         if not isinstance(abs, bool):
             raise CamkitTypeError(f"abs must be True or False, got {abs!r}.")

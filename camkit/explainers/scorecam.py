@@ -1,4 +1,5 @@
 """Score-CAM: each channel weighted by the class probability of the input masked with that channel."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -15,8 +16,10 @@ from .perturbation import PerturbationExplainer, Probe, row_scores
 from .registry import register
 
 
-@register("scorecam", paper="Wang et al., Score-CAM: Score-Weighted Visual Explanations for CNNs, CVPRW 2020 "
-                            "(arXiv:1910.01279)")
+@register(
+    "scorecam",
+    paper="Wang et al., Score-CAM: Score-Weighted Visual Explanations for CNNs, CVPRW 2020 (arXiv:1910.01279)",
+)
 class ScoreCAM(PerturbationExplainer):
     """Each channel weighted by the class probability of the input masked with it; gradient-free.
 
@@ -37,13 +40,18 @@ class ScoreCAM(PerturbationExplainer):
     def variants(self) -> int:
         return 1
 
-    def perturbed(self, masks: torch.Tensor, variant: torch.Tensor, channel: torch.Tensor,
-                  channels: int) -> torch.Tensor:
+    def perturbed(
+        self, masks: torch.Tensor, variant: torch.Tensor, channel: torch.Tensor, channels: int
+    ) -> torch.Tensor:
         """The masks of the rows' copies ``(R, *size)``; Score-CAM uses H_k itself. ``masks`` may be changed in place."""
         return masks
 
     def score_channels(
-        self, call: ModelCall, captured: Capture, layer: nn.Module, probe: Probe,
+        self,
+        call: ModelCall,
+        captured: Capture,
+        layer: nn.Module,
+        probe: Probe,
         target: torch.Tensor | Callable[[Any], torch.Tensor],
     ) -> torch.Tensor:
         x, activations = call.x, captured.activations

@@ -1,4 +1,5 @@
 """ShapleyCAM: Grad-CAM's weights from the gradient corrected by the Hessian-vector product, w_k = mean_ij (g - H A / 2)."""
+
 from __future__ import annotations
 
 import torch
@@ -14,8 +15,10 @@ from .base import ChannelWeightedExplainer
 from .registry import register
 
 
-@register("shapleycam", paper="Cai et al., CAMs as Shapley Value-based Explainers, The Visual Computer 2025 "
-                              "(arXiv:2501.06261)")
+@register(
+    "shapleycam",
+    paper="Cai et al., CAMs as Shapley Value-based Explainers, The Visual Computer 2025 (arXiv:2501.06261)",
+)
 class ShapleyCAM(ChannelWeightedExplainer):
     """A second-order Taylor estimate of each channel's Shapley value: w_k = mean_ij (g - (H A) / 2)_kij.
 
@@ -37,11 +40,22 @@ class ShapleyCAM(ChannelWeightedExplainer):
             with torch.enable_grad():
                 scores, classes = explained_scores(output, target, call.batch, required=True)
                 gradients = layer_gradients(scores, tensors, self.layers, create_graph=True)
-                corrected = [g - 0.5 * _hessian_product(g, a, last=i == len(tensors) - 1)
-                             for i, (g, a) in enumerate(zip(gradients, tensors))]
+                corrected = [
+                    g - 0.5 * _hessian_product(g, a, last=i == len(tensors) - 1)
+                    for i, (g, a) in enumerate(zip(gradients, tensors))
+                ]
             check_finite(self.layers, corrected, "gradient")
-        return to_captures(tensors, [g.detach() for g in corrected], output, scores, classes, tuple(call.x.shape[2:]),
-                           self.reshape, patch_size_of(self.model), prefix_tokens_of(self.model))
+        return to_captures(
+            tensors,
+            [g.detach() for g in corrected],
+            output,
+            scores,
+            classes,
+            tuple(call.x.shape[2:]),
+            self.reshape,
+            patch_size_of(self.model),
+            prefix_tokens_of(self.model),
+        )
 
     def channel_weights(self, captured: Capture) -> torch.Tensor:
         return mean_gradient_weights(captured.gradients)
@@ -51,6 +65,7 @@ def _hessian_product(gradients: torch.Tensor, activations: torch.Tensor, *, last
     """H A for one layer: d(g . A)/dA with A held fixed; zeros where g does not depend on A (a linear score)."""
     if not gradients.requires_grad:
         return torch.zeros_like(gradients)
-    (product,) = torch.autograd.grad(gradients, activations, grad_outputs=activations.detach(),
-                                     retain_graph=not last, allow_unused=True)
+    (product,) = torch.autograd.grad(
+        gradients, activations, grad_outputs=activations.detach(), retain_graph=not last, allow_unused=True
+    )
     return product if product is not None else torch.zeros_like(gradients)

@@ -1,4 +1,5 @@
 """Smooth Grad-CAM++: Grad-CAM++ on the means of g, g^2, g^3 over noisy copies of each image."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -12,7 +13,7 @@ from ..capture import Capture, capture
 from ..errors import CamkitError
 from ..layers import LayersSpec
 from ..layouts import patch_size_of
-from ..targets import NonFiniteScores, PerImageTargets, TargetSpec, check_finite_scores, non_finite_message, target_rows
+from ..targets import NonFiniteScores, TargetSpec, check_finite_scores, non_finite_message, target_rows
 from .gradcampp import GradCAMPlusPlus
 from .registry import register
 
@@ -49,13 +50,22 @@ class SmoothGradCAMPlusPlus(GradCAMPlusPlus):
         if not isinstance(n_samples, int) or n_samples < 1:
             raise CamkitError(f"n_samples must be a positive int, got {n_samples!r}.")
         if not noise_level >= 0:
-            raise CamkitError(f"noise_level must be >= 0 (a fraction of each image's value range), got {noise_level!r}.")
+            raise CamkitError(
+                f"noise_level must be >= 0 (a fraction of each image's value range), got {noise_level!r}."
+            )
         self.n_samples, self.noise_level, self.seed = n_samples, float(noise_level), seed
 
     def capture(self, call: ModelCall, target: TargetSpec) -> list[Capture]:
         """The clean image's activations with the gradient moments of the noisy copies."""
-        cleans = capture(self.model, self.layers, call, target, with_gradients=False,
-                         reshape=self.reshape, patch_size=patch_size_of(self.model))
+        cleans = capture(
+            self.model,
+            self.layers,
+            call,
+            target,
+            with_gradients=False,
+            reshape=self.reshape,
+            patch_size=patch_size_of(self.model),
+        )
         if cleans[0].classes is None and not callable(target):
             raise CamkitError(
                 "The model's output has no class scores to explain; pass target=callable(output) -> (B,) scores."
@@ -82,15 +92,23 @@ class SmoothGradCAMPlusPlus(GradCAMPlusPlus):
             noise = self._noise(x, generator, copy_index, image_index)
             noisy = x[image_index] + noise * sigma[image_index].reshape(-1, *([1] * (x.dim() - 1)))
             try:
-                layers = capture(self.model, self.layers, call.rows(image_index, noisy),
-                                 target_rows(target, image_index), with_gradients=True,
-                                 reshape=self.reshape, patch_size=patch_size_of(self.model))
+                layers = capture(
+                    self.model,
+                    self.layers,
+                    call.rows(image_index, noisy),
+                    target_rows(target, image_index),
+                    with_gradients=True,
+                    reshape=self.reshape,
+                    patch_size=patch_size_of(self.model),
+                )
             except NonFiniteScores as error:  # name the batch's images, not the rows of the noisy copies
                 images = sorted(set(image_index[error.rows].tolist()))
                 raise CamkitError(non_finite_message(images) + " (on noisy copies)") from None
             if totals is None:
-                totals = [torch.zeros((3, batch, *layer.gradients.shape[1:]), dtype=torch.float64, device=x.device)
-                          for layer in layers]
+                totals = [
+                    torch.zeros((3, batch, *layer.gradients.shape[1:]), dtype=torch.float64, device=x.device)
+                    for layer in layers
+                ]
             for total, layer in zip(totals, layers):
                 gradients = layer.gradients
                 squared = gradients * gradients
@@ -106,5 +124,7 @@ class SmoothGradCAMPlusPlus(GradCAMPlusPlus):
         for copy in torch.unique(copy_index).tolist():
             generator.manual_seed(self.seed * 1_000_003 + copy)
             in_copy = copy_index == copy
-            noise[in_copy] = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)[image_index[in_copy]]
+            noise[in_copy] = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)[
+                image_index[in_copy]
+            ]
         return noise

@@ -1,4 +1,5 @@
 """SS-CAM: Score-CAM with each channel's mask smoothed by Gaussian noise, its probabilities averaged."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -12,8 +13,11 @@ from .registry import register
 from .scorecam import ScoreCAM
 
 
-@register("sscam", paper="Wang et al., SS-CAM: Smoothed Score-CAM for Sharper Visual Feature Localization, "
-                         "arXiv 2020 (arXiv:2006.14255)")
+@register(
+    "sscam",
+    paper="Wang et al., SS-CAM: Smoothed Score-CAM for Sharper Visual Feature Localization, "
+    "arXiv 2020 (arXiv:2006.14255)",
+)
 class SSCAM(ScoreCAM):
     """Score-CAM's class probability averaged over noisy copies of each channel's mask; gradient-free.
 
@@ -47,8 +51,9 @@ class SSCAM(ScoreCAM):
     def variants(self) -> int:
         return self.n_samples
 
-    def perturbed(self, masks: torch.Tensor, variant: torch.Tensor, channel: torch.Tensor,
-                  channels: int) -> torch.Tensor:
+    def perturbed(
+        self, masks: torch.Tensor, variant: torch.Tensor, channel: torch.Tensor, channels: int
+    ) -> torch.Tensor:
         # One generator stream per (copy, channel), drawn whole: the noise
         # depends on the seed, the copy and the channel only.
         keys, inverse = torch.unique(variant * channels + channel, return_inverse=True)

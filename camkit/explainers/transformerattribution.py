@@ -1,4 +1,5 @@
 """Chefer et al.'s generic attention relevance: R += mean_h (grad A * A)^+ R, read at the class token."""
+
 from __future__ import annotations
 
 import torch
@@ -9,9 +10,12 @@ from .attentionbase import AttentionExplainer, chained_row
 from .registry import register
 
 
-@register("transformerattribution", paper="Chefer, Gur & Wolf, Generic Attention-model Explainability for "
-                                          "Interpreting Bi-Modal and Encoder-Decoder Transformers, ICCV 2021 "
-                                          "(arXiv:2103.15679)")
+@register(
+    "transformerattribution",
+    paper="Chefer, Gur & Wolf, Generic Attention-model Explainability for "
+    "Interpreting Bi-Modal and Encoder-Decoder Transformers, ICCV 2021 "
+    "(arXiv:2103.15679)",
+)
 class TransformerAttribution(AttentionExplainer):
     """The class token's row of R = (I + Ā_L) ... (I + Ā_1), Ā = mean over heads of ReLU(dS/dA * A).
 

@@ -1,4 +1,5 @@
 """XGrad-CAM: w_k = sum_ij A_kij g_kij / sum_ij A_kij (0 where sum_ij A_kij = 0)."""
+
 from __future__ import annotations
 
 import torch

@@ -5,6 +5,7 @@ data set is the caller's one-liner, or a :class:`Running` accumulator's over
 many batches. Maps are ``(B, H, W)`` in [0, 1] at the input's size (``(B, D, H, W)``
 for volumes), masks ``(B, H, W)`` bool.
 """
+
 from __future__ import annotations
 
 from .boxes import (
@@ -61,8 +62,8 @@ __all__ = [
     "adcc",
     "arcc",
     "attribution_localisation",
-    "avg_sensitivity",
     "average_drop",
+    "avg_sensitivity",
     "box_iou",
     "boxes_from_maps",
     "boxes_to_masks",

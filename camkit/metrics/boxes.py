@@ -27,10 +27,10 @@ measured on 224 x 224 maps, the torch labelling costs tens of milliseconds
 per mask on a CPU core against OpenCV's 0.3 ms, while on a GPU it labels all
 thresholds of a batch at once. Both give the same boxes (tested).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -38,8 +38,8 @@ import torch.nn.functional as F
 from ..errors import CamkitError, CamkitTypeError
 from ..ops.components import connected_components
 
-BoxesSpec = Union[torch.Tensor, Sequence[torch.Tensor]]
-ThresholdsSpec = Union[Sequence[float], torch.Tensor, None]
+BoxesSpec = torch.Tensor | Sequence[torch.Tensor]
+ThresholdsSpec = Sequence[float] | torch.Tensor | None
 IOU_THRESHOLDS = (0.3, 0.5, 0.7)
 BACKENDS = ("auto", "torch", "opencv")
 # Masks labelled at once by the torch backend: bounds memory to a few hundred MB.
@@ -54,8 +54,9 @@ def cam_thresholds(step: float = 0.01) -> torch.Tensor:
     return torch.arange(count, dtype=torch.float64) * step
 
 
-def boxes_from_maps(maps: torch.Tensor, threshold: float, multi_contour: bool = False, *,
-                    backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+def boxes_from_maps(
+    maps: torch.Tensor, threshold: float, multi_contour: bool = False, *, backend: str = "auto"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The boxes around each map's regions above ``threshold`` times its maximum.
 
     Returns ``boxes`` ``(B, N, 4)`` long ``(x0, y0, x1, y1)`` and ``valid``
@@ -81,14 +82,25 @@ def box_iou(boxes: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     low = torch.maximum(boxes[..., :2], truth[..., :2])
     high = torch.minimum(boxes[..., 2:], truth[..., 2:])
     intersection = (high - low + 1).clamp_min(0).prod(dim=-1)
-    union = (boxes[..., 2:] - boxes[..., :2] + 1).prod(dim=-1) + (truth[..., 2:] - truth[..., :2] + 1).prod(dim=-1) \
+    union = (
+        (boxes[..., 2:] - boxes[..., :2] + 1).prod(dim=-1)
+        + (truth[..., 2:] - truth[..., :2] + 1).prod(dim=-1)
         - intersection
+    )
     return torch.where(union > 0, intersection / torch.where(union > 0, union, 1.0), 0.0)
 
 
-def localisation_accuracy(maps: torch.Tensor, boxes: BoxesSpec, predictions: torch.Tensor | None = None,
-                          labels: torch.Tensor | None = None, *, threshold: float = 0.15, iou: float = 0.5,
-                          multi_contour: bool = False, backend: str = "auto") -> torch.Tensor:
+def localisation_accuracy(
+    maps: torch.Tensor,
+    boxes: BoxesSpec,
+    predictions: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    *,
+    threshold: float = 0.15,
+    iou: float = 0.5,
+    multi_contour: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor:
     """Top-1 localisation, one 0/1 value per image: the class is right and a box hits a true box with IoU >= ``iou``.
 
     The box is the largest region's above ``threshold`` of the map's maximum
@@ -108,9 +120,14 @@ def localisation_accuracy(maps: torch.Tensor, boxes: BoxesSpec, predictions: tor
     return hit.float()
 
 
-def box_accuracy_counts(maps: torch.Tensor, boxes: BoxesSpec, iou_thresholds: Sequence[float] = IOU_THRESHOLDS,
-                        thresholds: ThresholdsSpec = None, multi_contour: bool = True,
-                        backend: str = "auto") -> torch.Tensor:
+def box_accuracy_counts(
+    maps: torch.Tensor,
+    boxes: BoxesSpec,
+    iou_thresholds: Sequence[float] = IOU_THRESHOLDS,
+    thresholds: ThresholdsSpec = None,
+    multi_contour: bool = True,
+    backend: str = "auto",
+) -> torch.Tensor:
     """``(I, T)`` counts of images whose best box at CAM threshold t reaches IoU threshold i: MaxBoxAcc's numerators."""
     _check_maps(maps)
     levels = _thresholds(thresholds)
@@ -123,9 +140,14 @@ def box_accuracy_counts(maps: torch.Tensor, boxes: BoxesSpec, iou_thresholds: Se
     return (best[None] >= limits[:, None, None]).sum(dim=1)
 
 
-def max_box_accuracy(maps: torch.Tensor, boxes: BoxesSpec, iou_thresholds: Sequence[float] = IOU_THRESHOLDS,
-                     thresholds: ThresholdsSpec = None, multi_contour: bool = True,
-                     backend: str = "auto") -> dict[str, torch.Tensor]:
+def max_box_accuracy(
+    maps: torch.Tensor,
+    boxes: BoxesSpec,
+    iou_thresholds: Sequence[float] = IOU_THRESHOLDS,
+    thresholds: ThresholdsSpec = None,
+    multi_contour: bool = True,
+    backend: str = "auto",
+) -> dict[str, torch.Tensor]:
     """MaxBoxAccV2 (Choe et al.): per IoU threshold, the box accuracy at the best CAM threshold, in percent.
 
     Keys ``iou_0.3``, ``iou_0.5``, ``iou_0.7`` (one per ``iou_thresholds``)
@@ -147,8 +169,9 @@ def max_box_summary(counts: torch.Tensor, images: int, iou_thresholds: Sequence[
     return summary
 
 
-def pixel_score_histograms(maps: torch.Tensor, masks: torch.Tensor, ignore: torch.Tensor | None = None,
-                           thresholds: ThresholdsSpec = None) -> tuple[torch.Tensor, torch.Tensor]:
+def pixel_score_histograms(
+    maps: torch.Tensor, masks: torch.Tensor, ignore: torch.Tensor | None = None, thresholds: ThresholdsSpec = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Histograms (float64) of map values on object pixels and on background pixels, bins [t_i, t_i+1) as the authors'.
 
     The bin edges are the thresholds followed by 1, 2 and 3 (the last bin closed).
@@ -156,11 +179,14 @@ def pixel_score_histograms(maps: torch.Tensor, masks: torch.Tensor, ignore: torc
     """
     _check_maps(maps)
     if masks.shape != maps.shape or masks.dtype != torch.bool:
-        raise CamkitError(f"masks must be bool of the maps' shape {tuple(maps.shape)}, got {masks.dtype} "
-                          f"{tuple(masks.shape)}; use masks > 0.")
+        raise CamkitError(
+            f"masks must be bool of the maps' shape {tuple(maps.shape)}, got {masks.dtype} "
+            f"{tuple(masks.shape)}; use masks > 0."
+        )
     if ignore is not None and (ignore.shape != maps.shape or ignore.dtype != torch.bool):
-        raise CamkitError(f"ignore must be bool of the maps' shape {tuple(maps.shape)}, got {ignore.dtype} "
-                          f"{tuple(ignore.shape)}.")
+        raise CamkitError(
+            f"ignore must be bool of the maps' shape {tuple(maps.shape)}, got {ignore.dtype} {tuple(ignore.shape)}."
+        )
     levels = _thresholds(thresholds)
     edges = torch.cat((levels, torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))).to(maps.device)
     bins = edges.numel() - 1
@@ -205,8 +231,9 @@ def average_precision_of(positive: torch.Tensor, negative: torch.Tensor) -> torc
     return steps.sum() * 100
 
 
-def pixel_average_precision(maps: torch.Tensor, masks: torch.Tensor, ignore: torch.Tensor | None = None,
-                            thresholds: ThresholdsSpec = None) -> torch.Tensor:
+def pixel_average_precision(
+    maps: torch.Tensor, masks: torch.Tensor, ignore: torch.Tensor | None = None, thresholds: ThresholdsSpec = None
+) -> torch.Tensor:
     """PxAP (Choe et al.): average precision of pixels ranked by the map against the masks, over the set, in percent.
 
     One value for all images given (pixels pooled); over batches use
@@ -227,8 +254,9 @@ def ground_truth_boxes(boxes: BoxesSpec, batch: int, device: torch.device) -> tu
     else:
         raise CamkitTypeError(f"boxes must be a tensor or a list of tensors, got {type(boxes).__name__}.")
     if table.dim() != 3 or table.shape[-1] != 4 or table.shape[0] != batch:
-        raise CamkitError(f"boxes must be (B, 4), (B, G, 4) or B tensors of (G, 4) with B = {batch}, got "
-                          f"{tuple(table.shape)}.")
+        raise CamkitError(
+            f"boxes must be (B, 4), (B, G, 4) or B tensors of (G, 4) with B = {batch}, got {tuple(table.shape)}."
+        )
     table = table.to(device, torch.float64)
     return table, ~(table == -1).all(dim=-1)
 
@@ -254,8 +282,9 @@ def _backend(backend: str, maps: torch.Tensor) -> str:
     return backend
 
 
-def _torch_best_iou(maps: torch.Tensor, levels: torch.Tensor, truth: torch.Tensor, present: torch.Tensor,
-                    multi_contour: bool) -> torch.Tensor:
+def _torch_best_iou(
+    maps: torch.Tensor, levels: torch.Tensor, truth: torch.Tensor, present: torch.Tensor, multi_contour: bool
+) -> torch.Tensor:
     """``(B, T)`` best IoU of any box at each CAM threshold, every threshold of a chunk labelled at once."""
     best = torch.empty(maps.shape[0], levels.numel(), dtype=torch.float64, device=maps.device)
     step = max(1, _PIXELS_PER_PASS // (maps.shape[0] * maps.shape[1] * maps.shape[2]))
@@ -268,8 +297,9 @@ def _torch_best_iou(maps: torch.Tensor, levels: torch.Tensor, truth: torch.Tenso
     return best
 
 
-def _opencv_best_iou(maps: torch.Tensor, levels: torch.Tensor, truth: torch.Tensor, present: torch.Tensor,
-                     multi_contour: bool) -> torch.Tensor:
+def _opencv_best_iou(
+    maps: torch.Tensor, levels: torch.Tensor, truth: torch.Tensor, present: torch.Tensor, multi_contour: bool
+) -> torch.Tensor:
     """``(B, T)`` best IoU at each CAM threshold: OpenCV's contours per mask, the IoUs of all their boxes at once."""
     masks = foreground(maps, levels)
     boxes, owner = _opencv_rectangles(masks.flatten(0, 1), multi_contour)
@@ -297,8 +327,15 @@ def _opencv_rectangles(masks: torch.Tensor, multi_contour: bool) -> tuple[torch.
         rects += found
         owners += [owner] * len(found)
     table = torch.tensor(rects, dtype=torch.long, device=masks.device).reshape(-1, 4)
-    boxes = torch.stack((table[:, 0], table[:, 1], (table[:, 0] + table[:, 2]).clamp_max(width - 1),
-                         (table[:, 1] + table[:, 3]).clamp_max(height - 1)), dim=1)
+    boxes = torch.stack(
+        (
+            table[:, 0],
+            table[:, 1],
+            (table[:, 0] + table[:, 2]).clamp_max(width - 1),
+            (table[:, 1] + table[:, 3]).clamp_max(height - 1),
+        ),
+        dim=1,
+    )
     return boxes, torch.tensor(owners, dtype=torch.long, device=masks.device)
 
 
@@ -328,8 +365,9 @@ def _touches_border(labels: torch.Tensor, height: int, width: int) -> torch.Tens
     return flags.scatter_reduce(1, labels, border.flatten().long().expand_as(labels), reduce="amax").bool()
 
 
-def _region_boxes(labels: torch.Tensor, height: int, width: int, grow: int = 0,
-                  keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _region_boxes(
+    labels: torch.Tensor, height: int, width: int, grow: int = 0, keep: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Boxes of every component, indexed by its root: ``(N, H * W, 4)`` and which roots are components (kept)."""
     pixels = height * width
     index = torch.arange(pixels, device=labels.device)
@@ -339,8 +377,12 @@ def _region_boxes(labels: torch.Tensor, height: int, width: int, grow: int = 0,
         values = values.expand_as(labels)
         low = torch.full((labels.shape[0], pixels + 1), pixels, dtype=torch.long, device=labels.device)
         high = torch.full_like(low, -1)
-        corners.append((low.scatter_reduce(1, labels, values, reduce="amin")[:, :pixels],
-                        high.scatter_reduce(1, labels, values, reduce="amax")[:, :pixels]))
+        corners.append(
+            (
+                low.scatter_reduce(1, labels, values, reduce="amin")[:, :pixels],
+                high.scatter_reduce(1, labels, values, reduce="amax")[:, :pixels],
+            )
+        )
     (x_low, x_high), (y_low, y_high) = corners
     boxes = torch.stack((x_low - grow, y_low - grow, x_high + 1 + grow, y_high + 1 + grow), dim=-1)
     roots = labels == index
@@ -349,8 +391,9 @@ def _region_boxes(labels: torch.Tensor, height: int, width: int, grow: int = 0,
     return boxes, roots
 
 
-def _largest_contour_box(masks: torch.Tensor, background_labels: torch.Tensor, holes: torch.Tensor, height: int,
-                         width: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _largest_contour_box(
+    masks: torch.Tensor, background_labels: torch.Tensor, holes: torch.Tensor, height: int, width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The box of the outer contour of largest polygon area; ties go to the region a row-major scan meets last.
 
     The outer contour of a top-level region R (a region with its holes filled:

@@ -1,4 +1,5 @@
 """Argument checks shared by the metrics: one-line CamkitErrors before any model pass."""
+
 from __future__ import annotations
 
 import torch

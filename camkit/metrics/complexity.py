@@ -7,6 +7,7 @@ batch's maximum; both leave camkit's maps, whose maximum is 1, unchanged, and
 the values differ by at most the stabilising 1e-7 otherwise).
 ``l1_complexity`` is Poppi et al.'s (CVPRW 2021) term in ADCC, as pytorch-grad-cam's ``Complexity``.
 """
+
 from __future__ import annotations
 
 import torch

@@ -16,10 +16,11 @@ one step's B images (``chunk_size`` does not split it).
 keyword arguments or a tuple of positional ones): per-image inputs follow
 their images into every perturbed pass.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +32,7 @@ from ..modes import evaluation
 from ..targets import TargetSpec, class_indices, logits_of, scores_for
 from .checks import check_baseline, check_maps_input
 
-BaselineSpec = Union[str, torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
+BaselineSpec = str | torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
 NAMED_BASELINES = ("zero", "mean", "blur")
 
 
@@ -75,12 +76,18 @@ def insertion(
     Higher is better. Starts from the baseline (blurred image by default, as
     in RISE) and ends at the image. ``baseline`` as for :func:`deletion`.
     """
-    return _perturbation_auc(model, x, maps, target, steps, baseline, chunk_size, return_curves, inputs,
-                             delete=False)
+    return _perturbation_auc(model, x, maps, target, steps, baseline, chunk_size, return_curves, inputs, delete=False)
 
 
-def average_drop(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, target: TargetSpec = None, *,
-                 baseline: BaselineSpec = "zero", inputs: InputsSpec = None) -> torch.Tensor:
+def average_drop(
+    model: nn.Module,
+    x: torch.Tensor,
+    maps: torch.Tensor,
+    target: TargetSpec = None,
+    *,
+    baseline: BaselineSpec = "zero",
+    inputs: InputsSpec = None,
+) -> torch.Tensor:
     """Grad-CAM++'s average drop, in percent: 100 * max(0, Y - O) / Y.
 
     Y is the target's score on the image, O on the image multiplied by its map
@@ -91,12 +98,18 @@ def average_drop(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, target: 
     """
     clean, masked = _confidences(model, x, maps, target, baseline, inputs)
     positive = clean > 0
-    return torch.where(positive, 100.0 * (clean - masked).clamp_min(0) / torch.where(positive, clean, 1.0),
-                       torch.nan)
+    return torch.where(positive, 100.0 * (clean - masked).clamp_min(0) / torch.where(positive, clean, 1.0), torch.nan)
 
 
-def increase_in_confidence(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, target: TargetSpec = None, *,
-                           baseline: BaselineSpec = "zero", inputs: InputsSpec = None) -> torch.Tensor:
+def increase_in_confidence(
+    model: nn.Module,
+    x: torch.Tensor,
+    maps: torch.Tensor,
+    target: TargetSpec = None,
+    *,
+    baseline: BaselineSpec = "zero",
+    inputs: InputsSpec = None,
+) -> torch.Tensor:
     """Grad-CAM++'s increase in confidence, in percent: 100 where O > Y, else 0 (Y, O as in :func:`average_drop`)."""
     clean, masked = _confidences(model, x, maps, target, baseline, inputs)
     return 100.0 * (masked > clean).float()
@@ -225,8 +238,9 @@ def _blurred(x: torch.Tensor) -> torch.Tensor:
     for axis in reversed(range(spatial_dims)):
         shape = [1] * spatial_dims
         shape[axis] = kernel.numel()
-        blurred = convolve(blurred, kernel.reshape(1, 1, *shape).repeat(channels, *([1] * (spatial_dims + 1))),
-                           groups=channels)
+        blurred = convolve(
+            blurred, kernel.reshape(1, 1, *shape).repeat(channels, *([1] * (spatial_dims + 1))), groups=channels
+        )
     return blurred
 
 
@@ -234,8 +248,11 @@ def _confidences(model, x, maps, target, baseline, inputs) -> tuple[torch.Tensor
     check_maps_input(maps, x)
     score = ExplainedScore(model, x, target, inputs)
     weights = maps[:, None].to(x.dtype)
-    masked_images = x * weights if isinstance(baseline, str) and baseline == "zero" else (
-        x * weights + reference_images(x, baseline) * (1 - weights))
+    masked_images = (
+        x * weights
+        if isinstance(baseline, str) and baseline == "zero"
+        else (x * weights + reference_images(x, baseline) * (1 - weights))
+    )
     with torch.no_grad(), evaluation(model):
         every = torch.arange(x.shape[0], device=x.device)
         masked = score.of(score.run(model, every, masked_images), every)
@@ -244,6 +261,8 @@ def _confidences(model, x, maps, target, baseline, inputs) -> tuple[torch.Tensor
 
 def explained_classes(model: nn.Module, x: torch.Tensor, target: TargetSpec, inputs: InputsSpec = None) -> torch.Tensor:
     if callable(target) and not isinstance(target, torch.Tensor):
-        raise CamkitTypeError("these metrics score class probabilities: target must be None, an int or one int per image.")
+        raise CamkitTypeError(
+            "these metrics score class probabilities: target must be None, an int or one int per image."
+        )
     with torch.no_grad(), evaluation(model):
         return class_indices(logits_of(ModelCall.of(model, x, inputs).run(model)), target)

@@ -1,4 +1,5 @@
 """Localisation metrics: does the map land on the object? One value per image, batched on the device."""
+
 from __future__ import annotations
 
 import torch
@@ -37,16 +38,19 @@ def energy_pointing_game(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tenso
 # Quantus 0.6's localisation family (same defaults: each map divided by its maximum magnitude; see
 # camkit.metrics.complexity). Masks are (B, H, W) bool; an image with an empty mask scores NaN, as in Quantus.
 
-def relevance_mass_accuracy(maps: torch.Tensor, masks: torch.Tensor, *, absolute: bool = False,
-                            normalise: bool = True) -> torch.Tensor:
+
+def relevance_mass_accuracy(
+    maps: torch.Tensor, masks: torch.Tensor, *, absolute: bool = False, normalise: bool = True
+) -> torch.Tensor:
     """The share of the map's sum inside the mask (Arras et al. 2022), Quantus' ``RelevanceMassAccuracy``."""
     values, inside = _attributions_and_masks(maps, masks, absolute, normalise)
     mass = (values * inside).sum(dim=1) / values.sum(dim=1)
     return _empty_masks_nan(mass, inside)
 
 
-def relevance_rank_accuracy(maps: torch.Tensor, masks: torch.Tensor, *, absolute: bool = False,
-                            normalise: bool = True) -> torch.Tensor:
+def relevance_rank_accuracy(
+    maps: torch.Tensor, masks: torch.Tensor, *, absolute: bool = False, normalise: bool = True
+) -> torch.Tensor:
     """The share of the mask among the K highest pixels, K the mask's size (Arras et al. 2022).
 
     Quantus' ``RelevanceRankAccuracy``; equal pixel values are ranked in
@@ -58,9 +62,15 @@ def relevance_rank_accuracy(maps: torch.Tensor, masks: torch.Tensor, *, absolute
     return _empty_masks_nan(hits / size.clamp_min(1), inside)
 
 
-def attribution_localisation(maps: torch.Tensor, masks: torch.Tensor, *, weighted: bool = False,
-                             positive_attributions: bool = False, absolute: bool = True,
-                             normalise: bool = True) -> torch.Tensor:
+def attribution_localisation(
+    maps: torch.Tensor,
+    masks: torch.Tensor,
+    *,
+    weighted: bool = False,
+    positive_attributions: bool = False,
+    absolute: bool = True,
+    normalise: bool = True,
+) -> torch.Tensor:
     """The map's mass inside the mask over its total (Kohlbrenner et al. 2020), Quantus' ``AttributionLocalisation``.
 
     NaN for an empty mask or a ratio above 1 (a map with negative mass
@@ -78,8 +88,15 @@ def attribution_localisation(maps: torch.Tensor, masks: torch.Tensor, *, weighte
     return _empty_masks_nan(ratio, inside)
 
 
-def top_k_intersection(maps: torch.Tensor, masks: torch.Tensor, *, k: int = 1000, concept_influence: bool = False,
-                       absolute: bool = False, normalise: bool = True) -> torch.Tensor:
+def top_k_intersection(
+    maps: torch.Tensor,
+    masks: torch.Tensor,
+    *,
+    k: int = 1000,
+    concept_influence: bool = False,
+    absolute: bool = False,
+    normalise: bool = True,
+) -> torch.Tensor:
     """The share of the k highest pixels inside the mask (Theiner et al. 2021), Quantus' ``TopKIntersection``.
 
     Ties ranked in row-major order; ``concept_influence`` divides by the mask's share of the image.
@@ -94,8 +111,9 @@ def top_k_intersection(maps: torch.Tensor, masks: torch.Tensor, *, k: int = 1000
     return _empty_masks_nan(share, inside)
 
 
-def _attributions_and_masks(maps: torch.Tensor, masks: torch.Tensor, absolute: bool,
-                            normalise: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _attributions_and_masks(
+    maps: torch.Tensor, masks: torch.Tensor, absolute: bool, normalise: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     check_maps_masks(maps, masks)
     return prepare_attributions(maps, absolute, normalise), masks.flatten(1)
 

@@ -16,6 +16,7 @@ before, as pytorch-grad-cam; ``difference=False`` gives the score after
 removal, as the paper's curves). MoRF: lower is better; LeRF: higher is
 better; combined, (LeRF - MoRF) / 2: higher is better.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -64,28 +65,54 @@ def road(
     return _road(model, x, maps, target, [order], percentiles, baseline, noise, seed, chunk_size, difference, inputs)
 
 
-def road_most_relevant_first(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, target: TargetSpec = None, *,
-                             percentile: float = 80, **options) -> torch.Tensor:
+def road_most_relevant_first(
+    model: nn.Module,
+    x: torch.Tensor,
+    maps: torch.Tensor,
+    target: TargetSpec = None,
+    *,
+    percentile: float = 80,
+    **options,
+) -> torch.Tensor:
     """``(B,)``: the score change after removing the (100 - percentile) % most relevant pixels. Lower is better."""
     return road(model, x, maps, target, order="morf", percentiles=[percentile], **options)[:, 0]
 
 
-def road_least_relevant_first(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, target: TargetSpec = None, *,
-                              percentile: float = 20, **options) -> torch.Tensor:
+def road_least_relevant_first(
+    model: nn.Module,
+    x: torch.Tensor,
+    maps: torch.Tensor,
+    target: TargetSpec = None,
+    *,
+    percentile: float = 20,
+    **options,
+) -> torch.Tensor:
     """``(B,)``: the score change after removing the (100 - percentile) % least relevant pixels. Higher is better."""
     return road(model, x, maps, target, order="lerf", percentiles=[percentile], **options)[:, 0]
 
 
-def road_most_relevant_first_average(model: nn.Module, x: torch.Tensor, maps: torch.Tensor,
-                                     target: TargetSpec = None, *, percentiles: Sequence[float] = PERCENTILES,
-                                     **options) -> torch.Tensor:
+def road_most_relevant_first_average(
+    model: nn.Module,
+    x: torch.Tensor,
+    maps: torch.Tensor,
+    target: TargetSpec = None,
+    *,
+    percentiles: Sequence[float] = PERCENTILES,
+    **options,
+) -> torch.Tensor:
     """``(B,)``: the MoRF score averaged over ``percentiles``. Lower is better."""
     return road(model, x, maps, target, order="morf", percentiles=percentiles, **options).mean(dim=1)
 
 
-def road_least_relevant_first_average(model: nn.Module, x: torch.Tensor, maps: torch.Tensor,
-                                      target: TargetSpec = None, *, percentiles: Sequence[float] = PERCENTILES,
-                                      **options) -> torch.Tensor:
+def road_least_relevant_first_average(
+    model: nn.Module,
+    x: torch.Tensor,
+    maps: torch.Tensor,
+    target: TargetSpec = None,
+    *,
+    percentiles: Sequence[float] = PERCENTILES,
+    **options,
+) -> torch.Tensor:
     """``(B,)``: the LeRF score averaged over ``percentiles``. Higher is better."""
     return road(model, x, maps, target, order="lerf", percentiles=percentiles, **options).mean(dim=1)
 
@@ -112,7 +139,9 @@ def road_combined(
 def removal_masks(maps: torch.Tensor, order: str, percentiles: Sequence[float]) -> torch.Tensor:
     """``(P, B, *S)`` bool: the pixels ROAD removes at each percentile (see the module's docstring)."""
     if order not in ORDERS:
-        raise CamkitError(f"order must be 'morf' (most relevant first) or 'lerf' (least relevant first), got {order!r}.")
+        raise CamkitError(
+            f"order must be 'morf' (most relevant first) or 'lerf' (least relevant first), got {order!r}."
+        )
     ranking = maps if order == "morf" else 1 - maps
     thresholds = percentile_thresholds(ranking.flatten(1), percentiles)  # (P, B)
     return ranking[None] >= thresholds.reshape(*thresholds.shape, *([1] * (maps.dim() - 1)))
@@ -139,8 +168,9 @@ def percentile_thresholds(values: torch.Tensor, percentiles: Sequence[float]) ->
     return torch.stack(thresholds)
 
 
-def _road(model, x, maps, target, orders, percentiles, baseline, noise, seed, chunk_size, difference,
-          inputs) -> torch.Tensor:
+def _road(
+    model, x, maps, target, orders, percentiles, baseline, noise, seed, chunk_size, difference, inputs
+) -> torch.Tensor:
     check_maps_input(maps, x)
     percentiles = [float(percentile) for percentile in percentiles]
     if not percentiles or not all(0 <= percentile <= 100 for percentile in percentiles):
@@ -151,8 +181,11 @@ def _road(model, x, maps, target, orders, percentiles, baseline, noise, seed, ch
     reference = None if linear else reference_images(x, baseline)
     removed = torch.cat([removal_masks(maps, order, percentiles) for order in orders])  # (K, B, *S)
     # One noise stream per (order, percentile): an image's noise never depends on the chunking.
-    keys = [seed * 1_000_003 + 500_000 * ORDERS.index(order) + round(percentile * 1000)
-            for order in orders for percentile in percentiles]
+    keys = [
+        seed * 1_000_003 + 500_000 * ORDERS.index(order) + round(percentile * 1000)
+        for order in orders
+        for percentile in percentiles
+    ]
     score = ExplainedScore(model, x, target, inputs)
     generator = torch.Generator(device=x.device)
 

@@ -11,6 +11,7 @@ per call). ``perturb`` replaces the default noise: it receives the copies,
 (CF-CAM's robustness claim); ``coherency``, ``adcc`` and ``arcc`` are Poppi et
 al.'s summary scores (CVPRW 2021, arXiv:2104.10252) as pytorch-grad-cam computes them.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -30,33 +31,72 @@ from .sanity import spearman
 Perturb = Callable[[torch.Tensor], torch.Tensor]
 
 
-def max_sensitivity(explainer: Any, x: torch.Tensor, target: TargetSpec = None, *, samples: int = 10,
-                    radius: float = 0.2, seed: int | torch.Tensor = 0, perturb: Perturb | None = None,
-                    batch_size: int = 64) -> torch.Tensor:
+def max_sensitivity(
+    explainer: Any,
+    x: torch.Tensor,
+    target: TargetSpec = None,
+    *,
+    samples: int = 10,
+    radius: float = 0.2,
+    seed: int | torch.Tensor = 0,
+    perturb: Perturb | None = None,
+    batch_size: int = 64,
+) -> torch.Tensor:
     """The largest ||e(x') - e(x)|| / ||e(x)|| over ``samples`` copies x' = x + U(-radius, radius) (lower: steadier)."""
     return _sensitivities(explainer, x, target, samples, radius, seed, perturb, batch_size).amax(dim=1)
 
 
-def avg_sensitivity(explainer: Any, x: torch.Tensor, target: TargetSpec = None, *, samples: int = 10,
-                    radius: float = 0.2, seed: int | torch.Tensor = 0, perturb: Perturb | None = None,
-                    batch_size: int = 64) -> torch.Tensor:
+def avg_sensitivity(
+    explainer: Any,
+    x: torch.Tensor,
+    target: TargetSpec = None,
+    *,
+    samples: int = 10,
+    radius: float = 0.2,
+    seed: int | torch.Tensor = 0,
+    perturb: Perturb | None = None,
+    batch_size: int = 64,
+) -> torch.Tensor:
     """The mean of ||e(x') - e(x)|| / ||e(x)|| over the copies (see :func:`max_sensitivity`)."""
     return _sensitivities(explainer, x, target, samples, radius, seed, perturb, batch_size).mean(dim=1)
 
 
-def local_lipschitz_estimate(explainer: Any, x: torch.Tensor, target: TargetSpec = None, *, samples: int = 10,
-                             radius: float = 0.1, seed: int | torch.Tensor = 0, perturb: Perturb | None = None,
-                             batch_size: int = 64) -> torch.Tensor:
+def local_lipschitz_estimate(
+    explainer: Any,
+    x: torch.Tensor,
+    target: TargetSpec = None,
+    *,
+    samples: int = 10,
+    radius: float = 0.1,
+    seed: int | torch.Tensor = 0,
+    perturb: Perturb | None = None,
+    batch_size: int = 64,
+) -> torch.Tensor:
     """The largest ||e(x') - e(x)|| / (||x' - x|| + 1e-10) over copies x' = x + N(0, radius^2), Quantus' estimate."""
-    clean, maps, copies = _perturbed_maps(explainer, x, target, samples, seed, perturb, batch_size,
-                                          lambda shape, **options: torch.randn(shape, **options) * radius)
+    clean, maps, copies = _perturbed_maps(
+        explainer,
+        x,
+        target,
+        samples,
+        seed,
+        perturb,
+        batch_size,
+        lambda shape, **options: torch.randn(shape, **options) * radius,
+    )
     steps = (copies - x.repeat(samples, *([1] * (x.dim() - 1)))).flatten(1).double().norm(dim=1)
     changes = (maps - clean.repeat(samples, 1, 1)).flatten(1).double().norm(dim=1)
     return (changes / (steps + 1e-10)).reshape(samples, x.shape[0]).amax(dim=0)
 
 
-def gradient_noise_stability(explainer: Any, x: torch.Tensor, target: TargetSpec = None, *, sigma: float = 0.1,
-                             samples: int = 4, seed: int | torch.Tensor = 0) -> dict[str, torch.Tensor]:
+def gradient_noise_stability(
+    explainer: Any,
+    x: torch.Tensor,
+    target: TargetSpec = None,
+    *,
+    sigma: float = 0.1,
+    samples: int = 4,
+    seed: int | torch.Tensor = 0,
+) -> dict[str, torch.Tensor]:
     """Similarity of the map to maps whose captured gradients got Gaussian noise of ``sigma`` times their std.
 
     ``seed``: an int, or one seed per image (a tensor) so that an image's
@@ -80,8 +120,12 @@ def gradient_noise_stability(explainer: Any, x: torch.Tensor, target: TargetSpec
             # Rows run copy-major (row r is image r % B) in every capture a method makes; each row's noise
             # comes from its image's seed, the sample and the capture's count, whatever the batch holds.
             call = next(calls)
-            noise = torch.stack([draw(torch.randn, tuple(gradient.shape[1:]), seeds[row % len(seeds)],
-                                      sample * 4099 + call) for row in range(gradient.shape[0])])
+            noise = torch.stack(
+                [
+                    draw(torch.randn, tuple(gradient.shape[1:]), seeds[row % len(seeds)], sample * 4099 + call)
+                    for row in range(gradient.shape[0])
+                ]
+            )
             spread = gradient.flatten(1).double().std(dim=1).reshape(-1, *([1] * (gradient.dim() - 1)))
             return (gradient.double() + sigma * spread * noise.to(gradient.device)).to(gradient.dtype)
 
@@ -89,8 +133,10 @@ def gradient_noise_stability(explainer: Any, x: torch.Tensor, target: TargetSpec
             maps.append(explainer(x, target))
     maps = torch.cat(maps)
     reference = clean.repeat(samples, 1, 1)
-    return {"spearman": spearman(maps, reference).double().reshape(samples, -1).mean(dim=0),
-            "ssim": ssim(maps, reference).reshape(samples, -1).mean(dim=0)}
+    return {
+        "spearman": spearman(maps, reference).double().reshape(samples, -1).mean(dim=0),
+        "ssim": ssim(maps, reference).reshape(samples, -1).mean(dim=0),
+    }
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, *, data_range: float = 1.0, sigma: float = 1.5) -> torch.Tensor:
@@ -102,8 +148,9 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, data_range: float = 1.0, sigma: fl
     """
     radius = int(3.5 * sigma + 0.5)
     if min(a.shape[-2:]) < 2 * radius + 1:
-        raise CamkitError(f"SSIM needs maps of at least {2 * radius + 1} x {2 * radius + 1} pixels, got "
-                          f"{tuple(a.shape[-2:])}.")
+        raise CamkitError(
+            f"SSIM needs maps of at least {2 * radius + 1} x {2 * radius + 1} pixels, got {tuple(a.shape[-2:])}."
+        )
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float64, device=a.device)
     window = torch.exp(-0.5 * (offsets / sigma) ** 2)
     window = window / window.sum()
@@ -122,8 +169,9 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, data_range: float = 1.0, sigma: fl
     return index.flatten(1).mean(dim=1)
 
 
-def coherency(explainer: Any, x: torch.Tensor, target: TargetSpec = None,
-              maps: torch.Tensor | None = None) -> torch.Tensor:
+def coherency(
+    explainer: Any, x: torch.Tensor, target: TargetSpec = None, maps: torch.Tensor | None = None
+) -> torch.Tensor:
     """(Pearson(map, map of x * map) + 1) / 2, as pytorch-grad-cam's ``Coherency`` (Poppi et al.); 1 is best.
 
     The second map explains the same class as the first. ``maps``: the
@@ -136,12 +184,12 @@ def coherency(explainer: Any, x: torch.Tensor, target: TargetSpec = None,
     a, b = a - a.mean(dim=1, keepdim=True), b - b.mean(dim=1, keepdim=True)
     count = a.shape[1] - 1
     correlation = ((a * b).sum(dim=1) / count) / (
-        (a.pow(2).sum(dim=1) / count).sqrt() * (b.pow(2).sum(dim=1) / count).sqrt() + 1e-8)
+        (a.pow(2).sum(dim=1) / count).sqrt() * (b.pow(2).sum(dim=1) / count).sqrt() + 1e-8
+    )
     return (correlation + 1) / 2
 
 
-def adcc(explainer: Any, x: torch.Tensor, target: TargetSpec = None,
-         maps: torch.Tensor | None = None) -> torch.Tensor:
+def adcc(explainer: Any, x: torch.Tensor, target: TargetSpec = None, maps: torch.Tensor | None = None) -> torch.Tensor:
     """ADCC (Poppi et al.): harmonic mean of coherency, 1 - complexity (mean map value) and 1 - average drop."""
     target = _pinned(explainer, x, target)
     maps = explainer(x, target) if maps is None else maps
@@ -150,8 +198,15 @@ def adcc(explainer: Any, x: torch.Tensor, target: TargetSpec = None,
     return 3 / sum(1 / term for term in terms)
 
 
-def arcc(explainer: Any, x: torch.Tensor, target: TargetSpec = None, maps: torch.Tensor | None = None, *,
-         percentiles: tuple[int, ...] = (20, 40, 60, 80), **road_options: Any) -> torch.Tensor:
+def arcc(
+    explainer: Any,
+    x: torch.Tensor,
+    target: TargetSpec = None,
+    maps: torch.Tensor | None = None,
+    *,
+    percentiles: tuple[int, ...] = (20, 40, 60, 80),
+    **road_options: Any,
+) -> torch.Tensor:
     """ARCC, as pytorch-grad-cam's: ADCC with ROAD's combined score (times 2, clipped to [0, 1]) for the drop.
 
     Each term gets pytorch-grad-cam's + 1e-8. ``road_options`` go to
@@ -187,20 +242,42 @@ def _pinned(explainer: Any, x: torch.Tensor, target: TargetSpec) -> TargetSpec:
     return explained_classes(explainer.model, x, target)
 
 
-def _sensitivities(explainer: Any, x: torch.Tensor, target: TargetSpec, samples: int, radius: float, seed: Any,
-                   perturb: Perturb | None, batch_size: int) -> torch.Tensor:
+def _sensitivities(
+    explainer: Any,
+    x: torch.Tensor,
+    target: TargetSpec,
+    samples: int,
+    radius: float,
+    seed: Any,
+    perturb: Perturb | None,
+    batch_size: int,
+) -> torch.Tensor:
     """``(B, samples)`` ||e(x') - e(x)||_F / ||e(x)||_F (NaN where the clean map is all zero)."""
-    clean, maps, _ = _perturbed_maps(explainer, x, target, samples, seed, perturb, batch_size,
-                                     lambda shape, **options: (torch.rand(shape, **options) * 2 - 1) * radius)
+    clean, maps, _ = _perturbed_maps(
+        explainer,
+        x,
+        target,
+        samples,
+        seed,
+        perturb,
+        batch_size,
+        lambda shape, **options: (torch.rand(shape, **options) * 2 - 1) * radius,
+    )
     size = clean.flatten(1).double().norm(dim=1)
     changes = (maps - clean.repeat(samples, 1, 1)).flatten(1).double().norm(dim=1).reshape(samples, -1)
     return (changes / torch.where(size > 0, size, torch.nan)).T
 
 
-def _perturbed_maps(explainer: Any, x: torch.Tensor, target: TargetSpec, samples: int, seed: Any,
-                    perturb: Perturb | None, batch_size: int,
-                    noise: Callable[..., torch.Tensor],
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _perturbed_maps(
+    explainer: Any,
+    x: torch.Tensor,
+    target: TargetSpec,
+    samples: int,
+    seed: Any,
+    perturb: Perturb | None,
+    batch_size: int,
+    noise: Callable[..., torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The clean maps, the maps of the perturbed copies and the copies (sample-major)."""
     if samples < 1:
         raise CamkitError(f"samples must be at least 1, got {samples}.")
@@ -209,21 +286,30 @@ def _perturbed_maps(explainer: Any, x: torch.Tensor, target: TargetSpec, samples
     copies = x.repeat(samples, *([1] * (x.dim() - 1)))
     if perturb is None:
         seeds = image_seeds(seed, x.shape[0])
-        drawn = torch.stack([draw(noise, tuple(x.shape[1:]), seeds[image], sample)
-                             for sample in range(samples) for image in range(x.shape[0])])
+        drawn = torch.stack(
+            [
+                draw(noise, tuple(x.shape[1:]), seeds[image], sample)
+                for sample in range(samples)
+                for image in range(x.shape[0])
+            ]
+        )
         copies = copies + drawn.to(copies.device, copies.dtype)
     else:
         copies = perturb(copies)
         if not isinstance(copies, torch.Tensor) or copies.shape != (samples * x.shape[0], *x.shape[1:]):
-            raise CamkitError(f"perturb must return a tensor of the copies' shape {(samples * x.shape[0], *x.shape[1:])}.")
+            raise CamkitError(
+                f"perturb must return a tensor of the copies' shape {(samples * x.shape[0], *x.shape[1:])}."
+            )
     return clean, _maps_of_copies(explainer, copies, target, x.shape[0], batch_size), copies
 
 
-def _maps_of_copies(explainer: Any, copies: torch.Tensor, target: TargetSpec, batch: int,
-                    batch_size: int) -> torch.Tensor:
+def _maps_of_copies(
+    explainer: Any, copies: torch.Tensor, target: TargetSpec, batch: int, batch_size: int
+) -> torch.Tensor:
     """Maps of sample-major copies of a batch, whole copies per call (one per call for a callable target)."""
-    per_call = batch if callable(target) and not isinstance(target, torch.Tensor) else \
-        batch * max(1, batch_size // batch)
+    per_call = (
+        batch if callable(target) and not isinstance(target, torch.Tensor) else batch * max(1, batch_size // batch)
+    )
     parts = []
     for start in range(0, copies.shape[0], per_call):
         rows = copies[start : start + per_call]

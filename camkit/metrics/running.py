@@ -5,6 +5,7 @@ An update adds each value's sum and counts to tensors on the values' device
 NaN) are counted apart and left out of the mean. :meth:`Running.summary` is
 the one place the numbers come to the host.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -18,8 +19,8 @@ from ..errors import CamkitError
 from ..targets import TargetSpec
 from .boxes import (
     IOU_THRESHOLDS,
-    ThresholdsSpec,
     BoxesSpec,
+    ThresholdsSpec,
     average_precision_of,
     box_accuracy_counts,
     max_box_summary,
@@ -66,7 +67,9 @@ class Running:
     def update(self, **values: torch.Tensor) -> None:
         for name, value in values.items():
             if not isinstance(value, torch.Tensor):
-                raise CamkitError(f"Running.update takes tensors of per-image values; {name} is {type(value).__name__}.")
+                raise CamkitError(
+                    f"Running.update takes tensors of per-image values; {name} is {type(value).__name__}."
+                )
             value = value.detach().reshape(-1)
             missing = torch.isnan(value)
             total, count, nan = self._totals.get(name) or (
@@ -86,8 +89,11 @@ class Running:
         result: dict[str, dict[str, float | int]] = {}
         for name, (total, count, nan) in self._totals.items():
             counted = int(count)
-            result[name] = {"mean": float(total) / counted if counted else float("nan"), "count": counted,
-                            "nan": int(nan)}
+            result[name] = {
+                "mean": float(total) / counted if counted else float("nan"),
+                "count": counted,
+                "nan": int(nan),
+            }
         return result
 
     def reset(self) -> None:
@@ -116,23 +122,32 @@ class RunningFaithfulness(_RunningScores):
     torchcam discards it) and its NaNs are not fed to the model.
     """
 
-    def __init__(self, model: nn.Module, metrics: Iterable[str] = ("deletion", "insertion", "average_drop",
-                                                                    "increase_in_confidence"),
-                 options: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        metrics: Iterable[str] = ("deletion", "insertion", "average_drop", "increase_in_confidence"),
+        options: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
         self.model = model
         self.metrics = _known(list(metrics), FAITHFULNESS)
         self.options = {name: dict(values) for name, values in (options or {}).items()}
-        _known(list(self.options), {name: None for name in self.metrics}, what="options for")
+        _known(list(self.options), dict.fromkeys(self.metrics), what="options for")
         self.running = Running()
 
-    def update(self, x: torch.Tensor, maps: torch.Tensor, target: TargetSpec = None, *,
-               inputs: InputsSpec = None) -> dict[str, torch.Tensor]:
+    def update(
+        self, x: torch.Tensor, maps: torch.Tensor, target: TargetSpec = None, *, inputs: InputsSpec = None
+    ) -> dict[str, torch.Tensor]:
         """Score the batch (``inputs``: the model's other inputs), add it to the totals, return its ``(B,)`` values per metric."""
         broken = _broken_maps(maps)
         maps = torch.nan_to_num(maps, nan=0.0)
-        values = {name: torch.where(broken, torch.nan, FAITHFULNESS[name](self.model, x, maps, target, inputs=inputs,
-                                                                         **self.options.get(name, {})))
-                  for name in self.metrics}
+        values = {
+            name: torch.where(
+                broken,
+                torch.nan,
+                FAITHFULNESS[name](self.model, x, maps, target, inputs=inputs, **self.options.get(name, {})),
+            )
+            for name in self.metrics
+        }
         self.running.update(**values)
         return values
 
@@ -172,8 +187,13 @@ class RunningMaxBoxAccuracy:
     the box accuracy against the CAM threshold, per IoU threshold.
     """
 
-    def __init__(self, iou_thresholds: Sequence[float] = IOU_THRESHOLDS, thresholds: ThresholdsSpec = None,
-                 multi_contour: bool = True, backend: str = "auto") -> None:
+    def __init__(
+        self,
+        iou_thresholds: Sequence[float] = IOU_THRESHOLDS,
+        thresholds: ThresholdsSpec = None,
+        multi_contour: bool = True,
+        backend: str = "auto",
+    ) -> None:
         self.iou_thresholds = tuple(iou_thresholds)
         self.thresholds = thresholds
         self.multi_contour = multi_contour
@@ -182,8 +202,9 @@ class RunningMaxBoxAccuracy:
 
     def update(self, maps: torch.Tensor, boxes: BoxesSpec) -> torch.Tensor:
         """Add a batch; returns its ``(I, T)`` counts."""
-        counts = box_accuracy_counts(maps, boxes, self.iou_thresholds, self.thresholds, self.multi_contour,
-                                     self.backend)
+        counts = box_accuracy_counts(
+            maps, boxes, self.iou_thresholds, self.thresholds, self.multi_contour, self.backend
+        )
         self.counts = counts if self.counts is None else self.counts + counts
         self.images += maps.shape[0]
         return counts
@@ -197,8 +218,9 @@ class RunningMaxBoxAccuracy:
     def summary(self) -> dict[str, float]:
         if self.counts is None:
             raise CamkitError("nothing to summarise: call update(maps, boxes) with at least one batch first.")
-        return {key: float(value) for key, value in max_box_summary(self.counts, self.images,
-                                                                     self.iou_thresholds).items()}
+        return {
+            key: float(value) for key, value in max_box_summary(self.counts, self.images, self.iou_thresholds).items()
+        }
 
     def reset(self) -> None:
         self.counts: torch.Tensor | None = None

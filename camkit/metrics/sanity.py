@@ -1,4 +1,5 @@
 """Sanity checks (Adebayo et al. 2018): does the map depend on the class and on the weights?"""
+
 from __future__ import annotations
 
 import copy
@@ -13,8 +14,14 @@ from ..targets import TargetSpec
 from .faithfulness import explained_classes
 
 
-def class_sensitivity(explainer: Callable[..., torch.Tensor], x: torch.Tensor, targets_a: TargetSpec,
-                      targets_b: TargetSpec, *, inputs: InputsSpec = None) -> torch.Tensor:
+def class_sensitivity(
+    explainer: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    targets_a: TargetSpec,
+    targets_b: TargetSpec,
+    *,
+    inputs: InputsSpec = None,
+) -> torch.Tensor:
     """Pearson correlation between each image's maps for two classes (``inputs``: the model's other inputs).
 
     1 means the map ignores which class it explains (a failed sanity check,
@@ -23,8 +30,9 @@ def class_sensitivity(explainer: Callable[..., torch.Tensor], x: torch.Tensor, t
     return pearson(_explained(explainer, x, targets_a, inputs), _explained(explainer, x, targets_b, inputs))
 
 
-def _explained(explainer: Callable[..., torch.Tensor], x: torch.Tensor, target: TargetSpec,
-               inputs: InputsSpec) -> torch.Tensor:
+def _explained(
+    explainer: Callable[..., torch.Tensor], x: torch.Tensor, target: TargetSpec, inputs: InputsSpec
+) -> torch.Tensor:
     # Plain callables (a peer's explainer) need not take inputs=; pass it only when there are some.
     return explainer(x, target) if inputs is None else explainer(x, target, inputs=inputs)
 
@@ -50,7 +58,9 @@ def model_randomisation(
     original = _explained(explainer, x, target, inputs)
     classes = explained_classes(model, x, target, inputs)
     randomised = copy.deepcopy(model)
-    names = list(layers) if layers is not None else _top_layers(randomised, getattr(explainer, "target_layer_name", None))
+    names = (
+        list(layers) if layers is not None else _top_layers(randomised, getattr(explainer, "target_layer_name", None))
+    )
     modules = dict(randomised.named_modules())
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
@@ -77,6 +87,7 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-image Spearman rank correlation (ties broken by position)."""
+
     def ranks(values: torch.Tensor) -> torch.Tensor:
         return values.flatten(1).argsort(dim=1, stable=True).argsort(dim=1).double()
 
@@ -88,4 +99,4 @@ def _top_layers(model: nn.Module, target_layer: str | None) -> list[str]:
     if target_layer is None:
         return names[-1:]
     top = target_layer.split(".")[0]
-    return names[names.index(top):] if top in names else names[-1:]
+    return names[names.index(top) :] if top in names else names[-1:]

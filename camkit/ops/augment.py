@@ -5,6 +5,7 @@ As pytorch-grad-cam's ``aug_smooth`` (ttach's ``HorizontalFlip`` x
 not resize the image, so every copy keeps the input's grid and all copies of
 all images run as one batch through one forward and one backward.
 """
+
 from __future__ import annotations
 
 import torch

@@ -6,6 +6,7 @@ each round lets roots adopt their members' smallest neighbouring label and
 then shortcuts the pointers, so a blob of diameter d needs about log(d)
 rounds rather than d rounds of plain label propagation.
 """
+
 from __future__ import annotations
 
 import torch
@@ -27,8 +28,9 @@ def connected_components(mask: torch.Tensor, connectivity: int = 8) -> torch.Ten
     parents[:, :pixels] = torch.where(flat, torch.arange(pixels, device=mask.device), pixels)
     while True:
         labels = parents[:, :pixels]
-        smallest = torch.where(flat, _neighbour_minimum(labels.reshape(count, height, width), connectivity)
-                               .reshape(count, pixels), pixels)
+        smallest = torch.where(
+            flat, _neighbour_minimum(labels.reshape(count, height, width), connectivity).reshape(count, pixels), pixels
+        )
         hooked = parents.scatter_reduce(1, labels, smallest, reduce="amin")
         hooked[:, :pixels] = torch.minimum(hooked[:, :pixels], smallest)
         while True:
@@ -49,5 +51,6 @@ def _neighbour_minimum(labels: torch.Tensor, connectivity: int) -> torch.Tensor:
         pooled = -F.max_pool2d(-labels[:, None].float(), kernel_size=3, stride=1, padding=1)
         return pooled[:, 0].long()
     padded = F.pad(labels, (1, 1, 1, 1), value=big)
-    return torch.stack([labels, padded[:, :-2, 1:-1], padded[:, 2:, 1:-1], padded[:, 1:-1, :-2],
-                        padded[:, 1:-1, 2:]]).amin(dim=0)
+    return torch.stack(
+        [labels, padded[:, :-2, 1:-1], padded[:, 2:, 1:-1], padded[:, 1:-1, :-2], padded[:, 1:-1, 2:]]
+    ).amin(dim=0)

@@ -17,6 +17,7 @@ close to eps to decide recomputed exactly in float64. Connected components
 come from min-label propagation with pointer jumping, each round one masked
 reduction over the (B, N, N) neighbour matrix.
 """
+
 from __future__ import annotations
 
 import torch
@@ -81,7 +82,9 @@ def dbscan(
     if valid is None:
         valid = torch.ones(batch, count, dtype=torch.bool, device=device)
     elif valid.shape != (batch, count) or valid.dtype != torch.bool:
-        raise CamkitError(f"valid must be a bool tensor of shape {(batch, count)}, got {tuple(valid.shape)} {valid.dtype}.")
+        raise CamkitError(
+            f"valid must be a bool tensor of shape {(batch, count)}, got {tuple(valid.shape)} {valid.dtype}."
+        )
     if distances is not None and tuple(distances.shape) != (batch, count, count):
         raise CamkitError(f"distances must have shape {(batch, count, count)}, got {tuple(distances.shape)}.")
 
@@ -95,7 +98,9 @@ def dbscan(
             within = distances[chunk] <= eps_per_item[chunk].to(distances.dtype)[:, None, None]
             within &= within.transpose(1, 2).clone()  # a precomputed matrix need not be bitwise symmetric
         else:
-            exact = distances if distances is not None and step >= batch else PairwiseDistances(points[chunk], valid[chunk])
+            exact = (
+                distances if distances is not None and step >= batch else PairwiseDistances(points[chunk], valid[chunk])
+            )
             within = exact.within(eps_per_item[chunk])
         labels[chunk] = _cluster(within, samples_per_item[chunk], valid[chunk])
     return labels.squeeze(0) if squeeze else labels
@@ -139,7 +144,11 @@ def _cluster(neighbours: torch.Tensor, min_samples: torch.Tensor, valid: torch.T
 
 
 def _merged_roots(
-    neighbours: torch.Tensor, core: torch.Tensor, component: torch.Tensor, is_root: torch.Tensor, roots: int,
+    neighbours: torch.Tensor,
+    core: torch.Tensor,
+    component: torch.Tensor,
+    is_root: torch.Tensor,
+    roots: int,
     sentinel: int,
 ) -> torch.Tensor:
     """Exact components when the provisional roots are few: one matrix product links points to root groups.
@@ -184,7 +193,9 @@ def _product_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if native else torch.float32
 
 
-def _propagated(core_neighbours: torch.Tensor, core: torch.Tensor, component: torch.Tensor, sentinel: int) -> torch.Tensor:
+def _propagated(
+    core_neighbours: torch.Tensor, core: torch.Tensor, component: torch.Tensor, sentinel: int
+) -> torch.Tensor:
     """Exact components by min-label propagation over the full matrix (many provisional roots)."""
     while True:
         # Core rows check that they agree with every core neighbour; the same
@@ -221,10 +232,14 @@ def _checked_points(points: torch.Tensor) -> tuple[torch.Tensor, bool]:
     return (points.unsqueeze(0), True) if points.dim() == 2 else (points, False)
 
 
-def _per_item(value: float | int | torch.Tensor, batch: int, name: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def _per_item(
+    value: float | int | torch.Tensor, batch: int, name: str, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
     tensor = torch.as_tensor(value, device=device).to(dtype)
     if tensor.dim() == 0:
         return tensor.expand(batch)
     if tensor.shape != (batch,):
-        raise CamkitError(f"{name} must be a number or one value per batch item ({batch}), got shape {tuple(tensor.shape)}.")
+        raise CamkitError(
+            f"{name} must be a number or one value per batch item ({batch}), got shape {tuple(tensor.shape)}."
+        )
     return tensor

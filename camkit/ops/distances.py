@@ -10,6 +10,7 @@ row, and recomputes in float64, by direct differences, only the few entries
 whose decision that bound leaves open. Every answer therefore equals the one
 float64 direct differences give, at the cost of float32 passes.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,7 +46,7 @@ class PairwiseDistances:
     """
 
     def __init__(self, points: torch.Tensor, valid: torch.Tensor | None = None) -> None:
-        batch, count, dims = points.shape
+        _batch, count, dims = points.shape
         self.points = points
         wide = points.double()
         if valid is None:
@@ -107,7 +108,9 @@ class PairwiseDistances:
         sure_in = _float32_down(threshold[:, None] - self.bound)  # (B, N): a row's entries at or below are in
         maybe_in = _float32_up(threshold[:, None] + self.bound)  # above: out
         bracket = self._bracket
-        if bracket is not None and bool(((sure_in.amin(dim=1) >= bracket.low) & (maybe_in.amax(dim=1) <= bracket.high)).all()):
+        if bracket is not None and bool(
+            ((sure_in.amin(dim=1) >= bracket.low) & (maybe_in.amax(dim=1) <= bracket.high)).all()
+        ):
             neighbours = bracket.below.clone()
             row = torch.div(bracket.position, self.squared.shape[2], rounding_mode="floor")
             decided_in = bracket.values <= sure_in[bracket.item, row]
@@ -147,7 +150,9 @@ class PairwiseDistances:
         flat = values.reshape(batch, count * count)
         # A fixed random sample: a regular stride would see only some columns of the matrix.
         generator = torch.Generator(device=flat.device).manual_seed(0)
-        picks = torch.randint(flat.shape[1], (min(flat.shape[1], SAMPLE_SIZE),), generator=generator, device=flat.device)
+        picks = torch.randint(
+            flat.shape[1], (min(flat.shape[1], SAMPLE_SIZE),), generator=generator, device=flat.device
+        )
         sample = flat[:, picks]
         sample_valid = torch.isfinite(sample).sum(dim=1)
         total = valid.sum(dim=1).long() ** 2
@@ -169,8 +174,9 @@ class PairwiseDistances:
         middle_count = torch.bincount(item, minlength=batch)
         hit = ((local >= 0) & (local < middle_count[:, None])).all(dim=1)
         if middle.shape[1] and bool(hit.any()):
-            approximate = torch.stack([_selected(middle, rank) for rank in local.clamp(0, middle.shape[1] - 1).unbind(1)],
-                                      dim=1).double()
+            approximate = torch.stack(
+                [_selected(middle, rank) for rank in local.clamp(0, middle.shape[1] - 1).unbind(1)], dim=1
+            ).double()
             slack = 2 * self.bound.amax(dim=1, keepdim=True)
             window_low = _float32_down(approximate.amin(dim=1, keepdim=True) - slack)
             window_high = _float32_up(approximate.amax(dim=1, keepdim=True) + slack)
@@ -182,8 +188,12 @@ class PairwiseDistances:
             window_rank = ranks - window_below[:, None]
             window_count = in_window.sum(dim=1)
             # The window must lie inside the bracket, or entries counted below it could belong to it.
-            inside = hit & (window_low[:, 0] >= low) & (window_high[:, 0] <= high) & (
-                (window_rank >= 0) & (window_rank < window_count[:, None])).all(dim=1)
+            inside = (
+                hit
+                & (window_low[:, 0] >= low)
+                & (window_high[:, 0] <= high)
+                & ((window_rank >= 0) & (window_rank < window_count[:, None])).all(dim=1)
+            )
             picked = window.sort(dim=1).values.gather(1, window_rank.clamp(0, max(window.shape[1] - 1, 0)))
             result = torch.where(inside[:, None], picked, result)
             hit = inside
@@ -258,7 +268,9 @@ def _matmul_is_reduced(points: torch.Tensor) -> bool:
 def _float32_down(values: torch.Tensor) -> torch.Tensor:
     """The largest float32 at or below each float64 value."""
     rounded = values.float()
-    return torch.where(rounded.double() > values, torch.nextafter(rounded, torch.full_like(rounded, -math.inf)), rounded)
+    return torch.where(
+        rounded.double() > values, torch.nextafter(rounded, torch.full_like(rounded, -math.inf)), rounded
+    )
 
 
 def _float32_up(values: torch.Tensor) -> torch.Tensor:

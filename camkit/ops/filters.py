@@ -1,4 +1,5 @@
 """Smoothing filters: CF-CAM's cluster gradients (one kernel per map, batched); blurred images for baselines."""
+
 from __future__ import annotations
 
 import math
@@ -35,7 +36,9 @@ def _squared_offsets(shape: tuple[int, ...], like: torch.Tensor, centred: bool) 
 
 def gaussian_kernel(shape: tuple[int, ...], sigma: float, *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """A centred, normalised Gaussian kernel the size of the map, ``(h, w)`` or ``(d, h, w)``."""
-    kernel = torch.exp(-_squared_offsets(shape, torch.empty(0, device=device, dtype=dtype), centred=True) / (2 * sigma**2))
+    kernel = torch.exp(
+        -_squared_offsets(shape, torch.empty(0, device=device, dtype=dtype), centred=True) / (2 * sigma**2)
+    )
     return kernel / kernel.sum()
 
 
@@ -68,14 +71,14 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """
     radius = max(1, math.ceil(3 * sigma))
     offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-    kernel = torch.exp(-offsets**2 / (2 * sigma**2))
+    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
     blurred = x
     for axis in range(2, x.dim()):
         moved = blurred.movedim(axis, -1)
         reach = min(radius, moved.shape[-1] - 1)
         if reach == 0:
             continue
-        cut = kernel[radius - reach: radius + reach + 1]
+        cut = kernel[radius - reach : radius + reach + 1]
         lines = F.pad(moved.reshape(-1, 1, moved.shape[-1]), (reach, reach), mode="reflect")
         blurred = F.conv1d(lines, (cut / cut.sum()).reshape(1, 1, -1)).reshape(moved.shape).movedim(-1, axis)
     return blurred

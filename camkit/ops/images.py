@@ -1,4 +1,5 @@
 """Input batches made displayable, on the device."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

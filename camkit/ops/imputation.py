@@ -15,6 +15,7 @@ absorbs but one CPU core does not (a combined ROAD score of two 224^2 images,
 resnet18, one thread: 331 s by CG, 5.4 s with the factorisation, against
 pytorch-grad-cam's 12.4 s; benchmarks/RESULTS.md).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -27,8 +28,9 @@ import torch.nn.functional as F
 from ..errors import CamkitError
 
 
-def neighbour_weights(spatial_dims: int, *, dtype: torch.dtype = torch.float64,
-                      device: torch.device | str | None = None) -> torch.Tensor:
+def neighbour_weights(
+    spatial_dims: int, *, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None
+) -> torch.Tensor:
     """The 3x3 (or 3x3x3) neighbour weights, centre 0, summing to 1.
 
     A neighbour offset along k axes weighs in proportion to 2^-k. In 2-D that
@@ -105,7 +107,9 @@ def linear_imputation(
         return convolve(field, weights, padding=1)
 
     # Channels share their image's mask: fold them into the batch, one system per (image, channel).
-    unknown = removed[:, None].expand(batch, channels, *removed.shape[1:]).reshape(batch * channels, 1, *removed.shape[1:])
+    unknown = (
+        removed[:, None].expand(batch, channels, *removed.shape[1:]).reshape(batch * channels, 1, *removed.shape[1:])
+    )
     unknown = unknown.to(solve_dtype)
     values = images.reshape(batch * channels, 1, *images.shape[2:]).to(solve_dtype)
     known_values = values * (1 - unknown)
@@ -117,8 +121,13 @@ def linear_imputation(
 
     right = unknown * neighbour_sum(known_values)
     start = unknown * _pull_push(known_values, 1 - unknown)
-    solution = _conjugate_gradients(laplacian, right, start, tolerance,
-                                    max_iterations if max_iterations is not None else 4 * max(images.shape[2:]) + 64)
+    solution = _conjugate_gradients(
+        laplacian,
+        right,
+        start,
+        tolerance,
+        max_iterations if max_iterations is not None else 4 * max(images.shape[2:]) + 64,
+    )
     filled = known_values + unknown * solution
     return filled.reshape(images.shape).to(images.dtype)
 
@@ -132,13 +141,16 @@ def _direct_imputation(images: torch.Tensor, removed: torch.Tensor) -> torch.Ten
     holes = removed.detach().cpu().numpy().astype(bool, copy=False)
     values = images.detach().cpu().to(torch.float64).numpy()
     filled = values.copy()
-    offsets = [(offset, 2.0**-sum(1 for step in offset if step))
-               for offset in itertools.product((-1, 0, 1), repeat=len(spatial_shape)) if any(offset)]
+    offsets = [
+        (offset, 2.0 ** -sum(1 for step in offset if step))
+        for offset in itertools.product((-1, 0, 1), repeat=len(spatial_shape))
+        if any(offset)
+    ]
     in_bounds = np.pad(np.ones(spatial_shape), 1)
 
     def shifted(padded: np.ndarray, offset: tuple[int, ...]) -> np.ndarray:
         """``padded`` (one pixel of padding around the last axes) seen from each pixel's neighbour at ``offset``."""
-        return padded[(...,) + tuple(slice(1 + step, 1 + step + size) for step, size in zip(offset, spatial_shape))]
+        return padded[(..., *tuple(slice(1 + step, 1 + step + size) for step, size in zip(offset, spatial_shape)))]
 
     for index in range(len(holes)):
         hole = holes[index]
@@ -164,11 +176,13 @@ def _direct_imputation(images: torch.Tensor, removed: torch.Tensor) -> torch.Ten
             columns.append(neighbour[coupled])
             entries.append(np.full(len(columns[-1]), -weight))
         matrix = scipy.sparse.csc_matrix(
-            (np.concatenate([degree] + entries), (np.concatenate(rows), np.concatenate(columns))), shape=(count, count))
+            (np.concatenate([degree, *entries]), (np.concatenate(rows), np.concatenate(columns))), shape=(count, count)
+        )
         # The matrix is symmetric positive definite: a symmetric fill-reducing ordering with no pivoting
         # (SuperLU's symmetric mode) has far less fill than the default column ordering.
-        factor = scipy.sparse.linalg.splu(matrix, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
-                                          options={"SymmetricMode": True})
+        factor = scipy.sparse.linalg.splu(
+            matrix, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, options={"SymmetricMode": True}
+        )
         filled[index][:, hole] = factor.solve(np.ascontiguousarray(right.T)).T
     return torch.from_numpy(filled).to(device=images.device, dtype=images.dtype)
 
@@ -188,15 +202,18 @@ def _pull_push(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     weight_sum = pool(F.pad(weights, padding), 2)
     value_sum = pool(F.pad(values * weights, padding), 2)
     coarse_weights = (weight_sum > 0).to(values.dtype)
-    coarse = _pull_push(torch.where(weight_sum > 0, value_sum / torch.where(weight_sum > 0, weight_sum, 1.0), 0.0),
-                        coarse_weights)
-    upsampled = F.interpolate(coarse, scale_factor=2, mode="bilinear" if len(spatial) == 2 else "trilinear",
-                              align_corners=False)[(...,) + tuple(slice(0, size) for size in spatial)]
+    coarse = _pull_push(
+        torch.where(weight_sum > 0, value_sum / torch.where(weight_sum > 0, weight_sum, 1.0), 0.0), coarse_weights
+    )
+    upsampled = F.interpolate(
+        coarse, scale_factor=2, mode="bilinear" if len(spatial) == 2 else "trilinear", align_corners=False
+    )[(..., *tuple(slice(0, size) for size in spatial))]
     return weights * values + (1 - weights) * upsampled
 
 
-def _conjugate_gradients(operator, right: torch.Tensor, start: torch.Tensor, tolerance: float,
-                         max_iterations: int) -> torch.Tensor:
+def _conjugate_gradients(
+    operator, right: torch.Tensor, start: torch.Tensor, tolerance: float, max_iterations: int
+) -> torch.Tensor:
     """Solve ``operator(u) = right`` for every system in the batch at once; each system has its own step sizes."""
     dims = tuple(range(1, right.dim()))
     solution = start

@@ -1,4 +1,5 @@
 """From a layer-resolution map to what the user sees: ReLU, upsample, normalise, fuse."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -45,8 +46,9 @@ def normalised_at_size(layer_maps: torch.Tensor, size: tuple[int, ...]) -> torch
     return _zero_flat(min_max_normalise(upsample(layer_maps, size)), is_flat(layer_maps))
 
 
-def fuse(layer_maps: Sequence[torch.Tensor], size: tuple[int, ...],
-         how: Literal["mean", "max", "product"]) -> torch.Tensor:
+def fuse(
+    layer_maps: Sequence[torch.Tensor], size: tuple[int, ...], how: Literal["mean", "max", "product"]
+) -> torch.Tensor:
     """Several layers' maps (after ReLU) fused at ``size`` by mean, max or product, then normalised again.
 
     As pytorch-grad-cam: each layer's map is normalised at its own resolution

@@ -1,11 +1,13 @@
 """Non-negative matrix factorisation X ~ W H, batched torch on the device (Deep Feature Factorization)."""
+
 from __future__ import annotations
 
 import torch
 
 
-def nmf(matrix: torch.Tensor, components: int, *, iterations: int = 200,
-        tolerance: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+def nmf(
+    matrix: torch.Tensor, components: int, *, iterations: int = 200, tolerance: float = 1e-4
+) -> tuple[torch.Tensor, torch.Tensor]:
     """W ``(..., M, n)`` and H ``(..., n, N)``, both >= 0, minimising ||X - W H||_F for X ``(..., M, N)`` >= 0.
 
     Hierarchical alternating least squares (HALS: exact coordinate descent on
@@ -38,8 +40,8 @@ def _hals_columns(factor: torch.Tensor, target: torch.Tensor, gram: torch.Tensor
     inverse = torch.where(diagonal > 0, 1.0 / torch.where(diagonal > 0, diagonal, 1.0), 0.0)  # G_jj = 0: unchanged
     for j in range(factor.shape[-1]):
         column = factor[..., :, j]
-        step = target[..., :, j] - (factor @ gram[..., :, j:j + 1]).squeeze(-1)
-        column.add_(step * inverse[..., j:j + 1]).clamp_(min=0)
+        step = target[..., :, j] - (factor @ gram[..., :, j : j + 1]).squeeze(-1)
+        column.add_(step * inverse[..., j : j + 1]).clamp_(min=0)
     return factor
 
 
@@ -49,8 +51,10 @@ def _nndsvda(matrix: torch.Tensor, components: int) -> tuple[torch.Tensor, torch
     left, singular, right = left[..., :components], singular[..., :components], right[..., :components, :]
     u_plus, u_minus = left.clamp_min(0), (-left).clamp_min(0)
     v_plus, v_minus = right.clamp_min(0), (-right).clamp_min(0)
-    norms = [torch.linalg.vector_norm(part, dim=dim) for part, dim in
-             ((u_plus, -2), (v_plus, -1), (u_minus, -2), (v_minus, -1))]
+    norms = [
+        torch.linalg.vector_norm(part, dim=dim)
+        for part, dim in ((u_plus, -2), (v_plus, -1), (u_minus, -2), (v_minus, -1))
+    ]
     positive = norms[0] * norms[1] >= norms[2] * norms[3]
     u = torch.where(positive.unsqueeze(-2), u_plus, u_minus)
     v = torch.where(positive.unsqueeze(-1), v_plus, v_minus)

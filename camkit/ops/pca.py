@@ -1,4 +1,5 @@
 """Principal-component projections of a layer's positions, batched (Eigen-CAM and its relatives)."""
+
 from __future__ import annotations
 
 from typing import Literal
@@ -50,8 +51,12 @@ def kernel_principal_projection(activations: torch.Tensor, gamma: float | None =
     positions = activations.reshape(batch, channels, -1).transpose(1, 2).double()
     rate = 1.0 / channels if gamma is None else float(gamma)
     kernel = torch.exp(-rate * torch.cdist(positions, positions).square())
-    centred = (kernel - kernel.mean(dim=1, keepdim=True) - kernel.mean(dim=2, keepdim=True)
-               + kernel.mean(dim=(1, 2), keepdim=True))
+    centred = (
+        kernel
+        - kernel.mean(dim=1, keepdim=True)
+        - kernel.mean(dim=2, keepdim=True)
+        + kernel.mean(dim=(1, 2), keepdim=True)
+    )
     eigenvalues, eigenvectors = torch.linalg.eigh(centred)
     projection = eigenvectors[:, :, -1] * eigenvalues[:, -1:].clamp_min(0).sqrt()
     return _signed(projection, positions).reshape(batch, *activations.shape[2:]).to(activations.dtype)

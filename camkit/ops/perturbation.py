@@ -4,6 +4,7 @@ A perturbation method scores rows: one row is one (image, channel[, sample])
 whose perturbed copy goes through the model. These helpers choose the rows,
 size the chunks from a memory budget and put the row scores back as ``(B, K)``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -44,8 +45,9 @@ def rows_per_chunk(memory_budget: int, bytes_per_row: int, ceiling: int | None =
     return rows if ceiling is None else max(1, min(rows, ceiling))
 
 
-def scattered(row_scores: torch.Tensor, image_index: torch.Tensor, channel_index: torch.Tensor,
-              shape: tuple[int, int]) -> torch.Tensor:
+def scattered(
+    row_scores: torch.Tensor, image_index: torch.Tensor, channel_index: torch.Tensor, shape: tuple[int, int]
+) -> torch.Tensor:
     """Row scores put back at their (image, channel), zeros elsewhere, ``(B, K)`` float64."""
     table = torch.zeros(shape, dtype=torch.float64, device=row_scores.device)
     return table.index_put_((image_index, channel_index), row_scores.double(), accumulate=True)

@@ -1,4 +1,5 @@
 """Points and weights on [0, 1] for integrating along a path (Integrated Gradients' steps)."""
+
 from __future__ import annotations
 
 from typing import Literal
@@ -31,8 +32,11 @@ def path_points(steps: int, rule: Rule = "gausslegendre") -> tuple[torch.Tensor,
     if rule == "riemann_trapezoid":
         weights[[0, -1]] /= 2
         return torch.linspace(0, 1, steps, dtype=torch.float64), weights
-    starts = {"riemann_left": (0.0, 1 - 1 / steps), "riemann_right": (1 / steps, 1.0),
-              "riemann_middle": (1 / (2 * steps), 1 - 1 / (2 * steps))}
+    starts = {
+        "riemann_left": (0.0, 1 - 1 / steps),
+        "riemann_right": (1 / steps, 1.0),
+        "riemann_middle": (1 / (2 * steps), 1 - 1 / (2 * steps)),
+    }
     if rule not in starts:
         raise CamkitError(f"rule must be one of {', '.join(RULES)}, got {rule!r}.")
     low, high = starts[rule]

@@ -1,4 +1,5 @@
 """Quantiles of pairwise distances without sorting the N^2 values (CF-CAM's DBSCAN eps)."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Channel weightings shared by the explainers, batched over images and channels."""
+
 from __future__ import annotations
 
 import torch

@@ -6,6 +6,7 @@ the image's width, so small images get more lines rather than cut words.
 PIL draws the text (imported on first use); the colour bar is the same lookup
 table the overlay used.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -62,7 +63,9 @@ def captioned(image: torch.Tensor, text: str, colormap: ColormapSpec = "jet") ->
     draw.text((margin, bar_top + bar_height + 1), "0", fill=(0, 0, 0), font=font)  # the bar's ends: map values
     draw.text((width - margin - font.getlength("1"), bar_top + bar_height + 1), "1", fill=(0, 0, 0), font=font)
     pixels = torch.from_numpy(np.asarray(strip).copy())
-    pixels[bar_top:bar_top + bar_height, margin:width - margin] = _colour_bar(width - 2 * margin, bar_height, colormap)
+    pixels[bar_top : bar_top + bar_height, margin : width - margin] = _colour_bar(
+        width - 2 * margin, bar_height, colormap
+    )
     return torch.cat([image.cpu(), pixels], dim=0)
 
 

@@ -2,6 +2,7 @@
 
 The CLI writes what :func:`overlay` returns; notebooks draw the same pixels.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -42,8 +43,10 @@ def colormap_lut(name: ColormapSpec = "jet", device: torch.device | str | None =
 def _lut_of(colormap: Any) -> torch.Tensor:
     size = getattr(colormap, "N", None)
     if not callable(colormap) or isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise CamkitTypeError(f"colormap must be a matplotlib colormap name or a matplotlib Colormap object, got "
-                              f"{type(colormap).__name__}.")
+        raise CamkitTypeError(
+            f"colormap must be a matplotlib colormap name or a matplotlib Colormap object, got "
+            f"{type(colormap).__name__}."
+        )
     import numpy as np
 
     return torch.from_numpy(np.asarray(colormap(np.arange(size)), dtype="float32")[:, :3].copy())
@@ -93,8 +96,10 @@ def _as_tensor(value: Any, what: str) -> torch.Tensor:
         return value
     if type(value).__module__ == "numpy" and hasattr(value, "ndim"):
         if what == "images" and value.ndim == 3 and value.shape[-1] in (1, 3, 4):
-            raise CamkitError(f"images is one numpy image {value.shape} in (H, W, C) layout; overlay takes batches "
-                              "(B, C, H, W): pass torch.from_numpy(image).permute(2, 0, 1)[None].")
+            raise CamkitError(
+                f"images is one numpy image {value.shape} in (H, W, C) layout; overlay takes batches "
+                "(B, C, H, W): pass torch.from_numpy(image).permute(2, 0, 1)[None]."
+            )
         import numpy as np
 
         return torch.from_numpy(np.ascontiguousarray(value))

@@ -1,4 +1,5 @@
 """Drawing a DetectionExplanation: every box with its label and score over its map, one panel per detection and a combined view."""
+
 from __future__ import annotations
 
 import json
@@ -19,12 +20,13 @@ BOX_COLOR = "white"
 
 
 def detection_caption(result: DetectionExplanation, image: int, row: int) -> str:
-    """"<label name> <score>" of one detection."""
+    """ "<label name> <score>" of one detection."""
     return f"{result.class_name(int(result.labels[image][row]))} {float(result.scores[image][row]):.2f}"
 
 
-def detection_overlays(result: DetectionExplanation, *, alpha: float = 0.5, colormap: str = "jet",
-                       per_detection: bool = False) -> list[torch.Tensor]:
+def detection_overlays(
+    result: DetectionExplanation, *, alpha: float = 0.5, colormap: str = "jet", per_detection: bool = False
+) -> list[torch.Tensor]:
     """uint8 ``(3, H, W)`` pictures: per image, its combined map with every box and caption; with
     ``per_detection``, per image a ``(N_b, 3, H, W)`` stack, each detection's map with its own box."""
     from torchvision.utils import draw_bounding_boxes
@@ -32,24 +34,34 @@ def detection_overlays(result: DetectionExplanation, *, alpha: float = 0.5, colo
     images = _display(result)
     pictures = []
     for index in range(len(result)):
-        image = images[index:index + 1]
-        maps = result.maps[index].detach() if per_detection else result.combined()[index:index + 1]
+        image = images[index : index + 1]
+        maps = result.maps[index].detach() if per_detection else result.combined()[index : index + 1]
         blended = (overlay(image.expand(maps.shape[0], -1, -1, -1), maps, alpha, colormap) * 255).round()
         blended = blended.to(torch.uint8).cpu()
         boxes = result.boxes[index].detach().cpu()
         captions = [detection_caption(result, index, row) for row in range(boxes.shape[0])]
         if per_detection:
-            drawn = [draw_bounding_boxes(picture, boxes[row:row + 1], [captions[row]], colors=BOX_COLOR, width=2)
-                     for row, picture in enumerate(blended)]
+            drawn = [
+                draw_bounding_boxes(picture, boxes[row : row + 1], [captions[row]], colors=BOX_COLOR, width=2)
+                for row, picture in enumerate(blended)
+            ]
             pictures.append(torch.stack(drawn) if drawn else blended)
         else:
-            pictures.append(draw_bounding_boxes(blended[0], boxes, captions, colors=BOX_COLOR, width=2)
-                            if boxes.shape[0] else blended[0])
+            pictures.append(
+                draw_bounding_boxes(blended[0], boxes, captions, colors=BOX_COLOR, width=2)
+                if boxes.shape[0]
+                else blended[0]
+            )
     return pictures
 
 
-def detection_figure(result: DetectionExplanation, alpha: float = 0.5, colormap: str = "jet",
-                     max_panels: int = 6, panel_size: float = 2.6) -> Figure:
+def detection_figure(
+    result: DetectionExplanation,
+    alpha: float = 0.5,
+    colormap: str = "jet",
+    max_panels: int = 6,
+    panel_size: float = 2.6,
+) -> Figure:
     """One row per image: all boxes over the combined map, then one panel per detection (at most ``max_panels``)."""
     from matplotlib.patches import Rectangle
 
@@ -59,20 +71,29 @@ def detection_figure(result: DetectionExplanation, alpha: float = 0.5, colormap:
     figure = _figure_class()(figsize=(panel_size * width, panel_size * len(result) + 0.3), layout="constrained")
     axes = figure.subplots(len(result), width, squeeze=False)
     for index in range(len(result)):
-        panels = [(combined[index:index + 1], list(range(len(result.labels[index]))), "all detections")]
-        panels += [(result.maps[index][row:row + 1], [row], detection_caption(result, index, row))
-                   for row in range(min(max_panels, len(result.labels[index])))]
+        panels = [(combined[index : index + 1], list(range(len(result.labels[index]))), "all detections")]
+        panels += [
+            (result.maps[index][row : row + 1], [row], detection_caption(result, index, row))
+            for row in range(min(max_panels, len(result.labels[index])))
+        ]
         for axis in axes[index]:
             axis.set_axis_off()
         for axis, (maps, rows, title) in zip(axes[index], panels):
-            blended = overlay(images[index:index + 1], maps.detach(), alpha, colormap)
+            blended = overlay(images[index : index + 1], maps.detach(), alpha, colormap)
             axis.imshow(to_uint8_hwc(blended)[0].cpu().numpy())
             for row in rows:
                 x0, y0, x1, y1 = result.boxes[index][row].tolist()
                 axis.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=BOX_COLOR, linewidth=1.5))
                 if len(rows) > 1:
-                    axis.text(x0, y0, detection_caption(result, index, row), color="black", fontsize=6,
-                              backgroundcolor=BOX_COLOR, va="bottom")
+                    axis.text(
+                        x0,
+                        y0,
+                        detection_caption(result, index, row),
+                        color="black",
+                        fontsize=6,
+                        backgroundcolor=BOX_COLOR,
+                        va="bottom",
+                    )
             axis.set_title(title, fontsize=9)
     figure.suptitle(f"{result.method} @ {result.layer}", fontsize=9)
     return figure
@@ -103,13 +124,27 @@ def save_detections(result: DetectionExplanation, path: Path, **options: Any) ->
             stem = f"{index:04d}_{row:02d}"
             np.save(path / f"{stem}_map.npy", result.maps[index][row].detach().float().cpu().numpy())
             Image.fromarray(single[index][row].permute(1, 2, 0).numpy()).save(path / f"{stem}_overlay.png")
-            records.append({"image": index, "detection": row, "box": result.boxes[index][row].tolist(),
-                            "label": int(result.labels[index][row]),
-                            "label_name": result.class_name(int(result.labels[index][row])),
-                            "score": float(result.scores[index][row]), "key": int(result.keys[index][row]),
-                            "map": f"{stem}_map.npy", "overlay": f"{stem}_overlay.png"})
-    record = {"camkit": _version("camkit"), "torch": torch.__version__, "method": result.method,
-              "layer": result.layer, "family": result.family, "detections": records}
+            records.append(
+                {
+                    "image": index,
+                    "detection": row,
+                    "box": result.boxes[index][row].tolist(),
+                    "label": int(result.labels[index][row]),
+                    "label_name": result.class_name(int(result.labels[index][row])),
+                    "score": float(result.scores[index][row]),
+                    "key": int(result.keys[index][row]),
+                    "map": f"{stem}_map.npy",
+                    "overlay": f"{stem}_overlay.png",
+                }
+            )
+    record = {
+        "camkit": _version("camkit"),
+        "torch": torch.__version__,
+        "method": result.method,
+        "layer": result.layer,
+        "family": result.family,
+        "detections": records,
+    }
     (path / "detections.json").write_text(json.dumps(record, indent=2) + "\n")
     return path
 

@@ -1,4 +1,5 @@
 """Deep Feature Factorization's picture: every concept in its own colour over the image, with its top classes."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -23,8 +24,9 @@ def concept_colours(count: int) -> torch.Tensor:
     return torch.tensor([rainbow(index / count)[:3] for index in range(count)], dtype=torch.float32)
 
 
-def factorization_overlay(images: torch.Tensor, concept_maps: torch.Tensor, colours: torch.Tensor,
-                          image_weight: float = 0.3) -> torch.Tensor:
+def factorization_overlay(
+    images: torch.Tensor, concept_maps: torch.Tensor, colours: torch.Tensor, image_weight: float = 0.3
+) -> torch.Tensor:
     """``(B, 3, H, W)``: each pixel in the colour of its strongest concept, as bright as that concept's map.
 
     As pytorch-grad-cam's ``show_factorization_on_image``: the colour's HSV
@@ -46,19 +48,27 @@ def concept_labels(scores: torch.Tensor | None, class_names: Sequence[str] | Non
     best, classes = probabilities.topk(min(top_k, scores.shape[1]), dim=1)
     labels = []
     for row_probabilities, row_classes in zip(best.tolist(), classes.tolist()):
-        names = [class_names[c] if class_names is not None and c < len(class_names) else f"class {c}"
-                 for c in row_classes]
+        names = [
+            class_names[c] if class_names is not None and c < len(class_names) else f"class {c}" for c in row_classes
+        ]
         labels.append("\n".join(f"{name}: {p:.2f}" for name, p in zip(names, row_probabilities)))
     return labels
 
 
-def factorization_figure(result: FactorizationExplanation, index: int = 0, *, top_k: int = 2,
-                         image_weight: float = 0.3, class_names: Sequence[str] | None = None,
-                         panel_size: float = 3.5) -> "Figure":
+def factorization_figure(
+    result: FactorizationExplanation,
+    index: int = 0,
+    *,
+    top_k: int = 2,
+    image_weight: float = 0.3,
+    class_names: Sequence[str] | None = None,
+    panel_size: float = 3.5,
+) -> Figure:
     """One image of a Deep Feature Factorization: the image, its concepts in colour, and a legend of their classes."""
     if not isinstance(result, FactorizationExplanation) or result.concept_maps is None:
-        raise CamkitError("factorization_figure draws the result of DeepFeatureFactorization(...).explain(x) "
-                          "without augment.")
+        raise CamkitError(
+            "factorization_figure draws the result of DeepFeatureFactorization(...).explain(x) without augment."
+        )
     if not 0 <= index < len(result):
         raise CamkitError(f"index {index} is out of range for a result of {len(result)} images.")
     from matplotlib.patches import Patch
@@ -77,8 +87,11 @@ def factorization_figure(result: FactorizationExplanation, index: int = 0, *, to
         axis.set_yticks([])
     labels = concept_labels(result.concept_scores, class_names or result.class_names, top_k)
     labels = labels or [f"concept {j}" for j in range(count)]
-    figure.legend(handles=[Patch(color=colours[j].tolist(), label=labels[j]) for j in range(count)],
-                  loc="outside right center", fontsize=8)
+    figure.legend(
+        handles=[Patch(color=colours[j].tolist(), label=labels[j]) for j in range(count)],
+        loc="outside right center",
+        fontsize=8,
+    )
     return figure
 
 

@@ -1,4 +1,5 @@
 """Figures: overlay grids, method comparisons and an Explanation's own picture. matplotlib is imported on first draw."""
+
 from __future__ import annotations
 
 import io
@@ -6,8 +7,8 @@ import json
 import re
 import warnings
 from collections.abc import Sequence
-from importlib.metadata import PackageNotFoundError, version
 from functools import lru_cache
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,7 +60,7 @@ def overlay_grid(
     colorbar: bool = True,
     panel_size: float = 2.6,
     bars: Sequence[tuple[Sequence[str], Sequence[float]]] | None = None,
-) -> "Figure":
+) -> Figure:
     """A figure with one row per image: the image, then one overlay per ``(title, maps)`` column.
 
     ``captions[row][column]`` (``column`` 0 is the image) go under each panel.
@@ -68,7 +69,9 @@ def overlay_grid(
     """
     rows = images.shape[0]
     width = len(columns) + 1 + (1 if bars is not None else 0)
-    figure = _figure_class()(figsize=(panel_size * width + (0.6 if colorbar else 0), panel_size * rows + 0.3), layout="constrained")
+    figure = _figure_class()(
+        figsize=(panel_size * width + (0.6 if colorbar else 0), panel_size * rows + 0.3), layout="constrained"
+    )
     axes = figure.subplots(rows, width, squeeze=False)
     shown = to_uint8_hwc(images.detach().float().expand(-1, 3, -1, -1)).cpu().numpy()
     for row in range(rows):
@@ -109,8 +112,10 @@ def channel_bars(result: Explanation, k: int = 8) -> list[tuple[list[str], list[
     if result.channel_weights is None:
         return None
     indices, weights = result.top_channels(k)
-    return [([f"ch {index}" for index in row_indices], [float(weight) for weight in row_weights])
-            for row_indices, row_weights in zip(indices.tolist(), weights.detach().cpu().tolist())]
+    return [
+        ([f"ch {index}" for index in row_indices], [float(weight) for weight in row_weights])
+        for row_indices, row_weights in zip(indices.tolist(), weights.detach().cpu().tolist())
+    ]
 
 
 def compare(
@@ -128,14 +133,18 @@ def compare(
     colormap: ColormapSpec = "jet",
     colorbar: bool = True,
     method_options: dict[str, dict[str, Any]] | None = None,
-) -> "Figure":
+) -> Figure:
     """Images in rows, methods in columns (after the original), as a matplotlib figure.
 
     ``images`` are what to draw under the maps (floats in [0, 1]); by default
     the input un-normalised with ``mean``/``std``, or min-max scaled per image.
     Captions name the explained and the predicted class (with ``class_names``).
     """
-    shown = images if images is not None else (unnormalize(x, mean, std) if mean is not None and std is not None else display_images(x))
+    shown = (
+        images
+        if images is not None
+        else (unnormalize(x, mean, std) if mean is not None and std is not None else display_images(x))
+    )
     columns: list[tuple[str, torch.Tensor]] = []
     results = []
     for method in methods:
@@ -145,13 +154,15 @@ def compare(
 
     captions = None
     if results and results[0].predictions is not None:
-        captions = [[predicted_caption(results[0], row)] + [explained_caption(result, row) for result in results]
-                    for row in range(x.shape[0])]
+        captions = [
+            [predicted_caption(results[0], row)] + [explained_caption(result, row) for result in results]
+            for row in range(x.shape[0])
+        ]
     return overlay_grid(shown, columns, captions, alpha=alpha, colormap=colormap, colorbar=colorbar)
 
 
 def predicted_caption(result: Explanation, row: int) -> str:
-    """"predicted <class> (<probability>)", or "" when the model's output has no class scores."""
+    """ "predicted <class> (<probability>)", or "" when the model's output has no class scores."""
     if result.predictions is None or result.probabilities is None:
         return ""
     return f"predicted {result.class_name(int(result.predictions[row]))} ({float(result.probabilities[row]):.0%})"
@@ -161,20 +172,33 @@ def explained_caption(result: Explanation, row: int) -> str:
     """What the map explains: a class, a callable target's score, or nothing class-specific."""
     if not result.class_specific:
         return "class-agnostic"
-    return f"explains {result.class_name(int(result.targets[row]))}" if result.targets is not None else "explains target"
+    return (
+        f"explains {result.class_name(int(result.targets[row]))}" if result.targets is not None else "explains target"
+    )
 
 
-def explanation_figure(result: Explanation, alpha: float = 0.5, colormap: ColormapSpec = "jet", colorbar: bool = True,
-                       top_channels: int = 8) -> "Figure":
+def explanation_figure(
+    result: Explanation,
+    alpha: float = 0.5,
+    colormap: ColormapSpec = "jet",
+    colorbar: bool = True,
+    top_channels: int = 8,
+) -> Figure:
     """Each image of ``result`` beside its overlay, captioned with classes and probability.
 
     A channel-weighted result adds a bar chart of each image's ``top_channels`` largest channel weights (0: none).
     """
     images = result.display if result.display is not None else display_images(result.images)
     captions = [[predicted_caption(result, row), explained_caption(result, row)] for row in range(len(result))]
-    return overlay_grid(images, [(f"{result.method} @ {result.layer}", result.maps)], captions,
-                        alpha=alpha, colormap=colormap, colorbar=colorbar,
-                        bars=channel_bars(result, top_channels) if top_channels else None)
+    return overlay_grid(
+        images,
+        [(f"{result.method} @ {result.layer}", result.maps)],
+        captions,
+        alpha=alpha,
+        colormap=colormap,
+        colorbar=colorbar,
+        bars=channel_bars(result, top_channels) if top_channels else None,
+    )
 
 
 def show_explanation(result: Explanation, **options: Any) -> None:
@@ -196,7 +220,8 @@ def show_figure(figure: Figure, what: str) -> None:
     if backend in ("agg", "pdf", "ps", "svg", "cairo", "template") or backend.startswith("module://matplotlib_inline"):
         warnings.warn(
             f"{what}.show(): matplotlib's backend {backend!r} cannot open a window (no display?); "
-            "use .save('explanation.png') or .save('folder/') instead.", stacklevel=3,
+            "use .save('explanation.png') or .save('folder/') instead.",
+            stacklevel=3,
         )
         return
     shown = plt.figure(figsize=figure.get_size_inches())
@@ -229,8 +254,15 @@ def save_explanation(result: Explanation, path: Path, **options: Any) -> Path:
 
     path.mkdir(parents=True, exist_ok=True)
     images = result.display if result.display is not None else display_images(result.images)
-    blended = to_uint8_hwc(overlay(images.detach().float(), result.maps.detach(),
-                                   options.get("alpha", 0.5), options.get("colormap", "jet"))).cpu().numpy()
+    blended = (
+        to_uint8_hwc(
+            overlay(
+                images.detach().float(), result.maps.detach(), options.get("alpha", 0.5), options.get("colormap", "jet")
+            )
+        )
+        .cpu()
+        .numpy()
+    )
     maps = result.maps.detach().float().cpu().numpy()
     files = []
     for index in range(len(result)):
@@ -242,10 +274,16 @@ def save_explanation(result: Explanation, path: Path, **options: Any) -> Path:
         return None if values is None else values.detach().cpu().tolist()
 
     record = {
-        "camkit": _version("camkit"), "torch": torch.__version__, "method": result.method, "layer": result.layer,
-        "uses_gradients": result.uses_gradients, "targets": listed(result.targets),
-        "predictions": listed(result.predictions), "probabilities": listed(result.probabilities),
-        "scores": listed(result.scores), "class_names": list(result.class_names) if result.class_names else None,
+        "camkit": _version("camkit"),
+        "torch": torch.__version__,
+        "method": result.method,
+        "layer": result.layer,
+        "uses_gradients": result.uses_gradients,
+        "targets": listed(result.targets),
+        "predictions": listed(result.predictions),
+        "probabilities": listed(result.probabilities),
+        "scores": listed(result.scores),
+        "class_names": list(result.class_names) if result.class_names else None,
         "images": files,
     }
     if result.channel_weights is not None:  # (B, K): the weights the map summed the layer's channels with

@@ -1,4 +1,5 @@
 """An interactive view for Jupyter: pick image, method, class and opacity, and the overlay redraws."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -53,6 +54,7 @@ def interact(
     with torch.no_grad(), evaluation(model):
         logits = model(x)
     classes = list(range(logits.shape[1]))
+
     def label(index: int) -> str:
         # "3: tabby cat", but just "3" where the class's name is its number (no "3: 3")
         name = class_names[index] if class_names and index < len(class_names) else str(index)
@@ -61,7 +63,9 @@ def interact(
     controls = {
         "image": widgets.IntSlider(value=0, min=0, max=x.shape[0] - 1, description="image"),
         "method": widgets.Dropdown(options=methods, value=methods[0], description="method"),
-        "target": widgets.Dropdown(options=[("top class", -1)] + [(label(c), c) for c in classes], value=-1, description="class"),
+        "target": widgets.Dropdown(
+            options=[("top class", -1)] + [(label(c), c) for c in classes], value=-1, description="class"
+        ),
         "alpha": widgets.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.05, description="alpha"),
     }
     output = widgets.Output()
