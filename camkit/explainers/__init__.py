@@ -1,47 +1,52 @@
 """The explainers. Importing this package registers every built-in method in ``METHODS``."""
 
+# The import order below is the registration order, which is the order of camkit.METHODS, the CLI and README:
+# it is meaningful, so import sorting is off for this file.
+# ruff: noqa: I001
 from __future__ import annotations
 
-from .ablationcam import AblationCAM
-from .attentionbase import AttentionExplainer
-from .attentionrollout import AttentionRollout
 from .base import ChannelWeightedExplainer, ElementWiseExplainer, Explainer
-from .cam import CAM
-from .cfcam import CFCAM
-from .dff import DeepFeatureFactorization
-from .eigencam import EigenCAM
-from .eigengradcam import EigenGradCAM
-from .fem import FEM
-from .finercam import FinerCAM
-from .fullgrad import FullGrad
+from .registry import METHODS, create, methods_for, register
 
 # Each import registers its method; the order is the order of camkit.METHODS.
 from .gradcam import GradCAM
-from .gradcamelementwise import GradCAMElementWise
 from .gradcampp import GradCAMPlusPlus
-from .guidedbackprop import GuidedBackprop
-from .guidedgradcam import GuidedGradCAM
+from .smoothgradcampp import SmoothGradCAMPlusPlus
+from .eigencam import EigenCAM
+from .cfcam import CFCAM
+from .cam import CAM
 from .hirescam import HiResCAM
-from .inputxgradient import InputXGradient
-from .integratedgradients import IntegratedGradients
-from .iscam import ISCAM
-from .kpcacam import KPCACAM
+from .gradcamelementwise import GradCAMElementWise
+from .xgradcam import XGradCAM
 from .layercam import LayerCAM
+from .eigengradcam import EigenGradCAM
+from .kpcacam import KPCACAM
+from .finercam import FinerCAM
+from .shapleycam import ShapleyCAM
+from .fem import FEM
+from .segeigencam import SegEigenCAM
+from .randomcam import RandomCAM
+from .refinecam import RefineCAM
+from .dff import DeepFeatureFactorization
+
+from .scorecam import ScoreCAM
+from .sscam import SSCAM
+from .iscam import ISCAM
+from .ablationcam import AblationCAM
+
+from .attentionbase import AttentionExplainer
+from .attentionrollout import AttentionRollout
+from .transformerattribution import TransformerAttribution
 from .legrad import LeGrad
 
 # The pixel methods: explanations at the input's resolution (explainers/pixel.py).
 from .pixel import PixelExplainer
-from .randomcam import RandomCAM
-from .refinecam import RefineCAM
-from .registry import METHODS, create, methods_for, register
+from .guidedbackprop import GuidedBackprop
+from .guidedgradcam import GuidedGradCAM
 from .saliency import Saliency
-from .scorecam import ScoreCAM
-from .segeigencam import SegEigenCAM
-from .shapleycam import ShapleyCAM
-from .smoothgradcampp import SmoothGradCAMPlusPlus
-from .sscam import SSCAM
-from .transformerattribution import TransformerAttribution
-from .xgradcam import XGradCAM
+from .inputxgradient import InputXGradient
+from .integratedgradients import IntegratedGradients
+from .fullgrad import FullGrad
 
 __all__ = [
     "CAM",
