@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..calls import ModelCall
+from ..calls import InputsSpec, ModelCall
 from ..capture import Capture
 from ..errors import CamkitError, CamkitTypeError
 from ..layers import LayersSpec, find_layer
@@ -110,8 +110,10 @@ class DeepFeatureFactorization(Explainer):
             chosen = energy.argmax(dim=1)
         return codes[torch.arange(codes.shape[0], device=codes.device), chosen]
 
-    def explain(self, x: torch.Tensor, target: TargetSpec = None) -> FactorizationExplanation:
-        return super().explain(x, target)  # type: ignore[return-value]
+    def explain(
+        self, x: torch.Tensor, target: TargetSpec = None, *, inputs: InputsSpec = None
+    ) -> FactorizationExplanation:
+        return super().explain(x, target, inputs=inputs)  # type: ignore[return-value]
 
     def _explanation(
         self,

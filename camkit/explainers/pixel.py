@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
+from ..calls import InputsSpec
 from ..capture_input import InputCapture
 from ..errors import CamkitError
 from ..layers import LayersSpec
@@ -74,7 +75,12 @@ class PixelExplainer(Explainer):
         """The signed attribution of every input value, ``(B, C, *size)``, with the model's output."""
         raise NotImplementedError(f"{type(self).__name__} must define attribute.")
 
-    def explain(self, x: torch.Tensor, target: TargetSpec = None) -> Explanation:
+    def explain(self, x: torch.Tensor, target: TargetSpec = None, *, inputs: InputsSpec = None) -> Explanation:
+        if inputs is not None:
+            raise CamkitError(
+                f"{type(self).__name__} explains the image alone for now; inputs= is taken by the CAM "
+                "methods. Wrap the model in a module that closes over the other inputs."
+            )
         images = _checked_input(x)
         with explaining(self.model):
             x = images.clone() if images.is_inference() else images
