@@ -100,7 +100,12 @@ class AblationCAM(PerturbationExplainer):
                     )
                     self.path_used = "downstream" if fan_at is layer else f"downstream from {where}"
                     break
-                except (_DownstreamRefused, RuntimeError, CamkitError) as error:  # a real error recurs below
+                except (
+                    _DownstreamRefused,
+                    RuntimeError,
+                    IndexError,
+                    CamkitError,
+                ) as error:  # a real error recurs below
                     refusals.append(f"from {where}: {_first_line(error)}")
             if ablated is None:
                 if self.path == "downstream":

@@ -75,6 +75,12 @@ class PixelExplainer(Explainer):
         """The signed attribution of every input value, ``(B, C, *size)``, with the model's output."""
         raise NotImplementedError(f"{type(self).__name__} must define attribute.")
 
+    def explain_detections(self, x: torch.Tensor, *_args: Any, **_options: Any) -> Any:
+        raise CamkitError(
+            f"{type(self).__name__} does not explain detections yet; use a CAM method (Grad-CAM, "
+            "Eigen-CAM, ...) with explain_detections."
+        )
+
     def explain(self, x: torch.Tensor, target: TargetSpec = None, *, inputs: InputsSpec = None) -> Explanation:
         if inputs is not None:
             raise CamkitError(
