@@ -446,7 +446,12 @@ def _state_dict(path: str) -> dict[str, torch.Tensor]:
         raise CamkitError(f"weights file {path} does not exist.")
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as error:
+        if "Unsupported global" not in str(error):  # no object to refuse: bytes the weights-only reader cannot read
+            raise CamkitError(
+                f"cannot read weights file {path}: it is not a checkpoint torch can read with "
+                "weights_only=True (a state dict saved by torch.save)."
+            ) from None
         # torch's own message goes on to explain how to switch the check off; camkit never does.
         raise CamkitError(
             f"weights file {path} holds pickled Python objects (a whole model, or a checkpoint with custom "
