@@ -119,6 +119,8 @@ def test_half_precision_models_and_autocast_give_float32_maps_close_to_float32()
     model = torchvision.models.resnet18(num_classes=5).eval()
     x = torch.randn(2, 3, 48, 48)
     for cls in applicable_methods(model).values():
+        if cls.name == "randomcam":
+            continue  # new random weights on every call: two calls never agree
         options = quick_options(cls)
         reference = cls(model, "layer4", **options)(x, [1, 2])
         for dtype in (torch.float16, torch.bfloat16):
