@@ -125,7 +125,7 @@ def register(commands: Any) -> None:
         "detectors",
         "a torchvision detector (with --weights), an ultralytics YOLO (yolov8n.pt, yolo11n.yaml; "
         "pip install 'camkit[yolo]') or a factory returning a Hugging Face *ForObjectDetection is explained "
-        "detection by detection: OUT/detections.csv lists each one's box, label, label name and score. An "
+        "detection by detection: manifest.csv has a row per detection with its box, label, label name and score. An "
         "ultralytics .pt file is unpickled by ultralytics' own loader, which can run code: load only files you trust "
         "(camkit's own --weights files are read with weights_only=True)",
     )
