@@ -271,7 +271,8 @@ def write_rows(path: Path, rows: list[Row]) -> None:
     fields = ALL_FIELDS if any(is_detection(row) for row in rows) else MANIFEST_FIELDS
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(sorted(rows, key=_sort_key))
+    ordered: list[Row] = sorted(rows, key=_sort_key)
+    writer.writerows(ordered)
     write_atomically(path, buffer.getvalue().encode("utf-8", errors="surrogateescape"))
 
 

@@ -828,8 +828,12 @@ def _write_detections(
             "class_names": checked.loaded.class_names,
         }
     )
-    colors = {"alpha": checked.job.alpha, "colormap": checked.job.colormap}
-    singles = detection_overlays(resized, per_detection=True, **colors)[0] if checked.job.per_detection else None
+    alpha, colormap = checked.job.alpha, checked.job.colormap
+    singles = (
+        detection_overlays(resized, per_detection=True, alpha=alpha, colormap=colormap)[0]
+        if checked.job.per_detection
+        else None
+    )
     rows = []
     for index in range(boxes.shape[0]):
         output = detection_output(path, index) if singles is not None else path
@@ -847,7 +851,9 @@ def _write_detections(
             **dict(zip(("x0", "y0", "x1", "y1"), (f"{value:.1f}" for value in boxes[index].tolist()))),
         )
         rows.append(row)
-    write_atomically(path, encode_png(detection_overlays(resized, **colors)[0].permute(1, 2, 0).numpy()))
+    write_atomically(
+        path, encode_png(detection_overlays(resized, alpha=alpha, colormap=colormap)[0].permute(1, 2, 0).numpy())
+    )
     # An image without detections still has its row: it was explained, and found nothing above the threshold.
     return rows or [{**_row(source, path, method, status="ok"), "overlay": str(path)}]
 
