@@ -96,6 +96,7 @@ class OverlayJob:
     score_threshold: float = 0.25
     max_detections: int = 20
     per_detection: bool = False
+    detection_score: str = "box"  # "mask": an instance segmenter's mask score (Mask R-CNN, YOLO-seg)
     class_names: str | None = None
     caption: bool = True
 
@@ -790,6 +791,7 @@ def _explain_detections(checked: Plan, sources: list[Source], manifest: Manifest
                             item.pixels[None].to(device),
                             score_threshold=job.score_threshold,
                             max_detections=job.max_detections,
+                            score=job.detection_score,
                         )
                     except EXPLAIN_ERRORS as error:
                         _fail(source, checked, manifest, tally, f"cannot explain: {_one_line(error)}")

@@ -132,6 +132,13 @@ def register(commands: Any) -> None:
     detectors.add_argument("--score-threshold", type=float, default=0.25, help="explain detections scoring above this")
     detectors.add_argument("--max-detections", type=int, default=20, help="at most this many per image, best first")
     detectors.add_argument(
+        "--detection-score",
+        choices=("box", "mask"),
+        default="box",
+        help="the score each map explains: the detection's (box) or, for Mask R-CNN and YOLO-seg, its mask's "
+        "(the mean mask probability over its own mask); detections are chosen by their box score either way",
+    )
+    detectors.add_argument(
         "--per-detection",
         action="store_true",
         help="also one overlay file per detection (NAME_METHOD_detNN.png) beside the image's overlay of all its boxes",

@@ -46,6 +46,7 @@ def explained(tmp_path_factory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("detections")
     _images(folder)
     out = folder / "out"
+    torch.manual_seed(0)  # the yaml's random weights, built again the same way by the boxes' test
     assert main(_arguments(folder, out, "--max-detections", "2", "--per-detection", "--report")) == 0
     return folder, out
 
@@ -79,6 +80,7 @@ def test_the_manifest_boxes_are_the_detectors_boxes_in_the_images_pixels(explain
     from camkit.app.runner import Images
 
     folder, out = explained
+    torch.manual_seed(0)
     model = load_model("yolov8n.yaml").model
     rows = [row for row in _manifest(out) if row["input"].endswith("a.png")]
     source = type("Source", (), {"path": folder / "a.png"})()
@@ -169,3 +171,29 @@ def test_detection_options_out_of_range_are_refused_before_anything_is_written(t
     _images(tmp_path)
     assert main(["overlay", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), flag, value]) != 0
     assert flag in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_a_yolo_seg_run_explains_each_detections_mask_score(tmp_path: Path, offline) -> None:
+    """--detection-score mask: the manifest's scores are the mask scores explain_detections(score='mask') gives."""
+    pytest.importorskip("ultralytics")
+    import camkit
+    from camkit.app.runner import Images
+
+    _images(tmp_path)
+    out = tmp_path / "out"
+    arguments = ["overlay", str(tmp_path / "b.png"), "-o", str(out), "--model", "yolov8n-seg.yaml", "--input-size",
+                 "64", "--score-threshold", "0", "--max-detections", "2", "--workers", "0", "--quiet"]
+    torch.manual_seed(0)  # the yaml's random weights: the same in the run (in this process) and below
+    assert main([*arguments, "--detection-score", "mask"]) == 0
+    rows = _manifest(out)
+    torch.manual_seed(0)
+    model = load_model("yolov8n-seg.yaml").model
+    source = type("Source", (), {"path": tmp_path / "b.png"})()
+    pixels = Images([source], (64, 64), (0.0,) * 3, (1.0,) * 3)[0].pixels[None]
+    masks = camkit.GradCAM(model).explain_detections(pixels, score_threshold=0.0, max_detections=2, score="mask")
+    boxes = camkit.GradCAM(model).explain_detections(pixels, score_threshold=0.0, max_detections=2)
+    assert [float(row["score"]) for row in rows] == pytest.approx(masks.scores[0].tolist(), abs=1e-6)
+    assert masks.scores[0].tolist() != pytest.approx(boxes.scores[0].tolist(), abs=1e-3)
+    # A detector without masks refuses it per image, in one line.
+    assert main(["overlay", str(tmp_path / "b.png"), "-o", str(tmp_path / "plain"), "--model", "yolov8n.yaml",
+                 "--input-size", "64", "--workers", "0", "--quiet", "--detection-score", "mask"]) == 1
