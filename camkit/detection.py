@@ -12,6 +12,11 @@ Three families, recognised from the model (no import of their packages here):
   softmax class probability with no-object left out (sigmoid for the friends
   whose logits have no no-object class), boxes from ``pred_boxes``.
 
+Instance segmenters (torchvision's Mask R-CNN, ultralytics YOLO-seg) can be
+explained by a detection's mask score instead (:meth:`Detector.scoring_masks`):
+the mean of its mask probabilities over its own mask (the pixels where that
+probability exceeds 0.5; for YOLO-seg inside its box, as ultralytics crops).
+
 A :class:`Detector` lists the detections of one forward (:meth:`Detector.found`)
 and scores one detection again in any later output (:class:`DetectionScore`):
 by anchor or query for YOLO and DETR, whose indices mean the same thing in every
@@ -32,6 +37,8 @@ from .errors import CamkitError, CamkitTypeError
 
 # ultralytics' own predictor suppresses overlaps above this IoU (its `iou` default for predict).
 YOLO_NMS_IOU = 0.7
+# A detection's mask is where its mask probability exceeds this (torchvision's and ultralytics' own binarisation).
+MASK_THRESHOLD = 0.5
 
 
 @dataclass
@@ -67,23 +74,68 @@ class Detector:
         """The layer every detection depends on, explained when the user names none (None: camkit's auto rule)."""
         return None
 
+    def scoring_masks(self) -> Detector:
+        """This detector explaining each detection's mask score (see :func:`mask_scores`), for instance segmenters."""
+        raise CamkitError(
+            f"score='mask' needs an instance segmenter (torchvision's Mask R-CNN, ultralytics YOLO-seg); a "
+            f"{self.family} detector predicts no masks: use score='box'."
+        )
+
+
+def mask_scores(probabilities: torch.Tensor, inside: torch.Tensor | None = None) -> torch.Tensor:
+    """``(N,)``: each ``(H, W)`` mask's mean probability over its own mask (where it exceeds 0.5, within ``inside``).
+
+    The region is chosen without gradient; a detection with an empty mask scores 0 (still in the graph).
+    """
+    region = probabilities.detach() > MASK_THRESHOLD
+    if inside is not None:
+        region = region & inside
+    region = region.to(probabilities.dtype)
+    return (probabilities * region).sum((-2, -1)) / region.sum((-2, -1)).clamp(min=1.0)
+
 
 class TorchvisionDetector(Detector):
     family = "torchvision"
 
+    def __init__(self, masks: bool = False) -> None:
+        self.masks = masks  # explain each detection's mask score (Mask R-CNN) instead of its box score
+
+    def scoring_masks(self) -> Detector:
+        return TorchvisionDetector(masks=True)
+
+    def _explained(self, detections: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Each detection's explained score: its ``scores`` entry, or its mask score."""
+        if not self.masks:
+            return detections["scores"]
+        masks = detections.get("masks")
+        if not isinstance(masks, torch.Tensor):
+            raise CamkitError(
+                "score='mask' needs a detector whose output dicts have 'masks' (Mask R-CNN); this one has "
+                f"{', '.join(map(str, detections))}: use score='box'."
+            )
+        return mask_scores(masks.flatten(0, -3) if masks.dim() == 4 else masks)
+
     def found(self, output: Any, size: tuple[int, int], score_threshold: float) -> list[Found]:
         found = []
         for detections in _dicts(output):  # each image has its own number of detections
-            scores = detections["scores"]
+            scores = detections["scores"]  # chooses and orders the detections, whichever score is explained
             kept = torch.nonzero(scores.detach() > score_threshold).flatten()
             kept = kept[scores.detach()[kept].argsort(descending=True, stable=True)]
+            explained = self._explained(detections)
             found.append(
-                Found(detections["boxes"].detach()[kept].float(), detections["labels"][kept].long(), scores[kept], kept)
+                Found(
+                    detections["boxes"].detach()[kept].float(), detections["labels"][kept].long(), explained[kept], kept
+                )
             )
         return found
 
     def keyed_scores(self, output: Any, box: torch.Tensor, label: int, key: int, min_iou: float) -> torch.Tensor:
-        return torch.stack([best_match_score(detections, box, label, min_iou) for detections in _dicts(output)])
+        return torch.stack(
+            [
+                best_match_score(detections, box, label, min_iou, self._explained(detections))
+                for detections in _dicts(output)
+            ]
+        )
 
     def default_layer(self, model: nn.Module) -> str | None:
         backbone = getattr(model, "backbone", None)
@@ -102,11 +154,28 @@ class TorchvisionDetector(Detector):
 class YoloDetector(Detector):
     family = "ultralytics"
 
-    def __init__(self, classes: int, first_input: int | None, nms_iou: float = YOLO_NMS_IOU) -> None:
+    def __init__(
+        self,
+        classes: int,
+        first_input: int | None,
+        nms_iou: float = YOLO_NMS_IOU,
+        masks: int = 0,
+        proto_stride: float = 4.0,
+        mask_scores: bool = False,
+    ) -> None:
         self.classes, self.first_input, self.nms_iou = classes, first_input, nms_iou
+        # YOLO-seg: ``masks`` coefficients per anchor follow the classes; its prototypes are 1/proto_stride the input.
+        self.masks, self.proto_stride, self.mask_scores = masks, proto_stride, mask_scores
+
+    def scoring_masks(self) -> Detector:
+        if not self.masks:
+            return super().scoring_masks()
+        return YoloDetector(self.classes, self.first_input, self.nms_iou, self.masks, self.proto_stride, True)
 
     def _prediction(self, output: Any) -> torch.Tensor:
-        prediction = output[0] if isinstance(output, (tuple, list)) else output
+        prediction = output
+        while isinstance(prediction, (tuple, list)) and prediction:  # Detect: (y, raw); Segment: ((y, proto), raw)
+            prediction = prediction[0]
         if not isinstance(prediction, torch.Tensor) or prediction.dim() != 3 or prediction.shape[1] < 4 + self.classes:
             shape = tuple(prediction.shape) if isinstance(prediction, torch.Tensor) else type(prediction).__name__
             raise CamkitError(
@@ -130,11 +199,43 @@ class YoloDetector(Detector):
                     boxes[image, anchors], best[image, anchors].detach().float(), labels[image, anchors], self.nms_iou
                 )
             ]
-            found.append(Found(boxes[image, kept], labels[image, kept], best[image, kept], kept))
+            explained = best[image, kept]
+            if self.mask_scores:
+                explained = self._mask_scores(output, torch.full_like(kept, image), kept)
+            found.append(Found(boxes[image, kept], labels[image, kept], explained, kept))
         return found
 
     def keyed_scores(self, output: Any, box: torch.Tensor, label: int, key: int, min_iou: float) -> torch.Tensor:
-        return self._prediction(output)[:, 4 + label, key]
+        prediction = self._prediction(output)
+        if self.mask_scores:
+            rows = torch.arange(prediction.shape[0], device=prediction.device)
+            return self._mask_scores(output, rows, torch.full_like(rows, key))
+        return prediction[:, 4 + label, key]
+
+    def _mask_scores(self, output: Any, images: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+        """``(N,)``: the mask score of anchor ``anchors[n]`` in image ``images[n]``, its mask as ultralytics makes it:
+        the sigmoid of its coefficients times the prototypes, cropped to its box (at the prototypes' resolution)."""
+        prediction = self._prediction(output)
+        proto = output[0][1] if isinstance(output[0], (tuple, list)) and len(output[0]) > 1 else None
+        if not isinstance(proto, torch.Tensor) or proto.dim() != 4:
+            raise CamkitError(
+                "score='mask' reads a YOLO-seg model's mask prototypes, and this output has none (camkit reads "
+                "ultralytics' Segment head outside export mode)."
+            )
+        start = 4 + self.classes
+        coefficients = prediction[images, start : start + self.masks, anchors]  # (N, M)
+        probabilities = torch.einsum("nm,nmhw->nhw", coefficients.float(), proto[images].float()).sigmoid()
+        height, width = proto.shape[2:]
+        x0, y0, x1, y1 = (xywh_to_xyxy(prediction[images, :4, anchors].detach().float()) / self.proto_stride).unbind(1)
+        columns = torch.arange(width, device=proto.device)[None, None, :]
+        rows = torch.arange(height, device=proto.device)[None, :, None]
+        inside = (
+            (columns >= x0[:, None, None])
+            & (columns < x1[:, None, None])
+            & (rows >= y0[:, None, None])
+            & (rows < y1[:, None, None])
+        )
+        return mask_scores(probabilities, inside)
 
     def default_layer(self, model: nn.Module) -> str | None:
         # The head's first input (P3) feeds the whole top-down/bottom-up path: every scale depends on it.
@@ -201,7 +302,16 @@ def detector_of(model: nn.Module) -> Detector | None:
         if head is not None and hasattr(head, "nc") and hasattr(head, "stride"):
             inputs = getattr(head, "f", None)
             classes: Any = head.nc
-            return YoloDetector(int(classes), int(inputs[0]) if isinstance(inputs, (list, tuple)) and inputs else None)
+            masks: Any = getattr(head, "nm", 0)  # YOLO-seg's Segment head: mask coefficients per anchor
+            strides: Any = head.stride
+            # The prototypes are the head's first input (the finest scale) upsampled twice.
+            proto_stride = float(strides[0]) / 2 if isinstance(strides, torch.Tensor) and strides.numel() else 4.0
+            return YoloDetector(
+                int(classes),
+                int(inputs[0]) if isinstance(inputs, (list, tuple)) and inputs else None,
+                masks=int(masks) if isinstance(masks, int) else 0,
+                proto_stride=proto_stride or 4.0,
+            )
     if module.startswith("transformers") and type(model).__name__.endswith("ForObjectDetection"):
         config: Any = model.config
         return DetrDetector(int(config.num_labels))
@@ -267,12 +377,17 @@ def matched(found: list[Found], given: Sequence[Mapping[str, Any]], min_iou: flo
 
 
 def best_match_score(
-    detections: Mapping[str, torch.Tensor], box: torch.Tensor, label: int, min_iou: float
+    detections: Mapping[str, torch.Tensor],
+    box: torch.Tensor,
+    label: int,
+    min_iou: float,
+    explained: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """A torchvision image's score of the detection of ``label`` overlapping ``box`` most (IoU >= min_iou), else 0."""
+    """A torchvision image's score of the detection of ``label`` overlapping ``box`` most (IoU >= min_iou), else 0;
+    ``explained``: the per-detection scores to take it from (its ``scores`` when None, e.g. mask scores)."""
     from torchvision.ops import box_iou
 
-    scores = detections["scores"]
+    scores = detections["scores"] if explained is None else explained
     if scores.numel() == 0:
         return scores.sum() * 0.0
     boxes = detections["boxes"].detach()
@@ -313,6 +428,7 @@ __all__ = [
     "YoloDetector",
     "best_match_score",
     "detector_of",
+    "mask_scores",
     "matched",
     "strongest",
     "unwrapped",

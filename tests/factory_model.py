@@ -114,3 +114,17 @@ def tiny_vit() -> nn.Module:
                               num_classes=3)
     model.input_size = 32
     return model
+
+
+def tiny_yolo() -> nn.Module:
+    """YOLOv8n from ultralytics' yaml with fixed random weights (every process builds the same), 64 x 64 inputs;
+    the class branch's prior bias is zeroed so that random boxes score about 0.5 and pass a threshold."""
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(0)
+    model = DetectionModel("yolov8n.yaml", verbose=False)
+    for branch in model.model[-1].cv3:
+        torch.nn.init.zeros_(branch[-1].bias)
+    model.input_size = 64
+    return model.eval()

@@ -599,6 +599,30 @@ def tiny_yolo() -> torch.nn.Module:
     return model
 
 
+def tiny_yolo_seg() -> torch.nn.Module:
+    """ultralytics' YOLOv8n-seg from its yaml (no download), calibrated like :func:`tiny_yolo`."""
+    tasks = pytest.importorskip("ultralytics.nn.tasks")
+    model = calibrated(tasks.SegmentationModel("yolov8n-seg.yaml", verbose=False))
+    for branch in model.model[-1].cv3:
+        torch.nn.init.normal_(branch[-1].weight, std=0.002)
+        torch.nn.init.zeros_(branch[-1].bias)
+    return model
+
+
+def tiny_maskrcnn(classes: int = 4) -> torch.nn.Module:
+    """torchvision's Mask R-CNN (random init) on :func:`tiny_fasterrcnn`'s 3-conv backbone, images kept at 64 px."""
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    backbone = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, 2, 1), torch.nn.ReLU(), torch.nn.Conv2d(8, 16, 3, 2, 1), torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 16, 3, 2, 1), torch.nn.ReLU())
+    backbone.out_channels = 16
+    anchors = AnchorGenerator(sizes=((16, 32),), aspect_ratios=((0.5, 1.0, 2.0),))
+    return MaskRCNN(backbone, num_classes=classes, rpn_anchor_generator=anchors, min_size=64, max_size=64,
+                    box_score_thresh=0.0, rpn_pre_nms_top_n_test=40, rpn_post_nms_top_n_test=12).eval()
+
+
 def tiny_detr(classes: int = 5, queries: int = 10) -> torch.nn.Module:
     """A Hugging Face DETR with a 4-stage ResNet of 8-32 channels and one encoder and decoder layer."""
     transformers = pytest.importorskip("transformers")

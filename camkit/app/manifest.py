@@ -13,6 +13,18 @@ folder moved together with its inputs (or alone, for its outputs) still
 works; manifests of earlier versions, whose outputs were absolute, are read
 and rewritten that way.
 
+A detector's run has one row per (input, method, detection): ``detection`` is
+its index (best first), ``x0, y0, x1, y1`` its box in the image's own pixels,
+``predicted_class``/``explained_class`` its label, ``predicted_name`` the
+label's name, ``score`` its score, ``output`` the file that shows it (its own
+with ``--per-detection``, else the image's overlay) and ``overlay`` the image's
+overlay with every box; an image with no detection has one row whose
+``detection`` is empty. The detection columns follow the classifier's, and a
+manifest without detection rows has the classifier's columns only, as before.
+The rows of one (input, method) are one group: a run that explains the image
+again replaces the whole group, so detections an earlier run found and this one
+does not are dropped.
+
 File names that are not valid UTF-8 are written with Python's
 ``surrogateescape``, so the manifest round-trips the bytes the names had.
 
@@ -55,12 +67,15 @@ MANIFEST_FIELDS = (
     "status",
     "error",
 )
+# A detector's rows carry these after the classifier's columns (written only when a row has them).
+DETECTION_FIELDS = ("detection", "x0", "y0", "x1", "y1", "overlay")
+ALL_FIELDS = MANIFEST_FIELDS + DETECTION_FIELDS
 SKIPPED = "skipped (exists)"
 FLUSH_SECONDS = 2.0
 LOCK_NAME = ".manifest.lock"
 # Columns that hold numbers; a value there that is not one is cleared when the manifest is read.
-_INTEGER_FIELDS = ("predicted_class", "explained_class")
-_FLOAT_FIELDS = ("score",)
+_INTEGER_FIELDS = ("predicted_class", "explained_class", "detection")
+_FLOAT_FIELDS = ("score", "x0", "y0", "x1", "y1")
 # A row broken across lines by a quoted newline spans at most this many lines; an unterminated quote
 # that would swallow more is a damaged row, and reading goes on at the next line.
 _MAX_ROW_LINES = 8
@@ -68,10 +83,21 @@ _MAX_ROW_LINES = 8
 logger = logging.getLogger("camkit")
 
 Row = dict[str, Any]
+# The manifest's rows by (input, method), then by detection index ("" for a classifier's row).
+Table = dict[tuple[str, str], dict[str, Row]]
 
 
 def key_of(row: Row) -> tuple[str, str]:
     return str(row["input"]), str(row["method"])
+
+
+def is_detection(row: Row) -> bool:
+    """Whether ``row`` is a detector's (it has a value in a detection column)."""
+    return any(str(row.get(field) or "") != "" for field in DETECTION_FIELDS)
+
+
+def _fields_of(row: Row) -> tuple[str, ...]:
+    return ALL_FIELDS if is_detection(row) else MANIFEST_FIELDS
 
 
 def check_owned(path: Path) -> None:
@@ -83,19 +109,43 @@ def check_owned(path: Path) -> None:
             header = next(csv.reader(file), [])
     except OSError as error:
         raise CamkitError(f"cannot read {path}: {error.strerror or error}") from None
-    if tuple(header) != MANIFEST_FIELDS:
+    if tuple(header) not in (MANIFEST_FIELDS, ALL_FIELDS):
         raise CamkitError(
             f"{path} exists and is not a camkit manifest (its first line is {','.join(header)[:80]!r}); "
             "camkit never overwrites it: choose another output folder with -o, or move that file."
         )
 
 
-def upsert(rows: dict[tuple[str, str], Row], row: Row) -> None:
-    """Insert or replace a row; a 'skipped' row never replaces what an earlier run recorded."""
+def upsert(rows: Table, row: Row) -> None:
+    """Insert or replace a row of one source (a file, a run); a 'skipped' row never replaces what its group holds.
+
+    A row without a detection index stands for its whole (input, method) group (a classifier's row, an error,
+    an image without detections); a detection's row joins the group's other detections.
+    """
     key = key_of(row)
-    if row["status"] == SKIPPED and key in rows:
+    group = rows.get(key)
+    if row["status"] == SKIPPED and group:
         return
-    rows[key] = {field: row.get(field, "") for field in MANIFEST_FIELDS}
+    clean = {field: row.get(field, "") for field in _fields_of(row)}
+    detection = str(clean.get("detection", ""))
+    if detection == "" or group is None:
+        rows[key] = {detection: clean}
+    else:
+        group.pop("", None)
+        group[detection] = clean
+
+
+def replace_groups(rows: Table, newer: Table) -> None:
+    """``newer``'s groups in place of ``rows``' (a re-explained image's detections replace all of its old ones);
+    a group that is only 'skipped' keeps what ``rows`` holds."""
+    for key, group in newer.items():
+        if key in rows and all(row["status"] == SKIPPED for row in group.values()):
+            continue
+        rows[key] = dict(group)
+
+
+def flattened(rows: Table) -> list[Row]:
+    return [row for group in rows.values() for row in group.values()]
 
 
 def relative_paths(row: Row, folder: Path) -> Row:
@@ -112,12 +162,15 @@ def relative_paths(row: Row, folder: Path) -> Row:
         and not (folder / source).exists()
         and os.path.exists(source)
     )
-    if not earlier and not os.path.isabs(source):
+    if not earlier and not os.path.isabs(source) and not os.path.isabs(str(row.get("overlay") or "")):
         return row
     converted = dict(row)
-    if output:
+    overlay = str(row.get("overlay") or "")
+    if overlay and os.path.isabs(overlay):
+        converted["overlay"] = os.path.relpath(overlay, folder)
+    if output and os.path.isabs(output):
         converted["output"] = os.path.relpath(output, folder)
-    if source:
+    if source and (earlier or os.path.isabs(source)):
         converted["input"] = os.path.relpath(os.path.abspath(source), folder)
     return converted
 
@@ -129,9 +182,10 @@ def read_rows(path: Path, *, report: bool = True) -> list[Row]:
     rows: list[Row] = []
     dropped: list[int] = []
     cleared = 0
+    fields = _header_fields(lines[0] if lines else "")
     index = 1  # line 0 is the header
     while index < len(lines):
-        parsed = _row_at(lines, index)
+        parsed = _row_at(lines, index, fields)
         if parsed is None:
             if lines[index].strip():
                 dropped.append(index + 1)
@@ -150,7 +204,16 @@ def read_rows(path: Path, *, report: bool = True) -> list[Row]:
     return rows
 
 
-def _row_at(lines: list[str], start: int) -> tuple[Row, int] | None:
+def _header_fields(line: str) -> tuple[str, ...]:
+    """The columns a manifest has: with the detection columns, or the classifier's only (also for a damaged header)."""
+    try:
+        header = next(csv.reader(io.StringIO(line)), [])
+    except csv.Error:
+        return MANIFEST_FIELDS
+    return ALL_FIELDS if tuple(header) == ALL_FIELDS else MANIFEST_FIELDS
+
+
+def _row_at(lines: list[str], start: int, fields: tuple[str, ...]) -> tuple[Row, int] | None:
     """The row starting at ``lines[start]`` and how many lines it spans, or None if no row parses there."""
     for count in range(1, min(_MAX_ROW_LINES, len(lines) - start) + 1):
         text = "".join(lines[start : start + count])
@@ -160,9 +223,9 @@ def _row_at(lines: list[str], start: int) -> tuple[Row, int] | None:
             records = list(csv.reader(io.StringIO(text), strict=True))
         except csv.Error:
             continue  # an open quote: the row may go on at the next line
-        if len(records) == 1 and len(records[0]) == len(MANIFEST_FIELDS):
-            return dict(zip(MANIFEST_FIELDS, records[0])), count
-        if len(records) != 1 or len(records[0]) > len(MANIFEST_FIELDS):
+        if len(records) == 1 and len(records[0]) == len(fields):
+            return dict(zip(fields, records[0])), count
+        if len(records) != 1 or len(records[0]) > len(fields):
             return None
     return None
 
@@ -197,12 +260,19 @@ def _locked(folder: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+def _sort_key(row: Row) -> tuple[str, str, int]:
+    detection = str(row.get("detection") or "")
+    return str(row["input"]), str(row["method"]), int(detection) if detection.isdigit() else -1
+
+
 def write_rows(path: Path, rows: list[Row]) -> None:
-    """Rows sorted by (input, method), written atomically."""
+    """Rows sorted by (input, method, detection), written atomically; detection columns only when a row has them."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=MANIFEST_FIELDS)
+    fields = ALL_FIELDS if any(is_detection(row) for row in rows) else MANIFEST_FIELDS
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(sorted(rows, key=key_of))
+    ordered: list[Row] = sorted(rows, key=_sort_key)
+    writer.writerows(ordered)
     write_atomically(path, buffer.getvalue().encode("utf-8", errors="surrogateescape"))
 
 
@@ -214,14 +284,16 @@ class Manifest:
         check_owned(self.path)
         self.part = out / f".manifest-part-{ranks.rank:05d}-of-{ranks.world:05d}.csv"
         self._lock = threading.Lock()
-        self._mine: dict[tuple[str, str], Row] = {}  # this run's rows; what the file holds is read at each flush
+        self._mine: Table = {}  # this run's rows; what the file holds is read at each flush
         # Under torchrun a crashed run of the same rank may have left its part: its rows go on in ours.
-        self._carried: dict[tuple[str, str], Row] = {}
+        self._carried: Table = {}
         if ranks.world > 1 and self.part.exists():
             for row in read_rows(self.part):
                 upsert(self._carried, relative_paths(row, out))
-        elif self.path.exists():
-            read_rows(self.path)  # says once, now, what in it is damaged and will be dropped or cleared
+        # What earlier runs recorded (resume asks whether an image's detections are done); reading it
+        # also says once, now, what in it is damaged and will be dropped or cleared.
+        self.earlier = _rows_on_disk(self.path, report=ranks.is_main)
+        replace_groups(self.earlier, self._carried)
         self._flushed_at = 0.0
         self.added: list[Row] = []
         self.write_error: str | None = None  # why the last write failed; None once one succeeds
@@ -241,15 +313,13 @@ class Manifest:
             try:
                 if self.ranks.world > 1:
                     rows = dict(self._carried)
-                    for row in self._mine.values():
-                        upsert(rows, row)
-                    write_rows(self.part, list(rows.values()))
+                    replace_groups(rows, self._mine)
+                    write_rows(self.part, flattened(rows))
                 else:
                     with _locked(self.path.parent):
                         rows = _rows_on_disk(self.path)
-                        for row in self._mine.values():
-                            upsert(rows, row)
-                        write_rows(self.path, list(rows.values()))
+                        replace_groups(rows, self._mine)
+                        write_rows(self.path, flattened(rows))
             except OSError as error:
                 self._write_failed(error)
                 return
@@ -263,7 +333,7 @@ class Manifest:
                 "written at the next chance (free space and rerun to resume)",
                 self.path,
                 reason,
-                len(self._mine),
+                sum(len(group) for group in self._mine.values()),
             )
         self.write_error = reason
 
@@ -280,10 +350,10 @@ class Manifest:
                 self._write_failed(error)
 
 
-def _rows_on_disk(path: Path) -> dict[tuple[str, str], Row]:
-    rows: dict[tuple[str, str], Row] = {}
+def _rows_on_disk(path: Path, *, report: bool = False) -> Table:
+    rows: Table = {}
     if path.exists():
-        for row in read_rows(path, report=False):  # what is damaged was said when the run began
+        for row in read_rows(path, report=report):  # what is damaged is said once, when the run begins
             upsert(rows, relative_paths(row, path.parent))
     return rows
 
@@ -294,8 +364,10 @@ def merge_parts(path: Path) -> None:
         merged = _rows_on_disk(path)
         parts = sorted(path.parent.glob(".manifest-part-*-of-*.csv"), key=lambda part: part.stat().st_mtime_ns)
         for part in parts:
+            rows: Table = {}
             for row in read_rows(part):
-                upsert(merged, relative_paths(row, path.parent))
-        write_rows(path, list(merged.values()))
+                upsert(rows, relative_paths(row, path.parent))
+            replace_groups(merged, rows)
+        write_rows(path, flattened(merged))
         for part in parts:
             part.unlink(missing_ok=True)

@@ -10,7 +10,10 @@ Nothing is fetched from anywhere: no server, no CDN.
 
 The page is built from the manifest's rows, not from one run's results, so a
 resumed run or a second run with other methods gives a report of every row
-the manifest holds. Overlays are referenced by URL-escaped paths relative to
+the manifest holds. A detector's image shows, per method, its overlay with
+every box and below it each detection: its label, score and (with
+``--per-detection``) its own thumbnail; the class filter matches an image by
+any of its detections' labels. Overlays are referenced by URL-escaped paths relative to
 the page; every piece of text (file names are user data) is HTML-escaped.
 """
 
@@ -27,7 +30,7 @@ from urllib.parse import quote
 from ..errors import CamkitError
 from ..explainers import METHODS
 from .io import write_atomically
-from .manifest import SKIPPED, Row, read_rows
+from .manifest import SKIPPED, Row, is_detection, read_rows
 
 REPORT_NAME = "report.html"
 # The mark camkit recognises its own report by: a report.html without it is the user's and never overwritten.
@@ -74,6 +77,10 @@ class _Image:
     input: str
     label: str | None
     cells: dict[str, Row] = field(default_factory=dict)
+    detections: dict[str, list[Row]] = field(default_factory=dict)  # a detector's rows, by method
+
+    def rows(self) -> list[Row]:
+        return list(self.cells.values()) + [row for rows in self.detections.values() for row in rows]
 
 
 def build_report(
@@ -84,15 +91,19 @@ def build_report(
     for row in rows:
         name = str(row["input"])
         image = images.setdefault(name, _Image(name, label_of(name) if label_from_folder else None))
-        image.cells[str(row["method"])] = row
-    methods = _method_order({method for image in images.values() for method in image.cells})
+        if is_detection(row):
+            image.detections.setdefault(str(row["method"]), []).append(row)
+        else:
+            image.cells[str(row["method"])] = row
+    methods = _method_order({method for image in images.values() for method in [*image.cells, *image.detections]})
     classes: dict[str, str] = {}  # predicted class index -> what the filter shows
     for image in images.values():
-        for row in image.cells.values():
+        for row in image.rows():
             if _has_prediction(row):
                 classes.setdefault(str(row["predicted_class"]), _class_text(row))
     labels = sorted({image.label for image in images.values() if image.label}, key=_natural)
-    failed = sum(any(row["status"] == "error" for row in image.cells.values()) for image in images.values())
+    failed = sum(any(row["status"] == "error" for row in image.rows()) for image in images.values())
+    detections = sum(bool(str(row.get("detection") or "")) for image in images.values() for row in image.rows())
 
     body = [
         _row_html(number, image, methods, folder, class_names)
@@ -115,6 +126,7 @@ def build_report(
     label_header = "<th>label</th>" if label_from_folder else ""
     summary = (
         f"{len(images)} images, {len(methods)} method{'s' if len(methods) != 1 else ''}"
+        f"{f', {detections} detections' if detections else ''}"
         f"{f', {failed} failed' if failed else ''}"
     )
     return _PAGE.format(
@@ -134,14 +146,16 @@ def build_report(
 
 
 def _row_html(number: int, image: _Image, methods: list[str], folder: Path, class_names: Sequence[str] | None) -> str:
-    predicted = [row for row in image.cells.values() if _has_prediction(row)]
+    predicted = [row for row in image.rows() if _has_prediction(row)]
     tokens = sorted({f"c{row['predicted_class']}" for row in predicted})
-    if any(row["status"] == "error" for row in image.cells.values()):
+    if any(row["status"] == "error" for row in image.rows()):
         tokens.append("error")
     scores = [float(row["score"]) for row in predicted if str(row["score"]).strip()]
     differs = ""
     if image.label is not None and predicted:
-        differs = "1" if any(not _matches(image.label, row, class_names) for row in predicted) else "0"
+        matching = [_matches(image.label, row, class_names) for row in predicted]
+        # A classifier's prediction differs when any method's does; a detector's when no detection has the label.
+        differs = "1" if (not any(matching) if image.detections else not all(matching)) else "0"
     attributes = {
         "class": "item",
         "data-order": str(number),
@@ -154,8 +168,45 @@ def _row_html(number: int, image: _Image, methods: list[str], folder: Path, clas
     cells = [f'<th scope="row" class="input">{_text(image.input)}</th>']
     if image.label is not None:
         cells.append(f'<td class="label">{_text(image.label) or "&mdash;"}</td>')
-    cells.extend(_cell_html(image.cells.get(method), folder) for method in methods)
+    cells.extend(
+        _detections_html(image.detections[method], folder)
+        if method in image.detections
+        else _cell_html(image.cells.get(method), folder)
+        for method in methods
+    )
     return opening + "".join(cells) + "</tr>"
+
+
+def _picture(output: str, alt: str, folder: Path) -> str:
+    url = _attr(relative_url(folder / Path(output), folder))  # outputs are relative to the manifest's folder
+    return (
+        f'<a href="{url}"><img src="{url}" alt="{_attr(alt)}" loading="lazy" decoding="async" '
+        'onload="camkitImage(this, true)" onerror="camkitImage(this, false)"></a>'
+    )
+
+
+def _detections_html(rows: list[Row], folder: Path) -> str:
+    """A detector's cell: the overlay with every box, then each detection's label and score (and its own map)."""
+    ordered = sorted(rows, key=lambda row: int(row["detection"]) if str(row["detection"]).isdigit() else -1)
+    first = ordered[0]
+    overlay = str(first.get("overlay") or first["output"])
+    items = []
+    for row in ordered:
+        if not str(row["detection"]).strip():
+            continue  # the row of an image without detections
+        score = f" &middot; {float(row['score']):.3f}" if str(row["score"]).strip() else ""
+        thumbnail = ""
+        if str(row["output"]).strip() and row["output"] != overlay:
+            thumbnail = _picture(str(row["output"]), f"{row['method']} map of detection {row['detection']}", folder)
+        items.append(
+            f'<li data-detection="{_attr(row["detection"])}">{thumbnail}'
+            f'<span class="class">{_text(_class_text(row))}</span>{score}</li>'
+        )
+    count = len(items)
+    caption = f"{count} detection{'s' if count != 1 else ''}" if count else "no detections above the threshold"
+    listing = f'<ol class="detections">{"".join(items)}</ol>' if items else ""
+    picture = _picture(overlay, f"{first['method']} detections of {first['input']}", folder)
+    return f'<td class="detector">{picture}<div class="caption">{caption}</div>{listing}</td>'
 
 
 def _cell_html(row: Row | None, folder: Path) -> str:
@@ -163,12 +214,7 @@ def _cell_html(row: Row | None, folder: Path) -> str:
         return '<td class="absent">not run</td>'
     if row["status"] == "error" or not str(row["output"]).strip():
         return f'<td class="error">{_text(row["error"] or row["status"])}</td>'
-    url = _attr(relative_url(folder / Path(row["output"]), folder))  # outputs are relative to the manifest's folder
-    alt = _attr(f"{row['method']} overlay of {row['input']}")
-    picture = (
-        f'<a href="{url}"><img src="{url}" alt="{alt}" loading="lazy" decoding="async" '
-        'onload="camkitImage(this, true)" onerror="camkitImage(this, false)"></a>'
-    )
+    picture = _picture(str(row["output"]), f"{row['method']} overlay of {row['input']}", folder)
     if _has_prediction(row):
         score = f" &middot; {float(row['score']):.3f}" if str(row["score"]).strip() else ""
         caption = f'<span class="class">{_text(_class_text(row))}</span>{score}'
@@ -239,6 +285,9 @@ th, td { border-bottom: 1px solid var(--line); padding: .35rem .6rem; text-align
 th.input { font-weight: normal; max-width: 22rem; overflow-wrap: anywhere; }
 td img { display: block; max-width: 192px; max-height: 192px; image-rendering: auto; }
 .caption { color: var(--muted); margin-top: .2rem; }
+ol.detections { margin: .3rem 0 0; padding-left: 1.4rem; color: var(--muted); }
+ol.detections li { margin-bottom: .3rem; }
+ol.detections img { max-width: 96px; max-height: 96px; }
 .caption .class { color: CanvasText; font-weight: 600; }
 tr[data-differs="1"] td.label { color: var(--bad); font-weight: 600; }
 td.error, .missing { color: var(--bad); max-width: 22rem; overflow-wrap: anywhere; }

@@ -96,6 +96,7 @@ class OverlayJob:
     score_threshold: float = 0.25
     max_detections: int = 20
     per_detection: bool = False
+    detection_score: str = "box"  # "mask": an instance segmenter's mask score (Mask R-CNN, YOLO-seg)
     class_names: str | None = None
     caption: bool = True
 
@@ -162,6 +163,11 @@ class Plan:
     target: int | None
     sources: list[Source]
     threads: ThreadBudget = field(default_factory=lambda: thread_budget(usable_cores()))
+
+    @property
+    def detector(self) -> bool:
+        """Whether the model is a detector: explained detection by detection, a manifest row each."""
+        return detector_of(self.loaded.model) is not None
 
     def outputs(self, source: Source, method: str) -> list[Path]:
         """Every file one (input, method) should have: the overlay and, if asked, the saved map.
@@ -268,6 +274,10 @@ def plan(job: OverlayJob, ranks: distributed.Ranks | None = None) -> Plan:
         raise CamkitError(f"--threads must be at least 1, got {job.threads}")
     if job.samples is not None and job.samples < 1:
         raise CamkitError(f"--samples must be at least 1, got {job.samples}")
+    if not 0.0 <= job.score_threshold < 1.0:
+        raise CamkitError(f"--score-threshold must lie in [0, 1), got {job.score_threshold}")
+    if job.max_detections < 1:
+        raise CamkitError(f"--max-detections must be at least 1, got {job.max_detections}")
     # Under torchrun the ranks on this machine share its cores.
     ranks_here = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
     threads = thread_budget(usable_cores() // ranks_here, workers=job.workers, threads=job.threads)
@@ -393,7 +403,11 @@ def _todo(checked: Plan, ranks: distributed.Ranks, manifest: Manifest, tally: Ta
         for paths in expected.values():
             for path in paths:
                 remove_stale_parts(path)
-        if not checked.job.overwrite and all(path.exists() for paths in expected.values() for path in paths):
+        if checked.detector:
+            done = all(_detections_done(checked, manifest, source, method) for method in expected)
+        else:
+            done = all(path.exists() for paths in expected.values() for path in paths)
+        if not checked.job.overwrite and done:
             for method, paths in expected.items():
                 manifest.add(_row(source, paths[0], method, status=SKIPPED))
             tally.skipped += len(expected)
@@ -476,6 +490,9 @@ def _explain_images(checked: Plan, sources: list[Source], manifest: Manifest, ta
         for source in sources:
             _fail(source, checked, manifest, tally, "a 2-D image, but the model takes 3-D volumes")
         return
+    if checked.detector:
+        _explain_detections(checked, sources, manifest, tally)
+        return
     loader = torch.utils.data.DataLoader(
         Images(sources, checked.size, checked.mean, checked.std),
         batch_size=checked.job.batch_size,
@@ -484,9 +501,6 @@ def _explain_images(checked: Plan, sources: list[Source], manifest: Manifest, ta
         worker_init_fn=_quiet_worker,
         persistent_workers=False,
     )
-    if detector_of(checked.loaded.model) is not None:
-        _explain_detections(checked, sources, manifest, tally)
-        return
     policy = TargetPolicy(checked.loaded.model, checked.target)
     device = _device_of(checked.loaded.model)
     with (
@@ -749,9 +763,8 @@ def _explain_volumes(checked: Plan, sources: list[Source], manifest: Manifest, t
 
 
 # Detectors: one overlay per image with every box over its combined map (and with --per-detection one
-# file per detection); manifest.csv keeps one row per (image, method) with the best detection, and
-# detections.csv one row per detection with its box, label, label name and score.
-DETECTION_FIELDS = ("input", "output", "method", "detection", "x1", "y1", "x2", "y2", "label", "label_name", "score")
+# file per detection), and one manifest row per detection with its box (in the image's pixels), label,
+# label name and score; an image without detections has one row that says so.
 
 
 def _explain_detections(checked: Plan, sources: list[Source], manifest: Manifest, tally: Tally) -> None:
@@ -759,43 +772,53 @@ def _explain_detections(checked: Plan, sources: list[Source], manifest: Manifest
     loader = torch.utils.data.DataLoader(
         Images(sources, checked.size, checked.mean, checked.std),
         batch_size=job.batch_size,
-        num_workers=job.workers,
+        num_workers=checked.threads.workers,
         collate_fn=list,
         worker_init_fn=_quiet_worker,
         persistent_workers=False,
     )
-    rows: list[dict[str, Any]] = []
-    for batch in loader:
-        for item in batch:
-            if item.error is not None:
-                _fail(sources[item.index], checked, manifest, tally, item.error)
-                continue
-            source = sources[item.index]
-            for method, explainer in checked.explainers.items():
-                paths = checked.outputs(source, method)
-                try:
-                    result = explainer.explain_detections(
-                        item.pixels[None].to(device),
-                        score_threshold=job.score_threshold,
-                        max_detections=job.max_detections,
-                    )
-                except EXPLAIN_ERRORS as error:
-                    _fail(source, checked, manifest, tally, f"cannot explain: {_one_line(error)}")
-                    break
-                rows += _write_detections(result, item.original, source, paths[0], method, checked)
-                manifest.add(_detection_row(source, paths[0], method, result, checked.loaded.class_names))
-                tally.written += 1
-    _write_detection_table(checked.out, rows, {str(source.path) for source in sources})
+    with progress_bar(len(sources), "camkit overlay", job.quiet) as bar:
+        for batch in loader:
+            for item in batch:
+                bar.update(1)
+                if item.error is not None:
+                    _fail(sources[item.index], checked, manifest, tally, item.error)
+                    continue
+                source = sources[item.index]
+                for method, explainer in checked.explainers.items():
+                    try:
+                        result = explainer.explain_detections(
+                            item.pixels[None].to(device),
+                            score_threshold=job.score_threshold,
+                            max_detections=job.max_detections,
+                            score=job.detection_score,
+                        )
+                    except EXPLAIN_ERRORS as error:
+                        _fail(source, checked, manifest, tally, f"cannot explain: {_one_line(error)}")
+                        break
+                    for row in _write_detections(result, item.original, source, method, checked):
+                        manifest.add(row)
+                    tally.written += 1
 
 
 def _write_detections(
-    result: Any, original: torch.Tensor, source: Source, path: Path, method: str, checked: Plan
+    result: Any, original: torch.Tensor, source: Source, method: str, checked: Plan
 ) -> list[dict[str, Any]]:
-    """The image's overlay (and one per detection), at the image's own size; the detections' table rows."""
+    """The image's overlay (and one per detection), at the image's own size; its manifest rows.
+
+    The overlay is written last: a resumed run takes an image whose overlay exists as drawn in full.
+    """
+    path = checked.outputs(source, method)[0]
     height, width = original.shape[1:]
     scale = torch.tensor([width / checked.size[1], height / checked.size[0]] * 2)
     display = original[None].float() / 255
-    maps = [F.interpolate(result.maps[0][None].cpu(), size=(height, width), mode="bilinear", align_corners=False)[0]]
+    found = result.maps[0].cpu()
+    # An image without detections has no maps to resize (interpolate refuses zero channels).
+    maps = [
+        F.interpolate(found[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+        if found.shape[0]
+        else found.new_zeros(0, height, width)
+    ]
     boxes = result.boxes[0].cpu() * scale
     resized = type(result)(
         **{
@@ -807,58 +830,63 @@ def _write_detections(
             "class_names": checked.loaded.class_names,
         }
     )
-    colors = {"alpha": checked.job.alpha, "colormap": checked.job.colormap}
-    write_atomically(path, encode_png(detection_overlays(resized, **colors)[0].permute(1, 2, 0).numpy()))
-    singles = detection_overlays(resized, per_detection=True, **colors)[0] if checked.job.per_detection else None
+    alpha, colormap = checked.job.alpha, checked.job.colormap
+    singles = (
+        detection_overlays(resized, per_detection=True, alpha=alpha, colormap=colormap)[0]
+        if checked.job.per_detection
+        else None
+    )
     rows = []
     for index in range(boxes.shape[0]):
-        output = path.with_name(f"{path.stem}_det{index:02d}.png") if singles is not None else path
+        output = detection_output(path, index) if singles is not None else path
         if singles is not None:
             write_atomically(output, encode_png(singles[index].permute(1, 2, 0).numpy()))
         label = int(result.labels[0][index])
-        rows.append(
-            {
-                "input": str(source.path),
-                "output": str(output),
-                "method": method,
-                "detection": index,
-                **dict(zip(("x1", "y1", "x2", "y2"), (f"{value:.1f}" for value in boxes[index].tolist()))),
-                "label": label,
-                "label_name": resized.class_name(label),
-                "score": f"{float(result.scores[0][index]):.6f}",
-            }
-        )
-    return rows
-
-
-def _detection_row(source: Source, path: Path, method: str, result: Any, names: list[str] | None) -> dict[str, Any]:
-    row = _row(source, path, method, status="ok")
-    if result.labels[0].numel():
-        label = int(result.labels[0][0])
+        row = _row(source, output, method, status="ok")
         row.update(
             predicted_class=label,
-            predicted_name=names[label] if names and label < len(names) else "",
-            score=f"{float(result.scores[0][0]):.6f}",
+            predicted_name=resized.class_name(label),
+            score=f"{float(result.scores[0][index]):.6f}",
             explained_class=label,
+            detection=index,
+            overlay=str(path),
+            **dict(zip(("x0", "y0", "x1", "y1"), (f"{value:.1f}" for value in boxes[index].tolist()))),
         )
-    return row
+        rows.append(row)
+    write_atomically(
+        path, encode_png(detection_overlays(resized, alpha=alpha, colormap=colormap)[0].permute(1, 2, 0).numpy())
+    )
+    # An image without detections still has its row: it was explained, and found nothing above the threshold.
+    return rows or [{**_row(source, path, method, status="ok"), "overlay": str(path)}]
 
 
-def _write_detection_table(out: Path, rows: list[dict[str, Any]], explained: set[str]) -> None:
-    """``detections.csv``: earlier runs' rows for other inputs kept, this run's rows for its inputs."""
-    import csv
-    import io
+def detection_output(overlay_path: Path, index: int) -> Path:
+    """With ``--per-detection``: the file of the image's ``index``-th detection, beside its overlay."""
+    return overlay_path.with_name(f"{overlay_path.stem}_det{index:02d}.png")
 
-    table = out / "detections.csv"
-    kept: list[dict[str, Any]] = []
-    if table.exists():
-        with open(table, newline="", encoding="utf-8", errors="surrogateescape") as file:
-            kept = [row for row in csv.DictReader(file) if row.get("input") not in explained]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=DETECTION_FIELDS)
-    writer.writeheader()
-    writer.writerows(kept + rows)
-    write_atomically(table, buffer.getvalue().encode("utf-8", errors="surrogateescape"))
+
+def _detections_done(checked: Plan, manifest: Manifest, source: Source, method: str) -> bool:
+    """Whether an earlier run explained this image's detections: its overlay exists and the manifest holds its
+    rows, every one ok and with its file (one per detection if ``--per-detection`` asks for them)."""
+    overlay_path = checked.outputs(source, method)[0]
+    if not overlay_path.exists():
+        return False
+    recorded = manifest.earlier.get((os.path.relpath(os.path.abspath(source.path), checked.out), method))
+    if not recorded:
+        return False
+    for row in recorded.values():
+        if row["status"] != "ok" or not (checked.out / str(row["output"])).exists():
+            return False
+        detection = str(row.get("detection") or "")
+        if not str(row.get("overlay") or ""):
+            return False  # a row of an earlier version (best detection only): explain again
+        if (
+            checked.job.per_detection
+            and detection
+            and Path(row["output"]).name != detection_output(overlay_path, int(detection)).name
+        ):
+            return False
+    return True
 
 
 def _fail(source: Source, checked: Plan, manifest: Manifest, tally: Tally, message: str) -> None:

@@ -125,12 +125,19 @@ def register(commands: Any) -> None:
         "detectors",
         "a torchvision detector (with --weights), an ultralytics YOLO (yolov8n.pt, yolo11n.yaml; "
         "pip install 'camkit[yolo]') or a factory returning a Hugging Face *ForObjectDetection is explained "
-        "detection by detection: OUT/detections.csv lists each one's box, label, label name and score. An "
+        "detection by detection: manifest.csv has a row per detection with its box, label, label name and score. An "
         "ultralytics .pt file is unpickled by ultralytics' own loader, which can run code: load only files you trust "
         "(camkit's own --weights files are read with weights_only=True)",
     )
     detectors.add_argument("--score-threshold", type=float, default=0.25, help="explain detections scoring above this")
     detectors.add_argument("--max-detections", type=int, default=20, help="at most this many per image, best first")
+    detectors.add_argument(
+        "--detection-score",
+        choices=("box", "mask"),
+        default="box",
+        help="the score each map explains: the detection's (box) or, for Mask R-CNN and YOLO-seg, its mask's "
+        "(the mean mask probability over its own mask); detections are chosen by their box score either way",
+    )
     detectors.add_argument(
         "--per-detection",
         action="store_true",

@@ -184,6 +184,7 @@ class Explainer:
         score_threshold: float = 0.25,
         max_detections: int = 20,
         min_iou: float = 0.5,
+        score: str = "box",
     ) -> DetectionExplanation:
         """One map per detection of a detector (torchvision, ultralytics YOLO, Hugging Face DETR family).
 
@@ -192,6 +193,10 @@ class Explainer:
         best first. With ``detections`` (one dict per image with ``boxes``
         ``(N, 4)`` xyxy in input pixels and ``labels``, e.g. ground truth): for
         each box, the detection of its label overlapping it most (IoU >= ``min_iou``).
+        ``score="mask"`` explains an instance segmenter's (Mask R-CNN, YOLO-seg)
+        mask score instead of its box score: the mean of the detection's mask
+        probabilities over its own mask (where they exceed 0.5; YOLO-seg's
+        cropped to its box); detections are still chosen by their box score.
         One forward serves the batch; gradient methods get all detections'
         gradients from batched backwards (methods with passes of their own run
         one call per detection). See :mod:`camkit.explainers.detections`.
@@ -199,7 +204,7 @@ class Explainer:
         # A method that runs passes of its own (noisy copies, perturbed forwards) explains each detection alone.
         one_pass = type(self).capture is Explainer.capture
         return explain_detections(
-            self, _checked_input(x), detections, (score_threshold, max_detections, min_iou), one_pass
+            self, _checked_input(x), detections, (score_threshold, max_detections, min_iou), one_pass, score
         )
 
     def model_class_names(self) -> list[str] | None:

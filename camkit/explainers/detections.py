@@ -41,6 +41,7 @@ def explain_detections(
     detections: Sequence[Mapping[str, Any]] | None,
     limits: tuple[float, int, float],
     one_pass: bool,
+    score: str = "box",
 ) -> DetectionExplanation:
     """:meth:`camkit.Explainer.explain_detections` on checked images; ``limits`` are (score_threshold,
     max_detections, min_iou); ``one_pass``: the method keeps the base capture, so the batch is batched."""
@@ -56,6 +57,10 @@ def explain_detections(
             "YOLO, Hugging Face *ForObjectDetection). For another detector pass target=callable(output) -> (B,) "
             "scores to explainer.explain."
         )
+    if score not in ("box", "mask"):
+        raise CamkitError(f"score must be 'box' (the detection's score) or 'mask' (its mask's), got {score!r}.")
+    if score == "mask":
+        detector = detector.scoring_masks()
     size = (images.shape[2], images.shape[3])
     batched = one_pass
     with explaining(model):

@@ -34,9 +34,11 @@ def folder(tmp_path_factory) -> Path:
     return root
 
 
-def _run(command: list[str], extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1", **(extra_env or {})}
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+def _run(command: list[str], extra_env: dict[str, str] | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
+    # The clone under test first: a subprocess must not pick up another checkout's camkit.
+    paths = [str(TESTS), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "OMP_NUM_THREADS": "1", **(extra_env or {})}
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
 
 
 def _overlay(folder: Path, out: Path, model: str = "factory_model:tiny") -> list[str]:
@@ -94,6 +96,34 @@ def test_a_killed_rank_leaves_the_rest_and_a_rerun_finishes(folder, tmp_path) ->
     assert set(statuses) <= {"ok", "skipped (exists)"} and statuses.count("ok") >= 40 - 2 * len(done)
     assert all(row["predicted_class"] != "" for row in rows if row["status"] == "ok")
     assert not list(out.glob(".manifest-part-*"))
+
+
+def test_two_ranks_explain_a_detectors_images_as_one_process_does(folder, tmp_path) -> None:
+    """A YOLO run under torchrun: each rank its share, the same files and the same per-detection rows as one process."""
+    pytest.importorskip("ultralytics")
+    single, double = tmp_path / "single", tmp_path / "double"
+
+    def overlay(out: Path) -> list[str]:
+        return ["-m", "camkit", "overlay", str(folder / "b"), "-o", str(out), "--model", "factory_model:tiny_yolo",
+                "--score-threshold", "0", "--max-detections", "3", "--per-detection", "--workers", "0", "--report"]
+
+    assert (first := _run([sys.executable, *overlay(single)], timeout=300)).returncode == 0, first.stderr[-2000:]
+    process = _run([*_torchrun(2), *overlay(double)], timeout=300)
+    assert process.returncode == 0, process.stderr[-2000:]
+    expected = sorted(path.relative_to(single) for path in single.rglob("*.png"))
+    assert len(expected) == 7 * 4  # 7 images: each one's overlay and its 3 detections' files
+    assert sorted(path.relative_to(double) for path in double.rglob("*.png")) == expected
+    for relative in expected:
+        assert np.array_equal(np.asarray(Image.open(single / relative)), np.asarray(Image.open(double / relative)))
+    rows = _manifest(double)
+    assert rows == _manifest(single) and len(rows) == 21 and {row["detection"] for row in rows} == {"0", "1", "2"}
+    assert not list(double.glob(".manifest-part-*"))
+    page = ReportPage((double / "report.html").read_text(encoding="utf-8"))
+    assert len(page.rows) == 7 and len(page.images) == 28  # every rank's images, each with its boxes and maps
+    # A rerun under torchrun finds every image done and keeps the rows.
+    again = _run([*_torchrun(2), *overlay(double)], timeout=300)
+    assert again.returncode == 0 and "0 overlays written, 7 skipped" in again.stderr, again.stderr[-2000:]
+    assert _manifest(double) == rows
 
 
 def test_evaluate_reduces_metrics_across_ranks() -> None:

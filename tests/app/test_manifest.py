@@ -11,7 +11,7 @@ import pytest
 
 from camkit.app import manifest as manifest_module
 from camkit.app.distributed import Ranks
-from camkit.app.manifest import MANIFEST_FIELDS, Manifest, read_rows, write_rows
+from camkit.app.manifest import ALL_FIELDS, MANIFEST_FIELDS, SKIPPED, Manifest, read_rows, write_rows
 
 HEADER = ",".join(MANIFEST_FIELDS)
 
@@ -107,3 +107,73 @@ def test_torchrun_parts_merge_under_the_lock(tmp_path, world) -> None:
     manifest_module.merge_parts(tmp_path / "manifest.csv")
     assert {row["input"] for row in read_rows(tmp_path / "manifest.csv")} == {"r0.png", "r1.png"}
     assert not list(tmp_path.glob(".manifest-part-*"))
+
+
+def _detection(name: str, index: int, label: int = 2, method: str = "gradcam") -> dict[str, str]:
+    return {**_row(name, method), "output": f"{name}_{method}_det{index:02d}.png", "predicted_class": str(label),
+            "explained_class": str(label), "predicted_name": "two", "score": f"{0.9 - index / 10:.6f}",
+            "detection": str(index), "x0": "1.0", "y0": "2.0", "x1": "30.5", "y1": "40.0",
+            "overlay": f"{name}_{method}.png"}
+
+
+def _header(path: Path) -> str:
+    return path.read_text(encoding="utf-8").splitlines()[0]
+
+
+def test_a_classifier_manifest_keeps_its_columns_and_detection_rows_add_theirs(tmp_path) -> None:
+    path = tmp_path / "manifest.csv"
+    manifest = Manifest(tmp_path, Ranks(0, 1))
+    manifest.add(_row("cat.png"))
+    manifest.finish()
+    assert _header(path) == HEADER  # as before detectors: nothing added to a classifier's manifest
+    manifest = Manifest(tmp_path, Ranks(0, 1))  # a detector run into the same folder
+    for index in range(2):
+        manifest.add(_detection("street.png", index))
+    manifest.finish()
+    assert _header(path) == ",".join(ALL_FIELDS)
+    rows = read_rows(path)
+    assert [(row["input"], row["detection"]) for row in rows] == [("cat.png", ""), ("street.png", "0"),
+                                                                  ("street.png", "1")]
+    assert {key: rows[0][key] for key in MANIFEST_FIELDS} == _row("cat.png")  # the classifier's row unchanged
+    assert rows[2] == _detection("street.png", 1)
+    assert Manifest(tmp_path, Ranks(0, 1)).earlier[("street.png", "gradcam")]["1"] == _detection("street.png", 1)
+
+
+def test_a_detection_rows_bad_numbers_are_cleared_like_a_classifiers(tmp_path) -> None:
+    path = tmp_path / "manifest.csv"
+    write_rows(path, [_detection("a.png", 0)])
+    path.write_text(path.read_text(encoding="utf-8").replace(",30.5,", ",wide,"), encoding="utf-8")
+    (row,) = read_rows(path, report=False)
+    assert row["x1"] == "" and row["x0"] == "1.0" and row["detection"] == "0"
+
+
+def test_an_image_explained_again_replaces_all_of_its_detections_and_skipped_keeps_them(tmp_path) -> None:
+    path = tmp_path / "manifest.csv"
+    write_rows(path, [_detection("a.png", index) for index in range(3)] + [_detection("b.png", 0)])
+    manifest = Manifest(tmp_path, Ranks(0, 1))
+    manifest.add(_detection("a.png", 0, label=5))  # this run finds one detection where the last found three
+    manifest.add({**_row("b.png"), "output": "b.png_gradcam.png", "status": SKIPPED})
+    manifest.finish()
+    rows = read_rows(path)
+    assert [(row["input"], row["detection"], row["predicted_class"]) for row in rows] == [
+        ("a.png", "0", "5"), ("b.png", "0", "2")]
+    # An error while re-explaining replaces the image's detections with the one error row.
+    manifest = Manifest(tmp_path, Ranks(0, 1))
+    manifest.add({**_row("a.png"), "status": "error", "error": "cannot explain", "output": ""})
+    manifest.finish()
+    assert [(row["input"], row["detection"], row["status"]) for row in read_rows(path)] == [
+        ("a.png", "", "error"), ("b.png", "0", "ok")]
+
+
+def test_torchrun_parts_with_detection_rows_merge_group_by_group(tmp_path) -> None:
+    write_rows(tmp_path / "manifest.csv", [_detection("a.png", index) for index in range(3)])
+    parts = [Manifest(tmp_path, Ranks(rank, 2)) for rank in range(2)]
+    parts[0].add(_detection("a.png", 0, label=7))
+    parts[1].add(_detection("b.png", 0))
+    parts[1].add(_detection("b.png", 1))
+    for manifest in parts:
+        manifest.flush()
+    manifest_module.merge_parts(tmp_path / "manifest.csv")
+    rows = read_rows(tmp_path / "manifest.csv")
+    assert [(row["input"], row["detection"], row["predicted_class"]) for row in rows] == [
+        ("a.png", "0", "7"), ("b.png", "0", "2"), ("b.png", "1", "2")]

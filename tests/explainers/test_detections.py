@@ -17,6 +17,8 @@ from ..helpers import (
     reference_finish,
     tiny_detr,
     tiny_fasterrcnn,
+    tiny_maskrcnn,
+    tiny_yolo_seg,
 )
 
 # Small models: on one thread (thread hand-offs cost more than the maths, the more so on a loaded machine).
@@ -134,3 +136,93 @@ def test_yolo_wrapper_is_explained_as_the_network_inside() -> None:
 def test_pixel_methods_refuse_detections_in_one_line(yolo) -> None:
     with pytest.raises(camkit.CamkitError, match="does not explain detections"):
         camkit.Saliency(yolo).explain_detections(torch.rand(1, 3, 64, 64))
+
+
+def _hand_mask_score(probabilities: torch.Tensor, inside: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean mask probability over the detection's own mask (probability > 0.5, within ``inside``), by hand."""
+    region = probabilities.detach() > 0.5
+    if inside is not None:
+        region &= inside
+    return probabilities[region].sum() / max(int(region.sum()), 1)
+
+
+def test_mask_rcnn_mask_scores_are_grad_cam_of_each_detections_mean_mask_probability() -> None:
+    torch.manual_seed(0)
+    model = tiny_maskrcnn()
+    x = torch.rand(1, 3, 64, 64)
+    explainer = camkit.GradCAM(model)
+    result = explainer.explain_detections(x, score_threshold=0.0, max_detections=3, score="mask")
+    boxes = explainer.explain_detections(x, score_threshold=0.0, max_detections=3)
+    assert len(result.labels[0]) == 3 and torch.equal(result.keys[0], boxes.keys[0])  # chosen by their box scores
+    with torch.no_grad():
+        masks = model(x)[0]["masks"][:, 0]
+    layer = dict(model.named_modules())[result.layer]
+    for row, key in enumerate(result.keys[0].tolist()):
+        assert float(result.scores[0][row]) == pytest.approx(float(_hand_mask_score(masks[key])), abs=1e-5)
+        activations, gradients = reference_capture(
+            model, layer, x, lambda output, key=key: _hand_mask_score(output[0]["masks"][key, 0])[None])
+        expected = reference_finish((gradients.mean((2, 3), keepdim=True) * activations).sum(1), (64, 64))
+        np.testing.assert_allclose(result.maps[0][row:row + 1].numpy(), expected, atol=1e-4)
+    # The mask's score explains something else than the box's.
+    assert float((result.maps[0] - boxes.maps[0]).abs().max()) > 1e-3
+    # Each map equals its single-detection call with the mask-scoring target (the path the perturbation methods take).
+    detector = detector_of(model).scoring_masks()
+    single = torch.cat([explainer.explain(x, DetectionScore(detector, box, label, key)).maps for box, label, key in
+                        zip(result.boxes[0], result.labels[0].tolist(), result.keys[0].tolist())])
+    torch.testing.assert_close(result.maps[0], single, atol=1e-5, rtol=0)
+
+
+def test_yolo_seg_mask_scores_are_grad_cam_of_each_anchors_cropped_mask() -> None:
+    from ultralytics.utils import ops
+
+    torch.manual_seed(0)
+    model = tiny_yolo_seg()
+    x = torch.rand(2, 3, 64, 64)
+    explainer = camkit.GradCAM(model)
+    boxes = explainer.explain_detections(x, score_threshold=0.5, max_detections=3)  # YOLO-seg's boxes work too
+    result = explainer.explain_detections(x, score_threshold=0.5, max_detections=3, score="mask")
+    assert result.layer == "model.15" and [len(s) for s in result.scores] == [3, 3]
+    assert all(torch.equal(a, b) for a, b in zip(result.keys, boxes.keys))
+    classes = model.model[-1].nc
+
+    def mask_of(output, image: int, anchor: int) -> tuple[torch.Tensor, torch.Tensor]:
+        (prediction, proto), _ = output
+        coefficients = prediction[image, 4 + classes:, anchor]
+        probabilities = (coefficients @ proto[image].flatten(1)).reshape(proto.shape[2:]).sigmoid()
+        centre, size = prediction[image, :2, anchor].detach(), prediction[image, 2:4, anchor].detach()
+        x0, y0 = ((centre - size / 2) / 4).tolist()
+        x1, y1 = ((centre + size / 2) / 4).tolist()
+        columns, rows = torch.arange(proto.shape[3])[None, :], torch.arange(proto.shape[2])[:, None]
+        return probabilities, (columns >= x0) & (columns < x1) & (rows >= y0) & (rows < y1)
+
+    with torch.no_grad():
+        output = model(x)
+    for image in range(2):
+        anchors = result.keys[image]
+        # The mask is ultralytics' own: its process_mask binarises the same cropped pixels.
+        (prediction, proto), _ = output
+        theirs = ops.process_mask(proto[image], prediction[image, 4 + classes:, anchors].T,
+                                  ops.xywh2xyxy(prediction[image, :4, anchors].T), (64, 64))
+        for row, anchor in enumerate(anchors.tolist()):
+            probabilities, inside = mask_of(output, image, anchor)
+            assert torch.equal(theirs[row] > 0.5, (probabilities > 0.5) & inside)
+            assert float(result.scores[image][row]) == pytest.approx(float(_hand_mask_score(probabilities, inside)),
+                                                                     abs=1e-5)
+            # On the whole batch (as camkit's one forward is): only this image's score, the others' zero.
+            activations, gradients = reference_capture(
+                model, model.model[15], x,
+                lambda out, image=image, anchor=anchor: torch.stack(
+                    [_hand_mask_score(*mask_of(out, image, anchor)) * (index == image) for index in range(2)]))
+            expected = reference_finish((gradients.mean((2, 3), keepdim=True) * activations).sum(1), (64, 64))
+            np.testing.assert_allclose(result.maps[image][row:row + 1].numpy(), expected[image:image + 1], atol=1e-4)
+        assert float((result.maps[image][0] - result.maps[image][1]).abs().max()) > 0.05
+
+
+def test_mask_scores_are_refused_for_detectors_without_masks(yolo) -> None:
+    with pytest.raises(camkit.CamkitError, match="instance segmenter"):
+        camkit.GradCAM(yolo).explain_detections(torch.rand(1, 3, 64, 64), score="mask")
+    with pytest.raises(camkit.CamkitError, match="'masks'"):
+        camkit.GradCAM(tiny_fasterrcnn()).explain_detections(torch.rand(1, 3, 64, 64), score_threshold=0.0,
+                                                              score="mask")
+    with pytest.raises(camkit.CamkitError, match="score must be"):
+        camkit.GradCAM(yolo).explain_detections(torch.rand(1, 3, 64, 64), score="masks")
