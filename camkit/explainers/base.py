@@ -184,6 +184,7 @@ class Explainer:
         score_threshold: float = 0.25,
         max_detections: int = 20,
         min_iou: float = 0.5,
+        inputs: InputsSpec = None,
     ) -> DetectionExplanation:
         """One map per detection of a detector (torchvision, ultralytics YOLO, Hugging Face DETR family).
 
@@ -194,12 +195,13 @@ class Explainer:
         each box, the detection of its label overlapping it most (IoU >= ``min_iou``).
         One forward serves the batch; gradient methods get all detections'
         gradients from batched backwards (methods with passes of their own run
-        one call per detection). See :mod:`camkit.explainers.detections`.
+        one call per detection). ``inputs``: the detector's other inputs, as for :meth:`explain`
+        (an open-vocabulary detector's texts). See :mod:`camkit.explainers.detections`.
         """
         # A method that runs passes of its own (noisy copies, perturbed forwards) explains each detection alone.
         one_pass = type(self).capture is Explainer.capture
         return explain_detections(
-            self, _checked_input(x), detections, (score_threshold, max_detections, min_iou), one_pass
+            self, _checked_input(x), detections, (score_threshold, max_detections, min_iou), one_pass, inputs
         )
 
     def model_class_names(self) -> list[str] | None:

@@ -133,12 +133,14 @@ def compare(
     colormap: ColormapSpec = "jet",
     colorbar: bool = True,
     method_options: dict[str, dict[str, Any]] | None = None,
+    inputs: Any = None,
 ) -> Figure:
     """Images in rows, methods in columns (after the original), as a matplotlib figure.
 
     ``images`` are what to draw under the maps (floats in [0, 1]); by default
     the input un-normalised with ``mean``/``std``, or min-max scaled per image.
     Captions name the explained and the predicted class (with ``class_names``).
+    ``inputs``: the model's other inputs, passed to every method (see ``Explainer.explain``).
     """
     shown = (
         images
@@ -148,7 +150,9 @@ def compare(
     columns: list[tuple[str, torch.Tensor]] = []
     results = []
     for method in methods:
-        result = create(method, model, layer, **(method_options or {}).get(method, {})).explain(x, target)
+        result = create(method, model, layer, **(method_options or {}).get(method, {})).explain(
+            x, target, inputs=inputs
+        )
         results.append(result.with_display(class_names=class_names))
         columns.append((f"{result.method} @ {result.layer}", result.maps))
 

@@ -13,40 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import camkit
-from tests.helpers import no_hooks_left
-
-
-class TwoInputNet(nn.Module):
-    """Image features shifted by an embedding of a per-image vector, pooled, projected on shared prototypes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
-        self.embed = nn.Linear(4, 8)
-
-    def forward(self, x: torch.Tensor, extra: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
-        hidden = F.relu(self.conv1(x)) + self.embed(extra)[:, :, None, None]
-        return F.relu(self.conv2(hidden)).mean(dim=(2, 3)) @ prototypes.T
-
-
-class Closed(nn.Module):
-    """The wrapper a user would write: the extra inputs fixed.
-
-    One image's inputs are expanded to any number of copies; a batch's are
-    repeated for whole copies of the batch in copy-major order (Smooth
-    Grad-CAM++'s passes, whose noise depends on the whole batch, so it is
-    compared batch to batch).
-    """
-
-    def __init__(self, model: TwoInputNet, extra: torch.Tensor, prototypes: torch.Tensor) -> None:
-        super().__init__()
-        self.model, self.extra, self.prototypes = model, extra, prototypes
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows, batch = x.shape[0], self.extra.shape[0]
-        extra = self.extra.expand(rows, -1) if batch == 1 else self.extra.repeat(rows // batch, 1)
-        assert extra.shape[0] == rows, "a pass that does not hold whole copies of the batch"
-        return self.model(x, extra, self.prototypes)
+from tests.helpers import NEEDS_LINEAR_HEAD, Closed, TwoInputNet, TwoInputViT, no_hooks_left, quick_options
 
 
 def _setup(batch: int = 2):
@@ -115,3 +82,71 @@ def test_metrics_with_inputs_equal_the_wrapper_image_by_image(metric: str) -> No
         theirs = function(Closed(model, extra[image:image + 1], prototypes), x[image:image + 1],
                           maps[image:image + 1], **options)
         torch.testing.assert_close(ours[image:image + 1], theirs, atol=1e-4, rtol=1e-4)  # percent scale
+
+
+# Every method for a CNN whose maps repeat from call to call (RandomCAM draws new weights; CAM needs a linear head).
+CNN_METHODS = [name for name, cls in camkit.METHODS.items()
+               if name not in ("randomcam", *NEEDS_LINEAR_HEAD) and not issubclass(cls, camkit.AttentionExplainer)]
+# Compared batch to batch: Smooth Grad-CAM++ draws its noise for the whole batch at once, DFF factorises the
+# batch's activations together.
+BATCH_DEPENDENT = ("smoothgradcam++", "deepfeaturefactorization")
+
+
+def _forms(extra: torch.Tensor, prototypes: torch.Tensor, form: str):
+    return {"extra": extra, "prototypes": prototypes} if form == "dict" else (extra, prototypes)
+
+
+@pytest.mark.parametrize("form", ["dict", "tuple"])
+@pytest.mark.parametrize("method", CNN_METHODS)
+def test_every_cnn_method_with_inputs_equals_the_wrapper_image_by_image(method: str, form: str) -> None:
+    """Every registered CNN method, pixel methods included (their attribution is with respect to x only)."""
+    model, x, extra, prototypes = _setup(batch=2)
+    options = quick_options(camkit.METHODS[method])
+    if method == "integratedgradients":
+        options["steps"] = 4
+    ours = camkit.create(method, model, model.conv2, **options).explain(x, [1, 3], inputs=_forms(extra, prototypes, form))
+    images = [slice(0, 2)] if method in BATCH_DEPENDENT else [slice(image, image + 1) for image in range(2)]
+    for image in images:
+        wrapper = Closed(model, extra[image], prototypes)
+        theirs = camkit.create(method, wrapper, model.conv2, **options).explain(x[image], [1, 3][image])
+        torch.testing.assert_close(ours.maps[image], theirs.maps, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(ours.scores[image], theirs.scores, equal_nan=True, atol=1e-5, rtol=1e-4)
+        if ours.attributions is not None:  # pixel methods: d score / d x, the other inputs held fixed
+            torch.testing.assert_close(ours.attributions[image], theirs.attributions, atol=1e-5, rtol=1e-4)
+    assert no_hooks_left(model)
+
+
+def test_pixel_attributions_are_with_respect_to_the_images_only() -> None:
+    """Saliency with inputs= is the autograd gradient of the score by x, the other inputs constants."""
+    model, x, extra, prototypes = _setup(batch=2)
+    leaf = x.clone().requires_grad_(True)
+    extra_leaf = extra.clone().requires_grad_(True)
+    model(leaf, extra_leaf, prototypes)[torch.arange(2), torch.tensor([1, 3])].sum().backward()
+    ours = camkit.Saliency(model, abs=False).explain(x, [1, 3], inputs=(extra, prototypes))
+    torch.testing.assert_close(ours.attributions, leaf.grad)
+    assert ours.attributions.shape == x.shape and extra.grad is None
+
+
+@pytest.mark.parametrize(("method", "options"), [
+    ("attentionrollout", {}),
+    ("transformerattribution", {}),
+    ("legrad", {}),
+    ("transformerattribution", {"augment": True}),  # copies of the batch
+    ("gradcam", {"batch_size": 1, "augment": True}),  # a CAM method on the ViT, passes of one copy
+])
+@pytest.mark.parametrize("form", ["dict", "tuple"])
+def test_attention_methods_with_inputs_equal_the_wrapper_image_by_image(method: str, options: dict, form: str) -> None:
+    from camkit.explainers.legrad import default_score_projection
+
+    torch.manual_seed(0)
+    model = TwoInputViT().eval()
+    x, extra, prototypes = torch.randn(2, 3, 32, 32), torch.randn(2, 4), torch.randn(5, 8)
+    if method == "legrad":  # the ViT's own norm and head score each block's tokens, in both calls
+        options = {"score_projection": default_score_projection(model.vit)}
+    ours = camkit.create(method, model, **options).explain(x, [1, 3], inputs=_forms(extra, prototypes, form))
+    for image in range(2):
+        theirs = camkit.create(method, Closed(model, extra[image:image + 1], prototypes), **options).explain(
+            x[image:image + 1], [1, 3][image])
+        torch.testing.assert_close(ours.maps[image:image + 1], theirs.maps, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(ours.scores[image:image + 1], theirs.scores, equal_nan=True, atol=1e-5, rtol=1e-4)
+    assert no_hooks_left(model)
