@@ -13,7 +13,15 @@ import torch.nn.functional as F
 from torch import nn
 
 import camkit
-from tests.helpers import NEEDS_LINEAR_HEAD, Closed, TwoInputNet, TwoInputViT, no_hooks_left, quick_options
+from tests.helpers import (
+    NEEDS_LINEAR_HEAD,
+    Closed,
+    TwoInputNet,
+    TwoInputViT,
+    no_hooks_left,
+    quick_options,
+    tiny_fasterrcnn,
+)
 
 
 def _setup(batch: int = 2):
@@ -150,3 +158,62 @@ def test_attention_methods_with_inputs_equal_the_wrapper_image_by_image(method: 
         torch.testing.assert_close(ours.maps[image:image + 1], theirs.maps, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(ours.scores[image:image + 1], theirs.scores, equal_nan=True, atol=1e-5, rtol=1e-4)
     assert no_hooks_left(model)
+
+
+def _shifted_detector() -> tuple[nn.Module, nn.Module]:
+    """A torchvision Faster R-CNN that takes a second input, a per-image colour shift, and its plain twin."""
+    import copy
+
+    plain = tiny_fasterrcnn()
+
+    class ShiftedFasterRCNN(type(plain)):
+        def forward(self, images, shift):
+            return super().forward(images + shift[:, :, None, None])
+
+    ShiftedFasterRCNN.__module__ = type(plain).__module__  # a torchvision detector, as camkit recognises them
+    shifted = copy.deepcopy(plain)
+    shifted.__class__ = ShiftedFasterRCNN
+    return shifted, plain
+
+
+@pytest.mark.usefixtures("single_thread")
+@pytest.mark.parametrize(("method", "options"), [("gradcam", {}),  # one forward serves every detection
+                                                 ("ablationcam", {"top_channels": 8})])  # one call per detection (ablates after the shift)
+def test_explain_detections_with_inputs_equals_the_detector_fed_the_shifted_images(method: str, options: dict) -> None:
+    shifted, plain = _shifted_detector()
+    x, shift = torch.rand(2, 3, 64, 64), torch.tensor([[0.3, -0.2, 0.1], [-0.4, 0.2, 0.0]])
+    ours = camkit.create(method, shifted, **options).explain_detections(
+        x, score_threshold=0.0, max_detections=2, inputs=(shift,))
+    theirs = camkit.create(method, plain, **options).explain_detections(
+        x + shift[:, :, None, None], score_threshold=0.0, max_detections=2)
+    assert [len(maps) for maps in ours.maps] == [2, 2]
+    for image in range(2):
+        torch.testing.assert_close(ours.boxes[image], theirs.boxes[image])
+        torch.testing.assert_close(ours.maps[image], theirs.maps[image], atol=1e-5, rtol=1e-4)
+    assert no_hooks_left(shifted)
+
+
+SEEDED = ("max_sensitivity", "avg_sensitivity", "local_lipschitz_estimate", "gradient_noise_stability")
+
+
+@pytest.mark.parametrize("metric", [*SEEDED, "coherency", "adcc", "arcc"])
+def test_robustness_metrics_with_inputs_equal_the_wrapper_image_by_image(metric: str) -> None:
+    """The metrics that call an explainer: every call (perturbed copies in passes included) gets the inputs."""
+    model, x, extra, prototypes = _setup(batch=2)
+    function = getattr(camkit.metrics, metric)
+    seeds = torch.tensor([7, 9])  # one seed per image: an image's noise does not depend on its batch
+
+    def options(image: slice) -> dict:
+        if metric == "arcc":  # ROAD's noise depends on an image's place in the batch: none here
+            return {"noise": 0.0}
+        return {"samples": 2, "seed": seeds[image]} if metric in SEEDED else {}
+
+    ours = function(camkit.GradCAM(model, model.conv2), x, None, inputs=(extra, prototypes), **options(slice(0, 2)))
+    for image in (slice(0, 1), slice(1, 2)):
+        explainer = camkit.GradCAM(Closed(model, extra[image], prototypes), model.conv2)
+        theirs = function(explainer, x[image], None, **options(image))
+        if isinstance(ours, dict):
+            for key, values in ours.items():
+                torch.testing.assert_close(values[image], theirs[key], atol=1e-5, rtol=1e-4)
+        else:
+            torch.testing.assert_close(ours[image], theirs, atol=1e-5, rtol=1e-4, equal_nan=True)
