@@ -217,3 +217,42 @@ def test_robustness_metrics_with_inputs_equal_the_wrapper_image_by_image(metric:
                 torch.testing.assert_close(values[image], theirs[key], atol=1e-5, rtol=1e-4)
         else:
             torch.testing.assert_close(ours[image], theirs, atol=1e-5, rtol=1e-4, equal_nan=True)
+
+
+# One callable per image (pytorch-grad-cam's convention), not the class, so a copy scored by another image's
+# callable would show.
+PER_IMAGE = [lambda row: row[1] - row[0], lambda row: 2 * row[3] - row[4]]
+
+
+@pytest.mark.parametrize(("method", "options"), [
+    ("gradcam", {"augment": True}),
+    ("scorecam", {"top_channels": 8}),
+    ("sscam", {"top_channels": 8, "n_samples": 2}),
+    ("iscam", {"top_channels": 8, "n_samples": 2}),
+    ("ablationcam", {"top_channels": 8}),
+    ("integratedgradients", {"steps": 4, "batch_size": 3}),  # passes that split the path's copies
+    ("guidedgradcam", {"cam": "scorecam", "top_channels": 8}),
+])
+def test_per_image_callables_follow_the_copies_with_inputs(method: str, options: dict) -> None:
+    model, x, extra, prototypes = _setup(batch=2)
+    ours = camkit.create(method, model, model.conv2, **options).explain(x, PER_IMAGE, inputs=(extra, prototypes))
+    for image in range(2):
+        wrapper = Closed(model, extra[image:image + 1], prototypes)
+        theirs = camkit.create(method, wrapper, model.conv2, **options).explain(
+            x[image:image + 1], [PER_IMAGE[image]])
+        torch.testing.assert_close(ours.maps[image:image + 1], theirs.maps, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(ours.scores[image:image + 1], theirs.scores, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("batch_size", [None, 2])
+def test_smooth_gradcampp_per_image_callables_follow_the_noisy_copies(batch_size: int | None) -> None:
+    model, x, extra, prototypes = _setup(batch=2)
+    options = {"n_samples": 3, "batch_size": batch_size}
+    ours = camkit.SmoothGradCAMPlusPlus(model, model.conv2, **options)(x, PER_IMAGE, inputs=(extra, prototypes))
+    theirs = camkit.SmoothGradCAMPlusPlus(Closed(model, extra, prototypes), model.conv2, **options)(x, PER_IMAGE)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+    # Each noisy copy scored by its own image's callable: callables that pick the classes give the classes' maps.
+    picking = [lambda row: row[1], lambda row: row[3]]
+    cam = camkit.SmoothGradCAMPlusPlus(model, model.conv2, **options)
+    torch.testing.assert_close(cam(x, picking, inputs=(extra, prototypes)), cam(x, [1, 3], inputs=(extra, prototypes)),
+                               atol=1e-5, rtol=1e-4)
