@@ -95,6 +95,23 @@ def test_compare_grid_layout() -> None:
     assert len(with_bar.axes) == 2 * 2 + 1
 
 
+def test_compare_passes_inputs_to_every_method() -> None:
+    from camkit.ops.images import display_images
+    from camkit.viz.colors import overlay, to_uint8_hwc
+
+    from ..helpers import TwoInputNet
+
+    torch.manual_seed(0)
+    model, x = TwoInputNet().eval(), torch.randn(2, 3, 16, 16)
+    inputs = (torch.randn(2, 4), torch.randn(5, 8))
+    figure = camkit.compare(model, x, methods=["gradcam", "saliency"], layer=model.conv2, inputs=inputs,
+                            colorbar=False)
+    for column, method in ((1, "gradcam"), (2, "saliency")):
+        maps = camkit.create(method, model, model.conv2)(x, inputs=inputs)
+        drawn = to_uint8_hwc(overlay(display_images(x), maps, 0.5, "jet")).numpy()
+        np.testing.assert_array_equal(np.asarray(figure.axes[column].images[0].get_array()), drawn[0])
+
+
 def test_interactive_view(shapes_model, monkeypatch) -> None:
     from camkit import interactive
 
