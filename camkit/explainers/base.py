@@ -275,6 +275,11 @@ class Explainer:
         channel_weights: torch.Tensor | None = None,
     ) -> Explanation:
         predictions, probabilities = _top_class(captured.output)
+        # The feature maps the weights weigh (the unchanged images' rows under augment), for the figure's
+        # top-channel panels.
+        activations = captured.activations
+        if channel_weights is not None and activations is not None and activations.shape[0] != images.shape[0]:
+            activations = identity_rows(activations, images.shape[0])
         return Explanation(
             images=images,
             maps=maps,
@@ -288,6 +293,9 @@ class Explainer:
             uses_gradients=self.uses_gradients,
             class_specific=self.class_specific,
             channel_weights=channel_weights,
+            channel_activations=activations.detach()
+            if channel_weights is not None and activations is not None
+            else None,
             class_names=self.model_class_names(),
         )
 
