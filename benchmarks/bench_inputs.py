@@ -4,7 +4,8 @@ Both sides run in one process, interleaved, on the same model and data: a
 ViLT-style question-answering model built from a config (no download) explains
 ``--batch`` images with one question each, by Grad-CAM (one call) and by
 Score-CAM (copies of the batch, so the per-image questions are sliced with the
-images). The wrapper closes over the questions of a batch of one image, so it
+images), and by two pixel methods: Saliency (one call) and integrated gradients
+(the path's copies carry their images' questions). The wrapper closes over the questions of a batch of one image, so it
 is timed image by image, as a user would have to run it for copying methods;
 for Grad-CAM it is also timed on the whole batch. Median of ``--repeats``.
 
@@ -74,6 +75,13 @@ def main() -> None:
         "Score-CAM (top 16 channels), batch vs wrapper image by image": (
             lambda: camkit.ScoreCAM(model, LAYER, top_channels=16)(x, inputs={"input_ids": questions}),
             lambda: [camkit.ScoreCAM(Closed(model, questions[i:i + 1]), "model." + LAYER, top_channels=16)(x[i:i + 1])
+                     for i in rows]),
+        "Saliency (pixel method), batch": (
+            lambda: camkit.Saliency(model)(x, inputs={"input_ids": questions}),
+            lambda: camkit.Saliency(Closed(model, questions))(x)),
+        "Integrated gradients (16 steps), batch vs wrapper image by image": (
+            lambda: camkit.IntegratedGradients(model, steps=16)(x, inputs={"input_ids": questions}),
+            lambda: [camkit.IntegratedGradients(Closed(model, questions[i:i + 1]), steps=16)(x[i:i + 1])
                      for i in rows]),
     }
     print(f"device {device}, batch {args.batch}, {args.size} x {args.size}, median of {args.repeats}")

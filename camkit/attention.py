@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .calls import as_call
+from .calls import ModelCall, as_call
 from .capture import _detached, _grad_mode, explained_scores
 from .errors import CamkitError
 from .layouts import patch_size_of, prefix_tokens_of, token_layout
@@ -133,13 +133,15 @@ def attention_blocks(model: nn.Module, within: Sequence[nn.Module] | None = None
 def read_attention(
     model: nn.Module,
     blocks: Sequence[AttentionBlock],
-    x: torch.Tensor,
+    x: torch.Tensor | ModelCall,
     target: TargetSpec,
     *,
     with_gradients: bool,
     separate_blocks: bool = False,
 ) -> AttentionRead:
     """One forward reading every block's attention probabilities (and, with gradients, one backward).
+
+    ``x``: the images, or a :class:`~camkit.calls.ModelCall` that brings the model's other inputs with them.
 
     ``separate_blocks``: keep each block's output tokens in the graph and cut
     the graph between blocks; the caller then differentiates its own
@@ -152,15 +154,17 @@ def read_attention(
 def _read(
     model: nn.Module,
     blocks: Sequence[AttentionBlock],
-    x: torch.Tensor,
+    x: torch.Tensor | ModelCall,
     target: TargetSpec,
     with_gradients: bool,
     separate_blocks: bool,
 ) -> AttentionRead:
     probabilities: dict[int, list[torch.Tensor]] = {index: [] for index in range(len(blocks))}
     outputs: dict[int, torch.Tensor] = {}
+    call = as_call(model, x)
+    x = call.x
     with _reading(blocks, probabilities, outputs, with_gradients, separate_blocks), _grad_mode(False):
-        output = as_call(model, x).run(model)
+        output = call.run(model)
     missing = [blocks[index].name for index, found in probabilities.items() if len(found) != 1]
     if missing or (separate_blocks and len(outputs) != len(blocks)):
         raise CamkitError(

@@ -115,6 +115,20 @@ class ModelCall:
         """The same inputs with other images of the same batch size."""
         return ModelCall(images, self.args, self.kwargs, self.image_keyword, self.per_image_args, self.per_image_kwargs)
 
+    def inputs(self) -> InputsSpec:
+        """The extra inputs as ``inputs=`` takes them, for handing this call (or its rows) to another explainer
+        or metric: a dict or a tuple (None without any), every input not per-image marked :class:`Shared`, so that
+        a shared input whose first dimension happens to equal the new batch is not taken for a per-image one."""
+        if self.kwargs:
+            return {
+                name: value if name in self.per_image_kwargs else _shared(value) for name, value in self.kwargs.items()
+            }
+        if self.args:
+            return tuple(
+                value if per_image else _shared(value) for value, per_image in zip(self.args, self.per_image_args)
+            )
+        return None
+
 
 def as_call(model: nn.Module, x: torch.Tensor | ModelCall) -> ModelCall:
     """``x`` itself when it is a call already, else the call of ``model`` on ``x`` alone."""
@@ -142,6 +156,10 @@ def _is_per_image(value: Any, batch: int) -> bool:
 
 def _unwrapped(value: Any) -> Any:
     return value.value if isinstance(value, Shared) else value
+
+
+def _shared(value: Any) -> Any:
+    return Shared(value) if isinstance(value, torch.Tensor) else value
 
 
 def _taken(value: torch.Tensor, index: RowIndex) -> torch.Tensor:

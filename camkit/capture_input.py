@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .calls import ModelCall, as_call
 from .capture import _detached, _grad_mode, check_finite, explained_scores
 from .errors import CamkitError
 from .modes import explaining
@@ -106,7 +107,7 @@ def guided_relus(enabled: bool = True) -> Iterator[_GuidedMode | None]:
 
 def input_gradients(
     model: nn.Module,
-    x: torch.Tensor,
+    x: torch.Tensor | ModelCall,
     target: TargetSpec,
     *,
     guided: bool = False,
@@ -117,15 +118,18 @@ def input_gradients(
     ``guided``: ReLUs backpropagate by the guided rule (:func:`guided_relus`).
     ``modules``: modules whose outputs and dS/d(output) are returned too (FullGrad's bias layers);
     the rest of the model gets a copy of each output, so an in-place op after it leaves it intact.
+    ``x`` may be a :class:`~camkit.calls.ModelCall`: the model's other inputs go in with the images, and the
+    gradient is taken with respect to the images only.
     """
+    call = as_call(model, x)
     with explaining(model), _grad_mode(True):
         # A leaf of our own (an inference-mode tensor cannot join a graph: cloned out of it).
-        leaf = (x.clone() if x.is_inference() else x).detach().requires_grad_(True)
+        leaf = (call.x.clone() if call.x.is_inference() else call.x).detach().requires_grad_(True)
         stash: list[tuple[nn.Module, torch.Tensor]] = []
         with _watching(modules, stash), guided_relus(guided) as mode:
-            output = model(leaf)
+            output = call.with_images(leaf).run(model)
         watched = [tensor for _, tensor in stash]
-        scores, classes = explained_scores(output, target, x.shape[0], required=True)
+        scores, classes = explained_scores(output, target, leaf.shape[0], required=True)
         if not scores.requires_grad:
             raise CamkitError("The explained score does not depend on the input; check the target and the model.")
         found = torch.autograd.grad(scores.sum(), [leaf, *watched], allow_unused=True)
@@ -144,12 +148,13 @@ def input_gradients(
 
 
 def forward_scores(
-    model: nn.Module, x: torch.Tensor, target: TargetSpec
+    model: nn.Module, x: torch.Tensor | ModelCall, target: TargetSpec
 ) -> tuple[Any, torch.Tensor, torch.Tensor | None]:
     """The model's output on ``x`` (no graph), the explained scores and classes: what path methods explain."""
+    call = as_call(model, x)
     with explaining(model), _grad_mode(False):
-        output = model(x)
-        scores, classes = explained_scores(output, target, x.shape[0], required=True)
+        output = call.run(model)
+        scores, classes = explained_scores(output, target, call.batch, required=True)
     return _detached(output), scores.detach(), classes
 
 

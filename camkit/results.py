@@ -105,7 +105,8 @@ class Explanation(_Drawn):
     output has no class scores). ``channel_weights`` ``(B, K)`` are the
     weights w_k a channel-weighted method summed the first layer's feature
     maps with (0 outside ``channels=``; None for other methods);
-    :meth:`top_channels` ranks them. The pixel methods (saliency, guided
+    :meth:`top_channels` ranks them, and ``channel_activations`` ``(B, K, *grid)``
+    holds the feature maps they weigh (the figure draws the top channels' maps). The pixel methods (saliency, guided
     backprop, integrated gradients, ...) also fill ``attributions``: the
     signed, raw attribution of every input value, shaped like ``images``
     (FullGrad's has one channel); their ``maps`` are its per-image min-max
@@ -128,6 +129,8 @@ class Explanation(_Drawn):
     display: torch.Tensor | None = None  # (B, 3, H, W) in [0, 1], what to draw under the maps
     channel_weights: torch.Tensor | None = None  # (B, K) for channel-weighted methods
     attributions: torch.Tensor | None = None  # (B, C, H, W) signed, raw; pixel methods only
+    # (B, K, *grid): the first layer's feature maps that channel_weights weigh (channel-weighted methods only)
+    channel_activations: torch.Tensor | None = None
 
     def top_channels(self, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
         """Each image's ``k`` channels of largest weight, largest first: indices and weights, ``(B, k)`` each."""

@@ -837,3 +837,50 @@ def check_pixel_contract(name: str, **options) -> None:
     assert segmented.maps.shape == (3, 12, 10) and torch.isfinite(segmented.attributions).all()
     volumes = cls(tiny_cnn3d().eval(), **options).explain(torch.randn(2, 1, 4, 6, 6), [1, 3])
     assert volumes.maps.shape == (2, 4, 6, 6) and volumes.attributions.shape[2:] == (4, 6, 6)
+
+
+# inputs=: a model taking (x, extra, prototypes), and the wrapper that closes over the extra inputs.
+class TwoInputNet(torch.nn.Module):
+    """Image features shifted by an embedding of a per-image vector, pooled, projected on shared prototypes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.embed = torch.nn.Linear(4, 8)
+
+    def forward(self, x: torch.Tensor, extra: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+        hidden = F.relu(self.conv1(x)) + self.embed(extra)[:, :, None, None]
+        return F.relu(self.conv2(hidden)).mean(dim=(2, 3)) @ prototypes.T
+
+
+class Closed(torch.nn.Module):
+    """The wrapper a user would write for ``inputs=``: the extra inputs fixed (any two-input model).
+
+    One image's inputs are expanded to any number of copies; a batch's are
+    repeated for whole copies of the batch in copy-major order (Smooth
+    Grad-CAM++'s passes, whose noise depends on the whole batch, so it is
+    compared batch to batch).
+    """
+
+    def __init__(self, model: torch.nn.Module, extra: torch.Tensor, prototypes: torch.Tensor) -> None:
+        super().__init__()
+        self.model, self.extra, self.prototypes = model, extra, prototypes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows, batch = x.shape[0], self.extra.shape[0]
+        extra = self.extra.expand(rows, -1) if batch == 1 else self.extra.repeat(rows // batch, 1)
+        assert extra.shape[0] == rows, "a pass that does not hold whole copies of the batch"
+        return self.model(x, extra, self.prototypes)
+
+
+class TwoInputViT(torch.nn.Module):
+    """A tiny torchvision ViT (32 x 32, patches of 8) on the image shifted by an embedding of a per-image vector,
+    its 8 outputs projected on shared prototypes: TwoInputNet's calling convention for the attention methods."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.vit = tiny_vit(classes=8)
+        self.shift = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor, extra: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+        return self.vit(x + self.shift(extra)[:, :, None, None]) @ prototypes.T

@@ -35,6 +35,24 @@ def test_tuple_inputs_are_positional_after_x_and_slices_work() -> None:
     assert args[0].tolist() == [1, 2] and args[1].shape == (5,)
 
 
+def test_a_calls_inputs_hand_its_rows_to_another_call_with_shared_ones_marked() -> None:
+    """inputs() gives rows of a call back as inputs= (explain_detections' and the metrics' per-image calls):
+    an input that was shared stays shared even where its first dimension equals the new batch."""
+    x = torch.zeros(3, 1, 2, 2)
+    call = ModelCall.of(Echo(), x, {"tokens": torch.arange(3), "texts": torch.zeros(2, 7), "scale": 2.5})
+    one = call.rows(slice(1, 2))
+    again = ModelCall.of(Echo(), one.x, one.inputs())
+    assert again.kwargs["tokens"].tolist() == [1] and again.per_image_kwargs == frozenset({"tokens"})
+    pair = call.rows(torch.tensor([0, 2]))  # two rows: the two texts must not be read as one per image
+    again = ModelCall.of(Echo(), pair.x, pair.inputs())
+    assert again.per_image_kwargs == frozenset({"tokens"}) and again.kwargs["texts"].shape == (2, 7)
+    positional = ModelCall.of(Echo(), x, (torch.arange(3), torch.ones(2))).rows(torch.tensor([2, 0]))
+    handed = ModelCall.of(Echo(), positional.x, positional.inputs())
+    assert handed.args[0].tolist() == [2, 0] and handed.args[1].shape == (2,)
+    assert handed.per_image_args == (True, False)
+    assert ModelCall.of(Echo(), x).inputs() is None
+
+
 def test_inputs_of_the_wrong_type_are_refused() -> None:
     with pytest.raises(camkit.CamkitTypeError, match="dict of keyword arguments or a tuple"):
         ModelCall.of(Echo(), torch.zeros(1, 1, 2, 2), torch.zeros(1))

@@ -56,9 +56,14 @@ class AttentionExplainer(Explainer):
         return names[0] if len(names) == 1 else f"{names[0]}..{names[-1]}"
 
     def capture(self, call: ModelCall, target: TargetSpec) -> list[Capture]:
-        x = call.x  # the attention is read from the image alone (ModelCall's extra inputs are not passed on)
+        x = call.x
         read = read_attention(
-            self.model, self.blocks, x, target, with_gradients=self.uses_gradients, separate_blocks=self.separate_blocks
+            self.model,
+            self.blocks,
+            call,
+            target,
+            with_gradients=self.uses_gradients,
+            separate_blocks=self.separate_blocks,
         )
         with full_precision(x.device):  # the relevance in float32 also under the caller's autocast
             relevance = self.token_relevance(read, target).float()

@@ -185,6 +185,7 @@ class Explainer:
         max_detections: int = 20,
         min_iou: float = 0.5,
         score: str = "box",
+        inputs: InputsSpec = None,
     ) -> DetectionExplanation:
         """One map per detection of a detector (torchvision, ultralytics YOLO, Hugging Face DETR family).
 
@@ -199,12 +200,13 @@ class Explainer:
         cropped to its box); detections are still chosen by their box score.
         One forward serves the batch; gradient methods get all detections'
         gradients from batched backwards (methods with passes of their own run
-        one call per detection). See :mod:`camkit.explainers.detections`.
+        one call per detection). ``inputs``: the detector's other inputs, as for :meth:`explain`
+        (an open-vocabulary detector's texts). See :mod:`camkit.explainers.detections`.
         """
         # A method that runs passes of its own (noisy copies, perturbed forwards) explains each detection alone.
         one_pass = type(self).capture is Explainer.capture
         return explain_detections(
-            self, _checked_input(x), detections, (score_threshold, max_detections, min_iou), one_pass, score
+            self, _checked_input(x), detections, (score_threshold, max_detections, min_iou), one_pass, score, inputs
         )
 
     def model_class_names(self) -> list[str] | None:
@@ -278,6 +280,11 @@ class Explainer:
         channel_weights: torch.Tensor | None = None,
     ) -> Explanation:
         predictions, probabilities = _top_class(captured.output)
+        # The feature maps the weights weigh (the unchanged images' rows under augment), for the figure's
+        # top-channel panels.
+        activations = captured.activations
+        if channel_weights is not None and activations is not None and activations.shape[0] != images.shape[0]:
+            activations = identity_rows(activations, images.shape[0])
         return Explanation(
             images=images,
             maps=maps,
@@ -291,6 +298,9 @@ class Explainer:
             uses_gradients=self.uses_gradients,
             class_specific=self.class_specific,
             channel_weights=channel_weights,
+            channel_activations=activations.detach()
+            if channel_weights is not None and activations is not None
+            else None,
             class_names=self.model_class_names(),
         )
 

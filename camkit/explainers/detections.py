@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..calls import as_call
+from ..calls import InputsSpec, ModelCall
 from ..capture import check_finite, hooked_forward, to_captures
 from ..detection import DetectionScore, Detector, Found, detector_of, matched, strongest
 from ..errors import CamkitError, CamkitTypeError
@@ -42,9 +42,11 @@ def explain_detections(
     limits: tuple[float, int, float],
     one_pass: bool,
     score: str = "box",
+    inputs: InputsSpec = None,
 ) -> DetectionExplanation:
     """:meth:`camkit.Explainer.explain_detections` on checked images; ``limits`` are (score_threshold,
-    max_detections, min_iou); ``one_pass``: the method keeps the base capture, so the batch is batched."""
+    max_detections, min_iou); ``one_pass``: the method keeps the base capture, so the batch is batched;
+    ``inputs``: the detector's other inputs (per-image ones follow their image in the one-by-one calls)."""
     score_threshold, max_detections, min_iou = limits
     if images.dim() != 4:
         raise CamkitError(f"explain_detections takes a batch of images (B, C, H, W), got shape {tuple(images.shape)}.")
@@ -65,22 +67,23 @@ def explain_detections(
     batched = one_pass
     with explaining(model):
         x = images.clone() if images.is_inference() else images
+        call = ModelCall.of(model, x, inputs)
         if not explainer.layers:
-            explainer.layers = [_default_layer(detector, model, x)]
+            explainer.layers = [_default_layer(detector, model, call)]
         layers = explainer.layers
         if batched:
-            output, tensors = hooked_forward(model, layers, x, explainer.uses_gradients)
+            output, tensors = hooked_forward(model, layers, call, explainer.uses_gradients)
             check_finite(layers, tensors, "activations")
         else:
             with torch.no_grad():
-                output = as_call(model, x).run(model)
+                output = call.run(model)
         with torch.set_grad_enabled(batched and explainer.uses_gradients):
             found = detector.found(output, size, score_threshold)
             chosen = strongest(found, max_detections) if detections is None else matched(found, detections, min_iou)
         if batched:
             maps = _batched_maps(explainer, x, tensors, output, chosen)
         else:
-            maps = _maps_one_by_one(explainer, detector, x, chosen, min_iou)
+            maps = _maps_one_by_one(explainer, detector, call, chosen, min_iou)
     maps = [torch.where(image.keys[:, None, None] >= 0, image_maps, 0.0) for image, image_maps in zip(chosen, maps)]
     return DetectionExplanation(
         images=images,
@@ -113,7 +116,7 @@ def _check_options(explainer: Explainer, score_threshold: float, max_detections:
         )
 
 
-def _default_layer(detector: Detector, model: torch.nn.Module, x: torch.Tensor) -> tuple[str, torch.nn.Module]:
+def _default_layer(detector: Detector, model: torch.nn.Module, x: ModelCall) -> tuple[str, torch.nn.Module]:
     name = detector.default_layer(model)
     return find_layer(model, name) if name is not None else auto_layer(model, x)
 
@@ -194,13 +197,15 @@ def detection_gradients(
 
 
 def _maps_one_by_one(
-    explainer: Explainer, detector: Detector, x: torch.Tensor, chosen: list[Found], min_iou: float
+    explainer: Explainer, detector: Detector, call: ModelCall, chosen: list[Found], min_iou: float
 ) -> list[torch.Tensor]:
     """A method with passes of its own: one call per detection on its image, the same detection in every copy."""
-    maps = []
+    x = call.x
+    maps: list[torch.Tensor] = []
     for index, image in enumerate(chosen):  # each detection is its own call: its copies are its image's
+        own = call.rows(slice(index, index + 1))  # the image with its own inputs
         per_detection = [
-            explainer.explain(x[index : index + 1], DetectionScore(detector, box, label, key, min_iou)).maps
+            explainer.explain(own.x, DetectionScore(detector, box, label, key, min_iou), inputs=own.inputs()).maps
             if key >= 0
             else x.new_zeros((1, *x.shape[2:]))
             for box, label, key in zip(image.boxes, image.labels.tolist(), image.keys.tolist())

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..calls import ModelCall
 from ..capture_input import input_gradients
 from ..errors import CamkitError
 from ..layers import LayersSpec
@@ -48,9 +49,10 @@ class FullGrad(PixelExplainer):
             )
         self.rescale: Rescale = rescale
 
-    def attribute(self, x: torch.Tensor, target: TargetSpec) -> Attribution:
+    def attribute(self, call: ModelCall, target: TargetSpec) -> Attribution:
+        x = call.x
         biased = [module for module in self.model.modules() if _bias_of(module) is not None]
-        captured = input_gradients(self.model, x, target, modules=biased)
+        captured = input_gradients(self.model, call, target, modules=biased)
         size = tuple(x.shape[2:])
         total = self._rescaled((x.detach().float() * captured.gradients).abs(), size)
         for module, gradients in zip(captured.modules, captured.module_gradients):

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import torch
-
+from ..calls import ModelCall
 from ..capture_input import input_gradients
 from ..targets import TargetSpec
 from .pixel import Attribution, PixelExplainer
@@ -21,7 +20,7 @@ class GuidedBackprop(PixelExplainer):
     ``camkit`` logger.
     """
 
-    def attribute(self, x: torch.Tensor, target: TargetSpec) -> Attribution:
-        captured = input_gradients(self.model, x, target, guided=True)
+    def attribute(self, call: ModelCall, target: TargetSpec) -> Attribution:
+        captured = input_gradients(self.model, call, target, guided=True)
         self.say_if_no_relu(captured)
         return Attribution.of(captured.gradients, captured)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import torch
 from torch import nn
 
+from ..calls import ModelCall
 from ..capture_input import input_gradients
 from ..errors import CamkitError
 from ..layers import LayersSpec
@@ -53,11 +53,11 @@ class GuidedGradCAM(PixelExplainer):
     def target_layer_name(self) -> str | None:
         return self.cam.target_layer_name
 
-    def attribute(self, x: torch.Tensor, target: TargetSpec) -> Attribution:
-        explained = self.cam.explain(x, target)
+    def attribute(self, call: ModelCall, target: TargetSpec) -> Attribution:
+        explained = self.cam.explain(call.x, target, inputs=call.inputs())
         # The guided pass explains what the CAM explained: its classes, or the same callable.
         captured = input_gradients(
-            self.model, x, explained.targets if explained.targets is not None else target, guided=True
+            self.model, call, explained.targets if explained.targets is not None else target, guided=True
         )
         self.say_if_no_relu(captured)
         values = captured.gradients * explained.maps.unsqueeze(1)

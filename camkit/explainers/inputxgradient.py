@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import torch
-
+from ..calls import ModelCall
 from ..capture_input import input_gradients
 from ..targets import TargetSpec
 from .pixel import Attribution, PixelExplainer
@@ -14,6 +13,6 @@ from .registry import register
 class InputXGradient(PixelExplainer):
     """x * dS/dx, signed; the map sums its magnitude over channels."""
 
-    def attribute(self, x: torch.Tensor, target: TargetSpec) -> Attribution:
-        captured = input_gradients(self.model, x, target)
-        return Attribution.of(x.detach().float() * captured.gradients, captured)
+    def attribute(self, call: ModelCall, target: TargetSpec) -> Attribution:
+        captured = input_gradients(self.model, call, target)
+        return Attribution.of(call.x.detach().float() * captured.gradients, captured)

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..calls import ModelCall
 from ..capture_input import forward_scores, input_gradients
 from ..errors import CamkitError, CamkitTypeError
 from ..layers import LayersSpec
@@ -81,10 +82,10 @@ class IntegratedGradients(PixelExplainer):
                 f"{tuple(x.shape)}; give one image (C, H, W) or one per image."
             ) from None
 
-    def attribute(self, x: torch.Tensor, target: TargetSpec) -> Attribution:
-        x = x.detach()
+    def attribute(self, call: ModelCall, target: TargetSpec) -> Attribution:
+        x = call.x.detach()
         baseline = self.baseline_for(x)
-        output, scores, classes = forward_scores(self.model, x, target)
+        output, scores, classes = forward_scores(self.model, call.with_images(x), target)
         path_target = target if callable(target) and not isinstance(target, torch.Tensor) else classes
         if path_target is None:
             raise CamkitError(
@@ -102,7 +103,8 @@ class IntegratedGradients(PixelExplainer):
             step, image = row // batch, row % batch
             points = baseline[image] + alphas[step].reshape(shape) * difference[image]
             part_target = path_target if callable(path_target) else path_target[image]
-            gradients = input_gradients(self.model, points, part_target).gradients
+            # The path's points carry their images' other inputs (per-image ones repeated per step).
+            gradients = input_gradients(self.model, call.rows(image, points), part_target).gradients
             total.index_add_(0, image, gradients * weights[step].reshape(shape).float())
         return Attribution(difference.float() * total, output, scores, classes)
 

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from ..calls import InputsSpec
+from ..calls import InputsSpec, ModelCall
 from ..capture_input import InputCapture
 from ..errors import CamkitError
 from ..layers import LayersSpec
@@ -71,8 +71,11 @@ class PixelExplainer(Explainer):
             self.layers = []
         self._said_no_relu = False
 
-    def attribute(self, x: torch.Tensor, target: TargetSpec) -> Attribution:
-        """The signed attribution of every input value, ``(B, C, *size)``, with the model's output."""
+    def attribute(self, call: ModelCall, target: TargetSpec) -> Attribution:
+        """The signed attribution of every input value of ``call.x``, ``(B, C, *size)``, with the model's output.
+
+        ``call`` is the model's call on the images with its other inputs (``inputs=``): the attribution is
+        with respect to the images only, the other inputs held as they are."""
         raise NotImplementedError(f"{type(self).__name__} must define attribute.")
 
     def explain_detections(self, x: torch.Tensor, *_args: Any, **_options: Any) -> Any:
@@ -82,15 +85,11 @@ class PixelExplainer(Explainer):
         )
 
     def explain(self, x: torch.Tensor, target: TargetSpec = None, *, inputs: InputsSpec = None) -> Explanation:
-        if inputs is not None:
-            raise CamkitError(
-                f"{type(self).__name__} explains the image alone for now; inputs= is taken by the CAM "
-                "methods. Wrap the model in a module that closes over the other inputs."
-            )
         images = _checked_input(x)
+        target = self._target(target, images.shape[0])
         with explaining(self.model):
             x = images.clone() if images.is_inference() else images
-            attribution = self.attribute(x, target)
+            attribution = self.attribute(ModelCall.of(self.model, x, inputs), target)
         with full_precision(x.device):
             values = attribution.values.float()
             magnitude = values.abs()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-import torch
 from torch import nn
 
+from ..calls import ModelCall
 from ..capture_input import input_gradients
 from ..errors import CamkitTypeError
 from ..layers import LayersSpec
@@ -32,6 +32,6 @@ class Saliency(PixelExplainer):
             raise CamkitTypeError(f"abs must be True or False, got {abs!r}.")
         self.absolute = abs
 
-    def attribute(self, x: torch.Tensor, target: TargetSpec) -> Attribution:
-        captured = input_gradients(self.model, x, target)
+    def attribute(self, call: ModelCall, target: TargetSpec) -> Attribution:
+        captured = input_gradients(self.model, call, target)
         return Attribution.of(captured.gradients.abs() if self.absolute else captured.gradients, captured)

@@ -10,6 +10,11 @@ per call). ``perturb`` replaces the default noise: it receives the copies,
 ``gradient_noise_stability`` adds Gaussian noise to the captured gradients
 (CF-CAM's robustness claim); ``coherency``, ``adcc`` and ``arcc`` are Poppi et
 al.'s summary scores (CVPRW 2021, arXiv:2104.10252) as pytorch-grad-cam computes them.
+
+Every function takes ``inputs=``, the model's other inputs as an explainer
+takes them: they go to every explainer call, per-image inputs following their
+images into the perturbed copies, and to the model calls of the faithfulness
+terms.
 """
 
 from __future__ import annotations
@@ -20,13 +25,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..calls import InputsSpec, ModelCall
 from ..capture import transformed_gradients
 from ..errors import CamkitError
-from ..targets import TargetSpec
+from ..targets import TargetSpec, as_target
 from .complexity import l1_complexity
 from .faithfulness import average_drop, explained_classes
 from .road import road_combined
-from .sanity import spearman
+from .sanity import _explained, spearman
 
 Perturb = Callable[[torch.Tensor], torch.Tensor]
 
@@ -41,9 +47,10 @@ def max_sensitivity(
     seed: int | torch.Tensor = 0,
     perturb: Perturb | None = None,
     batch_size: int = 64,
+    inputs: InputsSpec = None,
 ) -> torch.Tensor:
     """The largest ||e(x') - e(x)|| / ||e(x)|| over ``samples`` copies x' = x + U(-radius, radius) (lower: steadier)."""
-    return _sensitivities(explainer, x, target, samples, radius, seed, perturb, batch_size).amax(dim=1)
+    return _sensitivities(explainer, x, target, samples, radius, seed, perturb, batch_size, inputs).amax(dim=1)
 
 
 def avg_sensitivity(
@@ -56,9 +63,10 @@ def avg_sensitivity(
     seed: int | torch.Tensor = 0,
     perturb: Perturb | None = None,
     batch_size: int = 64,
+    inputs: InputsSpec = None,
 ) -> torch.Tensor:
     """The mean of ||e(x') - e(x)|| / ||e(x)|| over the copies (see :func:`max_sensitivity`)."""
-    return _sensitivities(explainer, x, target, samples, radius, seed, perturb, batch_size).mean(dim=1)
+    return _sensitivities(explainer, x, target, samples, radius, seed, perturb, batch_size, inputs).mean(dim=1)
 
 
 def local_lipschitz_estimate(
@@ -71,6 +79,7 @@ def local_lipschitz_estimate(
     seed: int | torch.Tensor = 0,
     perturb: Perturb | None = None,
     batch_size: int = 64,
+    inputs: InputsSpec = None,
 ) -> torch.Tensor:
     """The largest ||e(x') - e(x)|| / (||x' - x|| + 1e-10) over copies x' = x + N(0, radius^2), Quantus' estimate."""
     clean, maps, copies = _perturbed_maps(
@@ -82,6 +91,7 @@ def local_lipschitz_estimate(
         perturb,
         batch_size,
         lambda shape, **options: torch.randn(shape, **options) * radius,
+        inputs,
     )
     steps = (copies - x.repeat(samples, *([1] * (x.dim() - 1)))).flatten(1).double().norm(dim=1)
     changes = (maps - clean.repeat(samples, 1, 1)).flatten(1).double().norm(dim=1)
@@ -96,6 +106,7 @@ def gradient_noise_stability(
     sigma: float = 0.1,
     samples: int = 4,
     seed: int | torch.Tensor = 0,
+    inputs: InputsSpec = None,
 ) -> dict[str, torch.Tensor]:
     """Similarity of the map to maps whose captured gradients got Gaussian noise of ``sigma`` times their std.
 
@@ -109,8 +120,8 @@ def gradient_noise_stability(
     """
     if sigma < 0 or samples < 1:
         raise CamkitError(f"sigma must be >= 0 and samples >= 1, got sigma={sigma}, samples={samples}.")
-    target = _pinned(explainer, x, target)
-    clean = explainer(x, target)
+    target = _pinned(explainer, x, target, inputs)
+    clean = _explained(explainer, x, target, inputs)
     seeds = image_seeds(seed, x.shape[0])
     maps = []
     for sample in range(samples):
@@ -130,7 +141,7 @@ def gradient_noise_stability(
             return (gradient.double() + sigma * spread * noise.to(gradient.device)).to(gradient.dtype)
 
         with transformed_gradients(noisy):
-            maps.append(explainer(x, target))
+            maps.append(_explained(explainer, x, target, inputs))
     maps = torch.cat(maps)
     reference = clean.repeat(samples, 1, 1)
     return {
@@ -170,16 +181,21 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, data_range: float = 1.0, sigma: fl
 
 
 def coherency(
-    explainer: Any, x: torch.Tensor, target: TargetSpec = None, maps: torch.Tensor | None = None
+    explainer: Any,
+    x: torch.Tensor,
+    target: TargetSpec = None,
+    maps: torch.Tensor | None = None,
+    *,
+    inputs: InputsSpec = None,
 ) -> torch.Tensor:
     """(Pearson(map, map of x * map) + 1) / 2, as pytorch-grad-cam's ``Coherency`` (Poppi et al.); 1 is best.
 
     The second map explains the same class as the first. ``maps``: the
     explainer's maps of ``x`` when already computed.
     """
-    target = _pinned(explainer, x, target)
-    maps = explainer(x, target) if maps is None else maps
-    again = explainer(x * maps[:, None], target)
+    target = _pinned(explainer, x, target, inputs)
+    maps = _explained(explainer, x, target, inputs) if maps is None else maps
+    again = _explained(explainer, x * maps[:, None], target, inputs)
     a, b = again.flatten(1).double(), maps.flatten(1).double()
     a, b = a - a.mean(dim=1, keepdim=True), b - b.mean(dim=1, keepdim=True)
     count = a.shape[1] - 1
@@ -189,12 +205,19 @@ def coherency(
     return (correlation + 1) / 2
 
 
-def adcc(explainer: Any, x: torch.Tensor, target: TargetSpec = None, maps: torch.Tensor | None = None) -> torch.Tensor:
+def adcc(
+    explainer: Any,
+    x: torch.Tensor,
+    target: TargetSpec = None,
+    maps: torch.Tensor | None = None,
+    *,
+    inputs: InputsSpec = None,
+) -> torch.Tensor:
     """ADCC (Poppi et al.): harmonic mean of coherency, 1 - complexity (mean map value) and 1 - average drop."""
-    target = _pinned(explainer, x, target)
-    maps = explainer(x, target) if maps is None else maps
-    drop = average_drop(explainer.model, x, maps, target).double() / 100
-    terms = (coherency(explainer, x, target, maps), 1 - l1_complexity(maps), 1 - drop)
+    target = _pinned(explainer, x, target, inputs)
+    maps = _explained(explainer, x, target, inputs) if maps is None else maps
+    drop = average_drop(explainer.model, x, maps, target, inputs=inputs).double() / 100
+    terms = (coherency(explainer, x, target, maps, inputs=inputs), 1 - l1_complexity(maps), 1 - drop)
     return 3 / sum(1 / term for term in terms)
 
 
@@ -205,6 +228,7 @@ def arcc(
     maps: torch.Tensor | None = None,
     *,
     percentiles: tuple[int, ...] = (20, 40, 60, 80),
+    inputs: InputsSpec = None,
     **road_options: Any,
 ) -> torch.Tensor:
     """ARCC, as pytorch-grad-cam's: ADCC with ROAD's combined score (times 2, clipped to [0, 1]) for the drop.
@@ -212,10 +236,12 @@ def arcc(
     Each term gets pytorch-grad-cam's + 1e-8. ``road_options`` go to
     :func:`camkit.metrics.road_combined` (noise, seed, baseline).
     """
-    target = _pinned(explainer, x, target)
-    maps = explainer(x, target) if maps is None else maps
-    road = road_combined(explainer.model, x, maps, target, percentiles=percentiles, **road_options).double()
-    terms = (coherency(explainer, x, target, maps), 1 - l1_complexity(maps), (road * 2).clamp(0, 1))
+    target = _pinned(explainer, x, target, inputs)
+    maps = _explained(explainer, x, target, inputs) if maps is None else maps
+    road = road_combined(
+        explainer.model, x, maps, target, percentiles=percentiles, inputs=inputs, **road_options
+    ).double()
+    terms = (coherency(explainer, x, target, maps, inputs=inputs), 1 - l1_complexity(maps), (road * 2).clamp(0, 1))
     return 3 / sum(1 / (term + 1e-8) for term in terms)
 
 
@@ -235,11 +261,14 @@ def draw(sampler: Callable[..., torch.Tensor], shape: tuple[int, ...], seed: int
     return sampler(shape, generator=generator, dtype=torch.float64)
 
 
-def _pinned(explainer: Any, x: torch.Tensor, target: TargetSpec) -> TargetSpec:
-    """The clean images' classes, so that every copy explains the same class; a callable target stays as it is."""
+def _pinned(explainer: Any, x: torch.Tensor, target: TargetSpec, inputs: InputsSpec = None) -> TargetSpec:
+    """The clean images' classes, so that every copy explains the same class; a callable target (one for all,
+    or one per image) stays as it is."""
+    names = explainer.model_class_names() if hasattr(explainer, "model_class_names") else None
+    target = as_target(target, names)
     if callable(target) and not isinstance(target, torch.Tensor):
         return target
-    return explained_classes(explainer.model, x, target)
+    return explained_classes(explainer.model, x, target, inputs)
 
 
 def _sensitivities(
@@ -251,6 +280,7 @@ def _sensitivities(
     seed: Any,
     perturb: Perturb | None,
     batch_size: int,
+    inputs: InputsSpec,
 ) -> torch.Tensor:
     """``(B, samples)`` ||e(x') - e(x)||_F / ||e(x)||_F (NaN where the clean map is all zero)."""
     clean, maps, _ = _perturbed_maps(
@@ -262,6 +292,7 @@ def _sensitivities(
         perturb,
         batch_size,
         lambda shape, **options: (torch.rand(shape, **options) * 2 - 1) * radius,
+        inputs,
     )
     size = clean.flatten(1).double().norm(dim=1)
     changes = (maps - clean.repeat(samples, 1, 1)).flatten(1).double().norm(dim=1).reshape(samples, -1)
@@ -277,12 +308,13 @@ def _perturbed_maps(
     perturb: Perturb | None,
     batch_size: int,
     noise: Callable[..., torch.Tensor],
+    inputs: InputsSpec = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The clean maps, the maps of the perturbed copies and the copies (sample-major)."""
     if samples < 1:
         raise CamkitError(f"samples must be at least 1, got {samples}.")
-    target = _pinned(explainer, x, target)
-    clean = explainer(x, target)
+    target = _pinned(explainer, x, target, inputs)
+    clean = _explained(explainer, x, target, inputs)
     copies = x.repeat(samples, *([1] * (x.dim() - 1)))
     if perturb is None:
         seeds = image_seeds(seed, x.shape[0])
@@ -300,13 +332,20 @@ def _perturbed_maps(
             raise CamkitError(
                 f"perturb must return a tensor of the copies' shape {(samples * x.shape[0], *x.shape[1:])}."
             )
-    return clean, _maps_of_copies(explainer, copies, target, x.shape[0], batch_size), copies
+    call = ModelCall.of(explainer.model, x, inputs) if inputs is not None else None
+    return clean, _maps_of_copies(explainer, copies, target, x.shape[0], batch_size, call), copies
 
 
 def _maps_of_copies(
-    explainer: Any, copies: torch.Tensor, target: TargetSpec, batch: int, batch_size: int
+    explainer: Any,
+    copies: torch.Tensor,
+    target: TargetSpec,
+    batch: int,
+    batch_size: int,
+    call: ModelCall | None = None,
 ) -> torch.Tensor:
-    """Maps of sample-major copies of a batch, whole copies per call (one per call for a callable target)."""
+    """Maps of sample-major copies of a batch, whole copies per call (one per call for a callable target);
+    ``call``: the clean batch's model call, whose per-image inputs each call's rows take."""
     per_call = (
         batch if callable(target) and not isinstance(target, torch.Tensor) else batch * max(1, batch_size // batch)
     )
@@ -314,5 +353,9 @@ def _maps_of_copies(
     for start in range(0, copies.shape[0], per_call):
         rows = copies[start : start + per_call]
         part_target = target.repeat(rows.shape[0] // batch) if isinstance(target, torch.Tensor) else target
-        parts.append(explainer(rows, part_target))
+        if call is None:
+            parts.append(explainer(rows, part_target))
+        else:
+            images = torch.arange(start, start + rows.shape[0], device=call.x.device) % batch
+            parts.append(explainer(rows, part_target, inputs=call.rows(images, rows).inputs()))
     return torch.cat(parts)

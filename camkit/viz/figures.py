@@ -16,6 +16,7 @@ import torch
 
 from ..explainers import create
 from ..ops.images import display_images, unnormalize
+from ..ops.maps import normalised_at_size
 from ..results import Explanation, set_renderer
 from .colors import ColormapSpec, overlay, to_uint8_hwc
 
@@ -118,6 +119,26 @@ def channel_bars(result: Explanation, k: int = 8) -> list[tuple[list[str], list[
     ]
 
 
+def top_channel_maps(result: Explanation, k: int = 3) -> list[tuple[torch.Tensor, list[str]]]:
+    """The feature maps of each image's ``k`` largest-weight channels: per rank, ``(B, H, W)`` maps in [0, 1]
+    (upsampled to the image, min-max normalised) and one "ch i, w 0.12" caption per image; [] without them."""
+    activations = result.channel_activations
+    if result.channel_weights is None or activations is None or k < 1 or activations.dim() != result.maps.dim() + 1:
+        return []
+    indices, weights = result.top_channels(k)
+    rows = torch.arange(activations.shape[0], device=activations.device)
+    size = tuple(result.maps.shape[1:])
+    found = []
+    for rank in range(indices.shape[1]):
+        chosen = activations[rows, indices[:, rank].to(activations.device)].float()
+        labels = [
+            f"ch {int(index)}, w {float(weight):.3g}"
+            for index, weight in zip(indices[:, rank].tolist(), weights[:, rank].tolist())
+        ]
+        found.append((normalised_at_size(chosen, size), labels))
+    return found
+
+
 def compare(
     model: torch.nn.Module,
     x: torch.Tensor,
@@ -133,12 +154,14 @@ def compare(
     colormap: ColormapSpec = "jet",
     colorbar: bool = True,
     method_options: dict[str, dict[str, Any]] | None = None,
+    inputs: Any = None,
 ) -> Figure:
     """Images in rows, methods in columns (after the original), as a matplotlib figure.
 
     ``images`` are what to draw under the maps (floats in [0, 1]); by default
     the input un-normalised with ``mean``/``std``, or min-max scaled per image.
     Captions name the explained and the predicted class (with ``class_names``).
+    ``inputs``: the model's other inputs, passed to every method (see ``Explainer.explain``).
     """
     shown = (
         images
@@ -148,7 +171,9 @@ def compare(
     columns: list[tuple[str, torch.Tensor]] = []
     results = []
     for method in methods:
-        result = create(method, model, layer, **(method_options or {}).get(method, {})).explain(x, target)
+        result = create(method, model, layer, **(method_options or {}).get(method, {})).explain(
+            x, target, inputs=inputs
+        )
         results.append(result.with_display(class_names=class_names))
         columns.append((f"{result.method} @ {result.layer}", result.maps))
 
@@ -183,16 +208,24 @@ def explanation_figure(
     colormap: ColormapSpec = "jet",
     colorbar: bool = True,
     top_channels: int = 8,
+    channel_maps: int = 3,
 ) -> Figure:
     """Each image of ``result`` beside its overlay, captioned with classes and probability.
 
-    A channel-weighted result adds a bar chart of each image's ``top_channels`` largest channel weights (0: none).
+    A channel-weighted result adds a bar chart of each image's ``top_channels`` largest channel weights (0: none)
+    and, before it, the feature maps of its ``channel_maps`` largest-weight channels (0: none), each upsampled
+    and min-max normalised over the image, captioned with its channel and weight.
     """
     images = result.display if result.display is not None else display_images(result.images)
     captions = [[predicted_caption(result, row), explained_caption(result, row)] for row in range(len(result))]
+    columns = [(f"{result.method} @ {result.layer}", result.maps)]
+    for rank, (maps, labels) in enumerate(top_channel_maps(result, channel_maps), start=1):
+        columns.append((f"top channel {rank}", maps))
+        for row, label in enumerate(labels):
+            captions[row].append(label)
     return overlay_grid(
         images,
-        [(f"{result.method} @ {result.layer}", result.maps)],
+        columns,
         captions,
         alpha=alpha,
         colormap=colormap,

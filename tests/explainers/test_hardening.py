@@ -8,15 +8,12 @@ import torch
 
 import camkit
 
-from ..helpers import quick_options, tiny_cnn
+from ..helpers import quick_options, tiny_cnn, tiny_vit
 
 # The methods for a CNN whose maps repeat from call to call: the attention methods need a transformer, and
 # RandomCAM draws new weights on every call.
 METHOD_CLASSES = [cls for name, cls in camkit.METHODS.items()
                   if name != "randomcam" and not issubclass(cls, camkit.AttentionExplainer)]
-# Per-image target callables go through the CAM pipeline's target resolution; the pixel methods take a
-# callable(output) -> (B,) scores for now.
-CAM_CLASSES = [cls for cls in METHOD_CLASSES if not issubclass(cls, camkit.PixelExplainer)]
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +69,10 @@ def test_class_column_and_tensors_on_other_devices(model, x, cls) -> None:
         cam(x, torch.tensor([1, 2], device="meta"))
 
 
-@pytest.mark.parametrize("cls", CAM_CLASSES, ids=lambda cls: cls.name)
+@pytest.mark.parametrize("cls", METHOD_CLASSES, ids=lambda cls: cls.name)
 def test_one_callable_per_image_equals_class_indices(model, x, cls) -> None:
-    """pytorch-grad-cam's convention: callable i gets image i's output row; every method, copies included."""
+    """pytorch-grad-cam's convention: callable i gets image i's output row; every method (pixel methods and
+    their path copies included), augment's copies too where the method takes augment."""
     options = quick_options(cls)
     cam = cls(model, **options)
     # Score-CAM and its variants score a class by its softmax probability, the others by its logit.
@@ -87,6 +85,8 @@ def test_one_callable_per_image_equals_class_indices(model, x, cls) -> None:
             cam(x, per_image)
         return
     torch.testing.assert_close(cam(x, per_image), cam(x, [1, 2]), atol=1e-5, rtol=1e-4)
+    if issubclass(cls, camkit.PixelExplainer) and not cls.reads_layer:
+        return  # no augment for methods that explain pixels
     augmented = cls(model, augment=True, **options)
     torch.testing.assert_close(augmented(x, per_image), augmented(x, [1, 2]), atol=1e-5, rtol=1e-4)
 
@@ -128,3 +128,18 @@ def test_finercam_refuses_alpha_that_is_not_a_finite_number(model, alpha) -> Non
 def test_finercam_refuses_ranks_that_are_not_ints(model, ranks) -> None:
     with pytest.raises(camkit.CamkitError, match="reference_ranks must be"):
         camkit.FinerCAM(model, reference_ranks=ranks)
+
+
+@pytest.mark.parametrize("name", [name for name, cls in camkit.METHODS.items()
+                                  if issubclass(cls, camkit.AttentionExplainer)])
+def test_one_callable_per_image_equals_class_indices_for_attention_methods(name) -> None:
+    """The attention methods score per-image callables too (LeGrad hands each its image's per-block logits)."""
+    torch.manual_seed(0)
+    vit = tiny_vit().eval()
+    images = torch.randn(2, 3, 32, 32)
+    per_image = [lambda row: row[1], lambda row: row[2]]
+    for options in ({}, {"augment": True}):
+        explainer = camkit.create(name, vit, **options)
+        ours, theirs = explainer.explain(images, per_image), explainer.explain(images, [1, 2])
+        torch.testing.assert_close(ours.maps, theirs.maps, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(ours.scores, theirs.scores, atol=1e-5, rtol=1e-4, equal_nan=True)

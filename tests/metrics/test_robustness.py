@@ -130,3 +130,15 @@ def test_per_image_seeds_make_values_independent_of_the_batch() -> None:
     halves = torch.cat([metrics.gradient_noise_stability(explainer, x[i : i + 2], sigma=0.5, samples=2,
                                                          seed=seeds[i : i + 2])["ssim"] for i in (0, 2)])
     torch.testing.assert_close(whole, halves)
+
+
+@pytest.mark.parametrize("metric", ["max_sensitivity", "local_lipschitz_estimate", "coherency"])
+def test_one_callable_per_image_equals_the_classes_it_picks(metric: str) -> None:
+    """pytorch-grad-cam's per-image target callables: each perturbed copy is scored by its own image's callable."""
+    torch.manual_seed(0)
+    model, x, explainer = _setup(batch=2)
+    function = getattr(metrics, metric)
+    options = {"samples": 3, "batch_size": 4} if metric != "coherency" else {}  # 4: passes of two copies
+    picking = [lambda row: row[1], lambda row: row[3]]
+    torch.testing.assert_close(function(explainer, x, picking, **options),
+                               function(explainer, x, [1, 3], **options), atol=1e-6, rtol=1e-5)

@@ -61,14 +61,46 @@ def test_result_shows_itself_as_png(shapes_model) -> None:
     assert png.startswith(b"\x89PNG")
     assert Image.open(io.BytesIO(png)).size[0] > 100
     figure = result.figure()
-    assert len(figure.axes) == 3 * 3 + 1  # panels, each image's top-channel bars and the colour bar
-    assert len(result.figure(colorbar=False, top_channels=0).axes) == 3 * 2
+    # Per image: the image, the map, its top three channels' maps, their weights' bars; and the colour bar.
+    assert len(figure.axes) == 3 * 6 + 1
+    assert len(result.figure(colorbar=False, top_channels=0, channel_maps=0).axes) == 3 * 2
     assert any(CLASSES[int(labels[0])] in axis.get_xlabel() for axis in figure.axes)
     # The bars are the image's top channels, largest weight on top.
     indices, weights = result.top_channels(8)
-    bars = figure.axes[2]
+    bars = figure.axes[5]
     assert [label.get_text() for label in bars.get_yticklabels()] == [f"ch {i}" for i in indices[0].tolist()]
     assert [patch.get_width() for patch in bars.patches] == pytest.approx(weights[0].tolist())
+
+
+def test_figure_draws_the_top_channels_feature_maps() -> None:
+    """The panel of the largest-weight channel is that channel's activation (plain hooks), upsampled and min-max
+    normalised, over the image; its caption names the channel and its weight (Grad-CAM: the mean gradient)."""
+    import torch.nn.functional as F
+
+    from camkit.ops.images import display_images
+    from camkit.viz.colors import overlay, to_uint8_hwc
+
+    from ..helpers import reference_capture, tiny_cnn
+
+    torch.manual_seed(0)
+    model, x = tiny_cnn().eval(), torch.randn(2, 3, 16, 16)
+    result = camkit.GradCAM(model, "2").explain(x, [1, 3])
+    activations, gradients = reference_capture(model, model[2], x, [1, 3])
+    weights = gradients.mean(dim=(2, 3))
+    figure = result.figure(colorbar=False, top_channels=0, channel_maps=2)
+    assert len(figure.axes) == 2 * 4
+    for row in range(2):
+        top = int(weights[row].argmax())
+        channel = F.interpolate(activations[row:row + 1, top:top + 1], size=(16, 16), mode="bilinear",
+                                align_corners=False)[0, 0]
+        expected = (channel - channel.min()) / (channel.max() - channel.min())
+        drawn = to_uint8_hwc(overlay(display_images(x[row:row + 1]), expected[None].float(), 0.5, "jet"))[0].numpy()
+        panel = np.asarray(figure.axes[row * 4 + 2].images[0].get_array()).astype(int)
+        assert np.abs(panel - drawn.astype(int)).max() <= 1  # 8-bit rounding
+        assert figure.axes[row * 4 + 2].get_xlabel() == f"ch {top}, w {float(weights[row, top]):.3g}"
+    assert [axis.get_title() for axis in figure.axes[:4]] == ["image", "gradcam @ 2", "top channel 1", "top channel 2"]
+    eigen = camkit.EigenCAM(model, "2").explain(x)  # no channel weights: no channel panels
+    assert eigen.channel_activations is None and len(eigen.figure(colorbar=False).axes) == 2 * 2
 
 
 def test_saved_folder_holds_the_channel_weights(shapes_model, tmp_path) -> None:
@@ -93,6 +125,23 @@ def test_compare_grid_layout() -> None:
     assert figure.axes[2].get_xlabel() == "class-agnostic" and figure.axes[1].get_xlabel().startswith("explains")
     with_bar = camkit.compare(model, x, methods=["gradcam"])  # the colour bar is on by default
     assert len(with_bar.axes) == 2 * 2 + 1
+
+
+def test_compare_passes_inputs_to_every_method() -> None:
+    from camkit.ops.images import display_images
+    from camkit.viz.colors import overlay, to_uint8_hwc
+
+    from ..helpers import TwoInputNet
+
+    torch.manual_seed(0)
+    model, x = TwoInputNet().eval(), torch.randn(2, 3, 16, 16)
+    inputs = (torch.randn(2, 4), torch.randn(5, 8))
+    figure = camkit.compare(model, x, methods=["gradcam", "saliency"], layer=model.conv2, inputs=inputs,
+                            colorbar=False)
+    for column, method in ((1, "gradcam"), (2, "saliency")):
+        maps = camkit.create(method, model, model.conv2)(x, inputs=inputs)
+        drawn = to_uint8_hwc(overlay(display_images(x), maps, 0.5, "jet")).numpy()
+        np.testing.assert_array_equal(np.asarray(figure.axes[column].images[0].get_array()), drawn[0])
 
 
 def test_interactive_view(shapes_model, monkeypatch) -> None:
