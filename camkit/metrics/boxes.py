@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -190,8 +191,21 @@ def pixel_score_histograms(
     levels = _thresholds(thresholds)
     edges = torch.cat((levels, torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))).to(maps.device)
     bins = edges.numel() - 1
+    if maps.device.type == "cpu" and maps.dtype == torch.float32:
+        # A float32 value v lies at or above a float64 edge e exactly when v >= the smallest float32 >= e:
+        # numpy's search over float32 edges bins the map without a float64 copy (several times faster).
+        table = edges.numpy().astype(np.float32)
+        below = table.astype(np.float64) < edges.numpy()
+        table[below] = np.nextafter(table[below], np.float32(np.inf))
+        found = np.searchsorted(table, maps.detach().numpy().reshape(-1), side="right")  # bin + 1
+        np.minimum(found, bins, out=found)
+        # One count over three blocks of bins: background, object, ignored (dropped).
+        kind = masks.numpy().reshape(-1).astype(np.intp) * bins
+        if ignore is not None:
+            kind[ignore.numpy().reshape(-1)] = 2 * bins
+        tally = np.bincount(found + kind, minlength=3 * bins + 1)[1:].astype(np.float64)
+        return torch.from_numpy(tally[bins : 2 * bins]), torch.from_numpy(tally[:bins])
     index = _bin_index(maps.double(), edges, levels)
-    # One count over three blocks of bins: background, object, ignored (dropped).
     kind = masks.long() if ignore is None else torch.where(ignore, 2, masks.long())
     counts = torch.bincount((index + bins * kind).flatten(), minlength=3 * bins).double()
     return counts[bins : 2 * bins], counts[:bins]

@@ -130,3 +130,17 @@ def test_histogram_bins_equal_a_binary_search_at_every_edge(step: float) -> None
     values = values.clamp(0, 1)
     expected = (torch.bucketize(values, edges, right=True) - 1).clamp_max(edges.numel() - 2)
     assert torch.equal(box_metrics._bin_index(values, edges, levels), expected)
+
+
+def test_float32_histograms_equal_the_float64_bins_at_every_edge() -> None:
+    """The float32 fast path (numpy search over float32 edges) bins exactly as float64 against the float64 edges."""
+    edges = box_metrics.cam_thresholds(0.01).float()
+    near = torch.cat((edges, torch.nextafter(edges, torch.tensor(2.0)), torch.nextafter(edges, torch.tensor(-1.0))))
+    values = torch.cat((near.clamp(0, 1), torch.tensor([1.0, 0.0]), torch.rand(300 - 2 - near.numel() % 300)))
+    values = values[: values.numel() // 10 * 10].reshape(2, -1, 5)
+    masks = torch.rand(values.shape, generator=torch.Generator().manual_seed(0)) > 0.5
+    ignore = torch.rand(values.shape, generator=torch.Generator().manual_seed(1)) > 0.8
+    for skip in (None, ignore):
+        fast = box_metrics.pixel_score_histograms(values, masks, skip)
+        slow = box_metrics.pixel_score_histograms(values.double(), masks, skip)
+        assert all(torch.equal(a, b) for a, b in zip(fast, slow))
