@@ -130,6 +130,18 @@ def box_accuracy_counts(
     backend: str = "auto",
 ) -> torch.Tensor:
     """``(I, T)`` counts of images whose best box at CAM threshold t reaches IoU threshold i: MaxBoxAcc's numerators."""
+    return box_accuracy_hits(maps, boxes, iou_thresholds, thresholds, multi_contour, backend).sum(dim=0)
+
+
+def box_accuracy_hits(
+    maps: torch.Tensor,
+    boxes: BoxesSpec,
+    iou_thresholds: Sequence[float] = IOU_THRESHOLDS,
+    thresholds: ThresholdsSpec = None,
+    multi_contour: bool = True,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """``(B, I, T)`` bool per image: its best box at CAM threshold t reaches IoU threshold i (summed: the counts)."""
     _check_maps(maps)
     levels = _thresholds(thresholds)
     truth, present = ground_truth_boxes(boxes, maps.shape[0], maps.device)
@@ -138,7 +150,7 @@ def box_accuracy_counts(
     else:
         best = _torch_best_iou(maps, levels, truth, present, multi_contour)
     limits = torch.tensor([float(value) for value in iou_thresholds], dtype=torch.float64, device=maps.device)
-    return (best[None] >= limits[:, None, None]).sum(dim=1)
+    return best[:, None] >= limits[None, :, None]
 
 
 def max_box_accuracy(
