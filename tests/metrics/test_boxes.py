@@ -144,3 +144,25 @@ def test_float32_histograms_equal_the_float64_bins_at_every_edge() -> None:
         fast = box_metrics.pixel_score_histograms(values, masks, skip)
         slow = box_metrics.pixel_score_histograms(values.double(), masks, skip)
         assert all(torch.equal(a, b) for a, b in zip(fast, slow))
+
+
+def test_opencv_path_traces_each_mask_inside_its_foreground_box() -> None:
+    """Small regions far from the border, and regions on it: the cropped tracing gives the authors' boxes."""
+    maps = torch.zeros(3, 40, 48)
+    maps[0, 10:14, 30:35] = 1.0
+    maps[0, 12, 33] = 0.2  # a hole at high thresholds
+    maps[1, 0:5, 0:3] = 0.8  # on the border
+    maps[1, 35:40, 44:48] = 0.6
+    maps[2] = blob_maps(1, 48, seed=12, coarse=9)[0, :40]
+    truth = random_boxes(3, 40, seed=13)
+    thresholds = np.arange(0, 1, 0.05)
+    for multi_contour in (True, False):
+        ours = metrics.max_box_accuracy(maps, truth, thresholds=thresholds, multi_contour=multi_contour,
+                                        backend="opencv")
+        reference = wsol_max_box_accuracy([m.double().numpy() for m in maps], [t.numpy() for t in truth],
+                                          thresholds, multi_contour=multi_contour)
+        assert [float(ours[key]) for key in ("iou_0.3", "iou_0.5", "iou_0.7")] == pytest.approx(reference, abs=1e-12)
+        counts = box_metrics.box_accuracy_counts(maps, truth, thresholds=thresholds, multi_contour=multi_contour,
+                                                 backend="opencv")
+        assert torch.equal(counts, box_metrics.box_accuracy_counts(
+            maps, truth, thresholds=thresholds, multi_contour=multi_contour, backend="torch"))
