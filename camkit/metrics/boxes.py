@@ -204,23 +204,40 @@ def pixel_score_histograms(
     edges = torch.cat((levels, torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))).to(maps.device)
     bins = edges.numel() - 1
     if maps.device.type == "cpu" and maps.dtype == torch.float32:
-        # A float32 value v lies at or above a float64 edge e exactly when v >= the smallest float32 >= e:
-        # numpy's search over float32 edges bins the map without a float64 copy (several times faster).
-        table = edges.numpy().astype(np.float32)
-        below = table.astype(np.float64) < edges.numpy()
-        table[below] = np.nextafter(table[below], np.float32(np.inf))
-        found = np.searchsorted(table, maps.detach().numpy().reshape(-1), side="right")  # bin + 1
-        np.minimum(found, bins, out=found)
-        # One count over three blocks of bins: background, object, ignored (dropped).
-        kind = masks.numpy().reshape(-1).astype(np.intp) * bins
-        if ignore is not None:
-            kind[ignore.numpy().reshape(-1)] = 2 * bins
-        tally = np.bincount(found + kind, minlength=3 * bins + 1)[1:].astype(np.float64)
-        return torch.from_numpy(tally[bins : 2 * bins]), torch.from_numpy(tally[:bins])
+        return _float32_histograms(maps, masks, ignore, edges)
     index = _bin_index(maps.double(), edges, levels)
     kind = masks.long() if ignore is None else torch.where(ignore, 2, masks.long())
     counts = torch.bincount((index + bins * kind).flatten(), minlength=3 * bins).double()
     return counts[bins : 2 * bins], counts[:bins]
+
+
+def _float32_histograms(
+    maps: torch.Tensor, masks: torch.Tensor, ignore: torch.Tensor | None, edges: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two histograms of float32 CPU maps, as ``np.histogram`` counts them, without a float64 copy.
+
+    A float32 value v lies at or above a float64 edge e exactly when v >= the
+    smallest float32 >= e. Each group's values are sorted (numpy's vectorised
+    float32 sort) and the edges searched in them: a few searches instead of
+    one per pixel.
+    """
+    table = edges.numpy().astype(np.float32)
+    below = table.astype(np.float64) < edges.numpy()
+    table[below] = np.nextafter(table[below], np.float32(np.inf))
+    values = maps.detach().numpy().reshape(-1)
+    inside = masks.numpy().reshape(-1)
+    outside = ~inside
+    if ignore is not None:
+        kept = ~ignore.numpy().reshape(-1)
+        inside, outside = inside & kept, outside & kept
+
+    def histogram(chosen: np.ndarray) -> torch.Tensor:
+        ordered = np.sort(values[chosen])
+        below_edge = np.searchsorted(ordered, table, side="left")
+        below_edge[-1] = np.searchsorted(ordered, table[-1], side="right")  # the last bin is closed
+        return torch.from_numpy(np.diff(below_edge).astype(np.float64))
+
+    return histogram(inside), histogram(outside)
 
 
 def _bin_index(values: torch.Tensor, edges: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
