@@ -365,23 +365,27 @@ def _opencv_level_rectangles(
 
     height, width = maps.shape[1:]
     quantised = (maps.double() * 255).floor()
-    cuts = (levels.to(torch.float64)[None] * quantised.flatten(1).amax(dim=1)[:, None]).floor()
-    pixels = quantised.to(torch.uint8).cpu().numpy()
-    row_peak, column_peak = pixels.max(axis=2), pixels.max(axis=1)
+    cuts = (levels.to(torch.float64)[None] * quantised.flatten(1).amax(dim=1)[:, None]).floor().cpu()
+    pixels = quantised.to(torch.uint8).cpu()
+    rows = _foreground_span(pixels.amax(dim=2), cuts)  # (B, T, 2): first and last row above each cut
+    columns = _foreground_span(pixels.amax(dim=1), cuts)
+    pixels_np = pixels.numpy()
     rects: list[tuple[int, int, int, int]] = []
     owners: list[int] = []
-    for image, cut_row in enumerate(cuts.cpu().tolist()):
-        for step, cut in enumerate(cut_row):
-            owner = image * len(cut_row) + step
-            rows = np.flatnonzero(row_peak[image] > cut)
-            if rows.size == 0:
+    steps = levels.numel()
+    for image, (cut_row, row_span, column_span) in enumerate(zip(cuts.tolist(), rows.tolist(), columns.tolist())):
+        for step, (cut, (first_row, last_row), (first_column, last_column)) in enumerate(
+            zip(cut_row, row_span, column_span)
+        ):
+            owner = image * steps + step
+            if first_row < 0:
                 rects.append((0, 0, 0, 0))  # no foreground: the authors' empty box
                 owners.append(owner)
                 continue
-            columns = np.flatnonzero(column_peak[image] > cut)
-            top, left = max(int(rows[0]) - 1, 0), max(int(columns[0]) - 1, 0)
-            bottom, right = min(int(rows[-1]) + 2, height), min(int(columns[-1]) + 2, width)
-            mask = (pixels[image, top:bottom, left:right] > cut).view(np.uint8)
+            top, left = max(first_row - 1, 0), max(first_column - 1, 0)
+            crop = pixels_np[image, top : min(last_row + 2, height), left : min(last_column + 2, width)]
+            # uint8 > an integer cut, in C (a float threshold on uint8 acts as its floor, and the cut is whole).
+            mask = cv2.threshold(crop, cut, 1, cv2.THRESH_BINARY)[1]
             contours = cv2.findContours(mask, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
             if not multi_contour:
                 contours = (max(contours, key=cv2.contourArea),)
@@ -400,6 +404,15 @@ def _opencv_level_rectangles(
         dim=1,
     )
     return boxes, torch.tensor(owners, dtype=torch.long, device=maps.device)
+
+
+def _foreground_span(peaks: torch.Tensor, cuts: torch.Tensor) -> torch.Tensor:
+    """``(B, T, 2)``: the first and last index whose peak (a row's or column's maximum) is above each cut; -1 if none."""
+    above = peaks[:, :, None].long() > cuts[:, None, :].long()  # (B, L, T)
+    count = above.shape[1]
+    first = torch.where(above.any(dim=1), above.long().argmax(dim=1), -1)
+    last = torch.where(above.any(dim=1), count - 1 - above.flip(1).long().argmax(dim=1), -1)
+    return torch.stack((first, last), dim=-1)
 
 
 def _opencv_rectangles(masks: torch.Tensor, multi_contour: bool) -> tuple[torch.Tensor, torch.Tensor]:
