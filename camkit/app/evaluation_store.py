@@ -11,9 +11,9 @@ table built from the records equals a fresh run's.
 Records are only reused under the same settings: the folder below
 ``.evaluation`` is named by a hash of everything that changes a number
 (model, weights, layer, steps, samples, sigma, annotations, demo set size,
-device type). Under torchrun each rank writes its own file per method
-(``METHOD.rank{R}.pt``) and every rank reads all of them, so a resume may
-use another number of ranks.
+device type). Each batch's records are one file
+(``METHOD.rank{R}.{time}-{n}.pt``); under torchrun each rank writes its own
+and every rank reads all of them, so a resume may use another number of ranks.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import logging
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ class EvaluationStore:
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
         self.folder = output / STORE_NAME / digest
         self.rank = rank
-        self._own: dict[str, dict[str, ImageRecord]] = {}
+        self._written = 0
 
     def load(self, method: str) -> dict[str, ImageRecord]:
         """Every stored record of ``method`` (all ranks' files); a file that cannot be read is skipped, with a warning."""
@@ -60,32 +61,29 @@ class EvaluationStore:
         for path in sorted(self.folder.glob(f"{_safe(method)}.rank*.pt")):
             try:
                 saved = torch.load(path, map_location="cpu", weights_only=True)
-                part = {key: ImageRecord(**value) for key, value in saved.items()}
+                records.update({key: ImageRecord(**value) for key, value in saved.items()})
             except Exception as error:  # a damaged file only costs its records: they are computed again
                 logger.warning("camkit evaluate: cannot read %s (%s); its images are scored again", path, error)
-                continue
-            records.update(part)
-            if path.name == self._file(method).name:
-                self._own[method] = dict(part)
         return records
 
     def add(self, method: str, records: dict[str, ImageRecord]) -> None:
-        """Add this rank's new records of ``method`` and write its file atomically."""
-        own = self._own.setdefault(method, {})
-        own.update(records)
+        """Write one batch's new records of ``method`` as a file of their own (atomically; earlier files stay).
+
+        One small file per batch keeps the writing linear in the run's length
+        (rewriting one growing file after every batch would be quadratic).
+        """
         buffer = io.BytesIO()
-        torch.save({key: asdict(record) for key, record in own.items()}, buffer)
+        torch.save({key: asdict(record) for key, record in records.items()}, buffer)
+        self._written += 1
+        path = self.folder / f"{_safe(method)}.rank{self.rank}.{time.time_ns()}-{self._written}.pt"
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            write_atomically(self._file(method), buffer.getvalue())
+            write_atomically(path, buffer.getvalue())
         except OSError as error:
             raise CamkitError(
                 f"cannot write the evaluation store {self.folder}: {error.strerror or error}; "
                 "free space or choose another --output"
             ) from None
-
-    def _file(self, method: str) -> Path:
-        return self.folder / f"{_safe(method)}.rank{self.rank}.pt"
 
 
 def _safe(method: str) -> str:
