@@ -33,8 +33,9 @@ from tqdm import tqdm
 from .. import metrics
 from ..errors import CamkitError
 from ..explainers import METHODS, create, methods_for
-from . import distributed
+from . import distributed, report
 from .annotations import find_mask, read_boxes, scale_boxes
+from .evaluation_store import EvaluationStore, ImageRecord
 from .io import discover, read_rgb, write_atomically
 from .models import load_model, resolve_device
 from .runner import progress_bar
@@ -90,6 +91,8 @@ class EvaluationJob:
     samples: int = 2
     sigma: float = 0.1
     quiet: bool = False
+    output: Path | None = None
+    report: bool = False
 
 
 @dataclass
@@ -101,13 +104,15 @@ class EvaluationData:
     objects: torch.Tensor | None = None  # (N, H, W) bool: masks, or the boxes filled
     boxes: list[torch.Tensor] | None = None  # per image (G, 4), inclusive corners as the authors'
     labels: torch.Tensor | None = None  # (N,) classes, when known (the demo set)
+    keys: list[str] = field(default_factory=list)  # what names each image in the resume store
 
     def take(self, rows: list[int], device: torch.device) -> EvaluationData:
         def part(tensor: torch.Tensor | None) -> torch.Tensor | None:
             return None if tensor is None else tensor[rows].to(device)
 
         boxes = None if self.boxes is None else [self.boxes[row].to(device) for row in rows]
-        return EvaluationData(part(self.x), part(self.index), part(self.objects), boxes, part(self.labels))
+        keys = [self.keys[row] for row in rows] if self.keys else []
+        return EvaluationData(part(self.x), part(self.index), part(self.objects), boxes, part(self.labels), keys)
 
 
 def run(args: EvaluationJob) -> int:
@@ -119,6 +124,8 @@ def _run(args: EvaluationJob, ranks: distributed.Ranks) -> int:
     for flag, value in (("--n-images", args.n_images), ("--batch-size", args.batch_size), ("--steps", args.steps)):
         if value < 1:
             raise CamkitError(f"{flag} must be at least 1, got {value}")
+    if args.report and args.output is None:
+        raise CamkitError("--report writes OUT/report.html: add --output OUT")
     if args.samples < 0 or args.sigma < 0:
         raise CamkitError(f"--samples and --sigma must be at least 0, got {args.samples} and {args.sigma}")
     names = list(METHODS) if args.methods == "all" else [name.strip() for name in args.methods.split(",")]
@@ -131,27 +138,72 @@ def _run(args: EvaluationJob, ranks: distributed.Ranks) -> int:
         names = methods_for(loaded.model)
     data = _data(args, loaded)
     data = data.take(distributed.shard(list(range(data.x.shape[0])), ranks), device)
+    store = None
+    if args.output is not None:  # (--report without --output was refused before any work)
+        if args.output.exists() and not args.output.is_dir():
+            raise CamkitError(f"--output {args.output} is a file; give a folder")
+        if args.report and ranks.is_main:
+            report.check_owned(args.output / report.REPORT_NAME)
+        store = EvaluationStore(args.output, _settings(args, device), ranks.rank)
     with progress_bar(len(names) * data.x.shape[0], "camkit evaluate", args.quiet or not ranks.is_main) as bar:
         scored = [
-            _score(name, create(name, loaded.model, args.layer), loaded.model, data, args, ranks, bar) for name in names
+            _score(name, create(name, loaded.model, args.layer), loaded.model, data, args, ranks, bar, store)
+            for name in names
         ]
     if not ranks.is_main:
         return 0
     table = [row for row, _, _ in scored]
     print(_markdown(table))
-    if args.markdown is not None:
-        write_atomically(args.markdown, (_markdown(table) + "\n").encode())
-    if args.csv is not None:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(table)
-        write_atomically(args.csv, buffer.getvalue().encode())
-    if args.plot is not None:
-        write_atomically(
-            args.plot, _plot(table, [spread for _, spread, _ in scored], [curve for _, _, curve in scored])
-        )
+    plot = None
+    if args.plot is not None or args.output is not None:
+        plot = _plot(table, [spread for _, spread, _ in scored], [curve for _, _, curve in scored])
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(table)
+    targets: list[tuple[Path | None, bytes | None]] = [
+        (args.markdown, (_markdown(table) + "\n").encode()),
+        (args.csv, buffer.getvalue().encode()),
+        (args.plot, plot),
+    ]
+    if args.output is not None:
+        targets += [
+            (args.output / report.EVALUATION_TABLE, buffer.getvalue().encode()),
+            (args.output / "evaluation.md", (_markdown(table) + "\n").encode()),
+            (args.output / report.EVALUATION_PLOT, plot),
+        ]
+    for path, content in targets:
+        if path is not None and content is not None:
+            write_atomically(path, content)
+    if args.report and args.output is not None:
+        shown = report.write_evaluation_report(args.output)
+        print(f"camkit evaluate: report: {shown}", file=sys.stderr)
     return 0
+
+
+def _settings(args: EvaluationJob, device: torch.device) -> dict[str, Any]:
+    """Everything that changes a stored number: records are reused only when all of it matches."""
+
+    def stamp(path: Path | None) -> str | None:
+        if path is None:
+            return None
+        try:
+            return f"{path.resolve()}:{path.stat().st_mtime_ns}"
+        except OSError:
+            return str(path.resolve())
+
+    return {
+        "model": args.model,
+        "weights": args.weights,
+        "layer": args.layer,
+        "steps": args.steps,
+        "samples": args.samples,
+        "sigma": args.sigma,
+        "boxes": stamp(args.boxes),
+        "masks": stamp(args.masks),
+        "n_images": args.n_images if not args.inputs else None,
+        "device": device.type,
+    }
 
 
 def _data(args: EvaluationJob, loaded) -> EvaluationData:
@@ -171,11 +223,12 @@ def _data(args: EvaluationJob, loaded) -> EvaluationData:
             demo_object_masks(boxes, images.shape[-1]),
             _inclusive(boxes[:, None].double()),
             labels,
+            [f"demo:{index}" for index in range(images.shape[0])],
         )
     annotations = read_boxes(args.boxes) if args.boxes is not None else None
     if args.masks is not None and not args.masks.is_dir():
         raise CamkitError(f"--masks {args.masks}: not a folder; give a folder with one mask image per image")
-    pixels, objects, boxes = [], [], []
+    pixels, objects, boxes, keys = [], [], [], []
     size = tuple(loaded.input_size)
     for source in discover(args.inputs):
         try:
@@ -193,6 +246,7 @@ def _data(args: EvaluationJob, loaded) -> EvaluationData:
                 file=sys.stderr,
             )
             continue
+        keys.append(str(Path(source.path).resolve()))
         pixels.append(
             F.interpolate(image[None].float() / 255, size=size, mode="bilinear", antialias=True, align_corners=False)[0]
         )
@@ -212,6 +266,7 @@ def _data(args: EvaluationJob, loaded) -> EvaluationData:
         torch.arange(len(pixels)),
         torch.stack(objects) if objects else None,
         boxes or None,
+        keys=keys,
     )
 
 
@@ -227,69 +282,110 @@ def _read_mask(path: Path, size: tuple[int, ...]) -> torch.Tensor:
 
 
 def _score(
-    name: str, explainer, model, data: EvaluationData, args, ranks: distributed.Ranks, bar: tqdm
+    name: str,
+    explainer,
+    model,
+    data: EvaluationData,
+    args,
+    ranks: distributed.Ranks,
+    bar: tqdm,
+    store: EvaluationStore | None = None,
 ) -> tuple[dict[str, Any], dict[str, float], torch.Tensor | None]:
-    """The method's row (means), the per-image spread of each column, and its MaxBoxAcc curve (IoU 0.5)."""
+    """The method's row (means), the per-image spread of each column, and its MaxBoxAcc curve (IoU 0.5).
+
+    Images the store already holds for this method are not scored again; the
+    row is built from every image's record, reused or new, the same either way.
+    """
+    records = store.load(name) if store is not None else {}
+    keys = data.keys or [str(int(index)) for index in data.index]
+    missing = [row for row, key in enumerate(keys) if key not in records]
+    bar.update(data.x.shape[0] - len(missing))
+    for start in range(0, len(missing), args.batch_size):
+        rows = missing[start : start + args.batch_size]
+        fresh = dict(zip([keys[row] for row in rows], _score_batch(name, explainer, model, data, rows, args)))
+        records.update(fresh)
+        if store is not None:
+            store.add(name, fresh)
+        bar.update(len(rows))  # images x methods scored
+    return _summarise(name, [records[key] for key in keys], data, args, ranks)
+
+
+def _score_batch(name: str, explainer, model, data: EvaluationData, rows: list[int], args) -> list[ImageRecord]:
+    """Every per-image value of the images at ``rows`` under one method, one record per image."""
+    batch = data.x[rows]
+    with torch.no_grad():
+        top_two = model(batch).topk(2, dim=1).indices
+    classes = top_two[:, 0]
+    began = time.perf_counter()
+    maps = explainer(batch, classes)
+    if maps.is_cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - began
+    values = {
+        "deletion": metrics.deletion(model, batch, maps, classes, steps=args.steps, baseline="zero"),
+        "insertion": metrics.insertion(model, batch, maps, classes, steps=args.steps),
+        "average_drop": metrics.average_drop(model, batch, maps, classes),
+        "increase_in_confidence": metrics.increase_in_confidence(model, batch, maps, classes),
+        # Imputation noise off: its draws depend on the batch, and the table must not (torchrun, batch size).
+        "road_combined": metrics.road_combined(model, batch, maps, classes, percentiles=ROAD_PERCENTILES, noise=0.0),
+        "class_sensitivity": metrics.pearson(maps, explainer(batch, top_two[:, 1])),
+        "model_randomisation": metrics.model_randomisation(
+            lambda model_copy: create(name, model_copy, args.layer), model, batch, classes
+        ),
+        "sparseness": metrics.sparseness(maps),
+        "complexity": metrics.complexity(maps),
+        "adcc": metrics.adcc(explainer, batch, classes, maps),
+    }
+    if args.samples > 0:
+        seeds = data.index[rows]
+        values["max_sensitivity"] = metrics.max_sensitivity(
+            explainer, batch, classes, samples=args.samples, seed=seeds, batch_size=args.batch_size
+        )
+        stability = metrics.gradient_noise_stability(
+            explainer, batch, classes, sigma=args.sigma, samples=args.samples, seed=seeds
+        )
+        values["gradient_noise_spearman"], values["gradient_noise_ssim"] = stability["spearman"], stability["ssim"]
+    histograms: list[torch.Tensor | None] = [None] * len(rows)
+    if data.objects is not None:
+        objects = data.objects[rows]
+        values["pointing_game"] = metrics.pointing_game(maps, objects)
+        values["energy_pointing_game"] = metrics.energy_pointing_game(maps, objects)
+        histograms = [
+            torch.stack(metrics.boxes.pixel_score_histograms(maps[item : item + 1], objects[item : item + 1])).cpu()
+            for item in range(len(rows))
+        ]
+    hits: torch.Tensor | list[None] = [None] * len(rows)
+    if data.boxes is not None:
+        truth = [data.boxes[row] for row in rows]
+        hits = metrics.boxes.box_accuracy_hits(maps, truth).cpu()
+        labels = data.labels[rows] if data.labels is not None else None
+        hit = metrics.localisation_accuracy(maps, truth, classes if labels is not None else None, labels)
+        values["localisation_error"] = 1 - hit
+    table = {key: value.double().cpu().tolist() for key, value in values.items()}
+    return [
+        ImageRecord(
+            {key: column[item] for key, column in table.items()},
+            None if hits[item] is None else hits[item],
+            histograms[item],
+            seconds / len(rows),
+        )
+        for item in range(len(rows))
+    ]
+
+
+def _summarise(
+    name: str, records: list[ImageRecord], data: EvaluationData, args, ranks: distributed.Ranks
+) -> tuple[dict[str, Any], dict[str, float], torch.Tensor | None]:
+    """The method's row from its images' records: means (and spreads) over images, summed across ranks."""
     sums: dict[str, float] = dict.fromkeys(COLUMNS[1:], 0.0)
     squares: dict[str, float] = dict.fromkeys(COLUMNS[1:], 0.0)
-    boxes_running = metrics.RunningMaxBoxAccuracy() if data.boxes is not None else None
-    pxap_running = metrics.RunningPixelAveragePrecision() if data.objects is not None else None
     seconds = 0.0
-    x = data.x
-    for start in range(0, x.shape[0], args.batch_size):
-        rows = slice(start, start + args.batch_size)
-        batch = x[rows]
-        with torch.no_grad():
-            top_two = model(batch).topk(2, dim=1).indices
-        classes = top_two[:, 0]
-        began = time.perf_counter()
-        maps = explainer(batch, classes)
-        if maps.is_cuda:
-            torch.cuda.synchronize()
-        seconds += time.perf_counter() - began
-        values = {
-            "deletion": metrics.deletion(model, batch, maps, classes, steps=args.steps, baseline="zero"),
-            "insertion": metrics.insertion(model, batch, maps, classes, steps=args.steps),
-            "average_drop": metrics.average_drop(model, batch, maps, classes),
-            "increase_in_confidence": metrics.increase_in_confidence(model, batch, maps, classes),
-            # Imputation noise off: its draws depend on the batch, and the table must not (torchrun, batch size).
-            "road_combined": metrics.road_combined(
-                model, batch, maps, classes, percentiles=ROAD_PERCENTILES, noise=0.0
-            ),
-            "class_sensitivity": metrics.pearson(maps, explainer(batch, top_two[:, 1])),
-            "model_randomisation": metrics.model_randomisation(
-                lambda model_copy: create(name, model_copy, args.layer), model, batch, classes
-            ),
-            "sparseness": metrics.sparseness(maps),
-            "complexity": metrics.complexity(maps),
-            "adcc": metrics.adcc(explainer, batch, classes, maps),
-        }
-        if args.samples > 0:
-            seeds = data.index[rows]
-            values["max_sensitivity"] = metrics.max_sensitivity(
-                explainer, batch, classes, samples=args.samples, seed=seeds, batch_size=args.batch_size
-            )
-            stability = metrics.gradient_noise_stability(
-                explainer, batch, classes, sigma=args.sigma, samples=args.samples, seed=seeds
-            )
-            values["gradient_noise_spearman"], values["gradient_noise_ssim"] = stability["spearman"], stability["ssim"]
-        if data.objects is not None and pxap_running is not None:
-            objects = data.objects[rows]
-            values["pointing_game"] = metrics.pointing_game(maps, objects)
-            values["energy_pointing_game"] = metrics.energy_pointing_game(maps, objects)
-            pxap_running.update(maps, objects)
-        if data.boxes is not None and boxes_running is not None:
-            truth = data.boxes[rows]
-            boxes_running.update(maps, truth)
-            labels = data.labels[rows] if data.labels is not None else None
-            hit = metrics.localisation_accuracy(maps, truth, classes if labels is not None else None, labels)
-            values["localisation_error"] = 1 - hit
-        for key, value in values.items():
-            value = value.double()
-            sums[key] += float(value.sum())
-            squares[key] += float((value * value).sum())
-        bar.update(batch.shape[0])  # images x methods scored
-    count = distributed.total(x.shape[0], ranks)
+    for record in records:
+        for key, value in record.values.items():
+            sums[key] += value
+            squares[key] += value * value
+        seconds += record.seconds
+    count = distributed.total(len(records), ranks)
     sums = {key: distributed.total(value, ranks) for key, value in sums.items()}
     squares = {key: distributed.total(value, ranks) for key, value in squares.items()}
     seconds = distributed.total(seconds, ranks)
@@ -308,14 +404,23 @@ def _score(
         row[column] = f"{mean:.3f}"
         spread[column] = max(squares[column] / count - mean * mean, 0.0) ** 0.5
     curve = None
-    if boxes_running is not None:
-        boxes_running.counts = distributed.total_tensor(boxes_running.counts, ranks)
+    if data.boxes is not None:
+        boxes_running = metrics.RunningMaxBoxAccuracy()
+        hits = [record.box_hits for record in records if record.box_hits is not None]
+        local = torch.stack(hits).long().sum(dim=0) if hits else torch.zeros(3, 100, dtype=torch.long)
+        boxes_running.counts = distributed.total_tensor(local.to(data.x.device), ranks).cpu()
         boxes_running.images = int(count)
         row["max_box_acc_v2"] = f"{boxes_running.summary()['mean']:.2f}"
         curve = boxes_running.curve()[1].cpu()
-    if pxap_running is not None and pxap_running.histograms is not None:
-        pxap_running.histograms = tuple(distributed.total_tensor(part, ranks) for part in pxap_running.histograms)
-        row["pxap"] = f"{pxap_running.summary():.2f}"
+    if data.objects is not None:
+        parts = [record.pixel_histograms for record in records if record.pixel_histograms is not None]
+        bins = metrics.cam_thresholds(0.01).numel() + 2
+        local = torch.stack(parts).sum(dim=0) if parts else torch.zeros(2, bins, dtype=torch.float64)
+        total = distributed.total_tensor(local.to(data.x.device), ranks).cpu()
+        if total[0].sum() > 0:
+            pxap_running = metrics.RunningPixelAveragePrecision()
+            pxap_running.histograms = (total[0], total[1])
+            row["pxap"] = f"{pxap_running.summary():.2f}"
     row["seconds_per_image"] = f"{seconds / count:.4f}"
     return row, spread, curve
 

@@ -19,7 +19,9 @@ the page; every piece of text (file names are user data) is HTML-escaped.
 
 from __future__ import annotations
 
+import csv
 import html
+import io
 import os
 import re
 from collections.abc import Sequence
@@ -30,9 +32,12 @@ from urllib.parse import quote
 from ..errors import CamkitError
 from ..explainers import METHODS
 from .io import write_atomically
-from .manifest import SKIPPED, Row, is_detection, read_rows
+from .manifest import MANIFEST_NAME, SKIPPED, Row, is_detection, read_rows
 
 REPORT_NAME = "report.html"
+# What `camkit evaluate -o OUT` leaves for the report's evaluation section.
+EVALUATION_TABLE = "evaluation.csv"
+EVALUATION_PLOT = "evaluation.png"
 # The mark camkit recognises its own report by: a report.html without it is the user's and never overwritten.
 GENERATOR = '<meta name="generator" content="camkit report">'
 
@@ -68,6 +73,47 @@ def write_report(
     )
     write_atomically(path, page.encode("utf-8"))
     return path
+
+
+def write_evaluation_report(folder: Path, *, class_names: Sequence[str] | None = None) -> Path:
+    """Write or extend ``folder/report.html`` with the evaluation section (``evaluation.csv`` and its plot).
+
+    With overlay's manifest in the folder the page is the full report of its
+    rows plus the section (keeping the label filters if the page had them);
+    otherwise it is the section alone. Overlay's ``--report`` adds the
+    section in turn, so the two commands may run in either order.
+    """
+    path = folder / REPORT_NAME
+    manifest = folder / MANIFEST_NAME
+    if manifest.exists():
+        had_labels = path.exists() and b'<select id="label">' in path.read_bytes()
+        return write_report(manifest, label_from_folder=had_labels, class_names=class_names)
+    write_atomically(path, build_report([], folder).encode("utf-8"))
+    return path
+
+
+def evaluation_section(folder: Path) -> str:
+    """The HTML of ``camkit evaluate``'s table (and plot) in ``folder``, or nothing when it has not run there."""
+    table = folder / EVALUATION_TABLE
+    if not table.exists():
+        return ""
+    try:
+        rows = list(csv.reader(io.StringIO(table.read_text(encoding="utf-8"))))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        return f"<section><h2>Evaluation</h2><p>cannot read {_text(table.name)}: {_text(error)}</p></section>"
+    if not rows:
+        return ""
+    header = "".join(f"<th>{_text(cell)}</th>" for cell in rows[0])
+    body = "\n".join("<tr>" + "".join(f"<td>{_text(cell)}</td>" for cell in row) + "</tr>" for row in rows[1:])
+    plot = ""
+    if (folder / EVALUATION_PLOT).exists():
+        plot = f'<p><img src="{_attr(relative_url(folder / EVALUATION_PLOT, folder))}" alt="evaluation plot"></p>'
+    return (
+        '<section id="evaluation"><h2>Evaluation</h2>'
+        f"<p>camkit evaluate: every method by every metric ({_text(table.name)}).</p>"
+        f'<table class="evaluation"><thead><tr>{header}</tr></thead><tbody>\n{body}\n</tbody></table>'
+        f"{plot}</section>"
+    )
 
 
 @dataclass
@@ -129,8 +175,11 @@ def build_report(
         f"{f', {detections} detections' if detections else ''}"
         f"{f', {failed} failed' if failed else ''}"
     )
+    if not images:
+        summary = "no overlays here yet (camkit overlay -o with this folder and --report adds them)"
     return _PAGE.format(
         generator=GENERATOR,
+        evaluation=evaluation_section(folder),
         title=_text(f"camkit report: {folder.name}"),
         style=_STYLE,
         head_script=_HEAD_SCRIPT,
@@ -402,6 +451,7 @@ _PAGE = """<!DOCTYPE html>
 </head>
 <body>
 <h1>{heading}</h1>
+{evaluation}
 <p>{summary}. Click an overlay for its full size.</p>
 <form onsubmit="return false">
 <label>predicted class <select id="class"><option value="">all</option>{class_options}</select></label>

@@ -85,7 +85,8 @@ def _run(args: argparse.Namespace) -> int:
     gc.collect()
     where = getattr(args, "output", None)
     report = " and report.html" if getattr(args, "report", False) else ""
-    saved = f"; what finished is in {where}/manifest.csv{report}, and rerunning the command resumes" if where else ""
+    kept = ".evaluation" if getattr(args, "command", None) == "evaluate" else "manifest.csv"  # evaluate's store
+    saved = f"; what finished is in {where}/{kept}{report}, and rerunning the command resumes" if where else ""
     print(f"camkit: interrupted{saved}", file=sys.stderr)
     return INTERRUPTED
 

@@ -68,6 +68,21 @@ def register(commands: Any) -> None:
         "--sigma", type=float, default=0.1, help="gradient noise, times each image's gradient standard deviation"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar (shown only when stderr is a terminal)")
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
+        metavar="OUT",
+        help="output folder: evaluation.csv/.md/.png, and the finished (image, method) scores in OUT/.evaluation, "
+        "so a repeated or interrupted run into the same folder scores only what is missing",
+    )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="also write OUT/report.html with the evaluation section (extends the report `camkit overlay "
+        "-o OUT --report` writes there, keeping its images)",
+    )
     parser.set_defaults(run=_run)
 
 

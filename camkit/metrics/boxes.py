@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -129,6 +130,18 @@ def box_accuracy_counts(
     backend: str = "auto",
 ) -> torch.Tensor:
     """``(I, T)`` counts of images whose best box at CAM threshold t reaches IoU threshold i: MaxBoxAcc's numerators."""
+    return box_accuracy_hits(maps, boxes, iou_thresholds, thresholds, multi_contour, backend).sum(dim=0)
+
+
+def box_accuracy_hits(
+    maps: torch.Tensor,
+    boxes: BoxesSpec,
+    iou_thresholds: Sequence[float] = IOU_THRESHOLDS,
+    thresholds: ThresholdsSpec = None,
+    multi_contour: bool = True,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """``(B, I, T)`` bool per image: its best box at CAM threshold t reaches IoU threshold i (summed: the counts)."""
     _check_maps(maps)
     levels = _thresholds(thresholds)
     truth, present = ground_truth_boxes(boxes, maps.shape[0], maps.device)
@@ -137,7 +150,7 @@ def box_accuracy_counts(
     else:
         best = _torch_best_iou(maps, levels, truth, present, multi_contour)
     limits = torch.tensor([float(value) for value in iou_thresholds], dtype=torch.float64, device=maps.device)
-    return (best[None] >= limits[:, None, None]).sum(dim=1)
+    return best[:, None] >= limits[None, :, None]
 
 
 def max_box_accuracy(
@@ -190,11 +203,41 @@ def pixel_score_histograms(
     levels = _thresholds(thresholds)
     edges = torch.cat((levels, torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))).to(maps.device)
     bins = edges.numel() - 1
+    if maps.device.type == "cpu" and maps.dtype == torch.float32:
+        return _float32_histograms(maps, masks, ignore, edges)
     index = _bin_index(maps.double(), edges, levels)
-    # One count over three blocks of bins: background, object, ignored (dropped).
     kind = masks.long() if ignore is None else torch.where(ignore, 2, masks.long())
     counts = torch.bincount((index + bins * kind).flatten(), minlength=3 * bins).double()
     return counts[bins : 2 * bins], counts[:bins]
+
+
+def _float32_histograms(
+    maps: torch.Tensor, masks: torch.Tensor, ignore: torch.Tensor | None, edges: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two histograms of float32 CPU maps, as ``np.histogram`` counts them, without a float64 copy.
+
+    A float32 value v lies at or above a float64 edge e exactly when v >= the
+    smallest float32 >= e. Each group's values are sorted (numpy's vectorised
+    float32 sort) and the edges searched in them: a few searches instead of
+    one per pixel.
+    """
+    table = edges.numpy().astype(np.float32)
+    below = table.astype(np.float64) < edges.numpy()
+    table[below] = np.nextafter(table[below], np.float32(np.inf))
+    values = maps.detach().numpy().reshape(-1)
+    inside = masks.numpy().reshape(-1)
+    outside = ~inside
+    if ignore is not None:
+        kept = ~ignore.numpy().reshape(-1)
+        inside, outside = inside & kept, outside & kept
+
+    def histogram(chosen: np.ndarray) -> torch.Tensor:
+        ordered = np.sort(values[chosen])
+        below_edge = np.searchsorted(ordered, table, side="left")
+        below_edge[-1] = np.searchsorted(ordered, table[-1], side="right")  # the last bin is closed
+        return torch.from_numpy(np.diff(below_edge).astype(np.float64))
+
+    return histogram(inside), histogram(outside)
 
 
 def _bin_index(values: torch.Tensor, edges: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
@@ -301,12 +344,75 @@ def _opencv_best_iou(
     maps: torch.Tensor, levels: torch.Tensor, truth: torch.Tensor, present: torch.Tensor, multi_contour: bool
 ) -> torch.Tensor:
     """``(B, T)`` best IoU at each CAM threshold: OpenCV's contours per mask, the IoUs of all their boxes at once."""
-    masks = foreground(maps, levels)
-    boxes, owner = _opencv_rectangles(masks.flatten(0, 1), multi_contour)
+    boxes, owner = _opencv_level_rectangles(maps, levels, multi_contour)
     image = owner // levels.numel()
     overlap = box_iou(boxes[:, None], truth[image])[:, 0].masked_fill(~present[image], -1).amax(dim=1)
-    best = torch.full((masks.shape[0] * masks.shape[1],), -1.0, dtype=torch.float64, device=maps.device)
-    return best.scatter_reduce(0, owner, overlap, reduce="amax").reshape(masks.shape[:2])
+    best = torch.full((maps.shape[0] * levels.numel(),), -1.0, dtype=torch.float64, device=maps.device)
+    return best.scatter_reduce(0, owner, overlap, reduce="amax").reshape(maps.shape[0], levels.numel())
+
+
+def _opencv_level_rectangles(
+    maps: torch.Tensor, levels: torch.Tensor, multi_contour: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every contour's box at every (image, CAM threshold), owner ``image * T + t``, as :func:`_opencv_rectangles`.
+
+    Each mask is traced only inside its foreground's box plus a one-pixel
+    margin (found from the rows' and columns' maxima, for all thresholds at
+    once): the contours there are the whole mask's, shifted, and OpenCV's cost
+    grows with the area it scans. The masks are those of :func:`foreground`.
+    """
+    import cv2  # a core dependency; only the CPU path needs it
+
+    height, width = maps.shape[1:]
+    quantised = (maps.double() * 255).floor()
+    cuts = (levels.to(torch.float64)[None] * quantised.flatten(1).amax(dim=1)[:, None]).floor().cpu()
+    pixels = quantised.to(torch.uint8).cpu()
+    rows = _foreground_span(pixels.amax(dim=2), cuts)  # (B, T, 2): first and last row above each cut
+    columns = _foreground_span(pixels.amax(dim=1), cuts)
+    pixels_np = pixels.numpy()
+    rects: list[tuple[int, int, int, int]] = []
+    owners: list[int] = []
+    steps = levels.numel()
+    for image, (cut_row, row_span, column_span) in enumerate(zip(cuts.tolist(), rows.tolist(), columns.tolist())):
+        for step, (cut, (first_row, last_row), (first_column, last_column)) in enumerate(
+            zip(cut_row, row_span, column_span)
+        ):
+            owner = image * steps + step
+            if first_row < 0:
+                rects.append((0, 0, 0, 0))  # no foreground: the authors' empty box
+                owners.append(owner)
+                continue
+            top, left = max(first_row - 1, 0), max(first_column - 1, 0)
+            crop = pixels_np[image, top : min(last_row + 2, height), left : min(last_column + 2, width)]
+            # uint8 > an integer cut, in C (a float threshold on uint8 acts as its floor, and the cut is whole).
+            mask = cv2.threshold(crop, cut, 1, cv2.THRESH_BINARY)[1]
+            contours = cv2.findContours(mask, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
+            if not multi_contour:
+                contours = (max(contours, key=cv2.contourArea),)
+            for contour in contours:
+                x, y, w, h = cv2.boundingRect(contour)
+                rects.append((x + left, y + top, w, h))
+                owners.append(owner)
+    table = torch.tensor(rects, dtype=torch.long, device=maps.device).reshape(-1, 4)
+    boxes = torch.stack(
+        (
+            table[:, 0],
+            table[:, 1],
+            (table[:, 0] + table[:, 2]).clamp_max(width - 1),
+            (table[:, 1] + table[:, 3]).clamp_max(height - 1),
+        ),
+        dim=1,
+    )
+    return boxes, torch.tensor(owners, dtype=torch.long, device=maps.device)
+
+
+def _foreground_span(peaks: torch.Tensor, cuts: torch.Tensor) -> torch.Tensor:
+    """``(B, T, 2)``: the first and last index whose peak (a row's or column's maximum) is above each cut; -1 if none."""
+    above = peaks[:, :, None].long() > cuts[:, None, :].long()  # (B, L, T)
+    count = above.shape[1]
+    first = torch.where(above.any(dim=1), above.long().argmax(dim=1), -1)
+    last = torch.where(above.any(dim=1), count - 1 - above.flip(1).long().argmax(dim=1), -1)
+    return torch.stack((first, last), dim=-1)
 
 
 def _opencv_rectangles(masks: torch.Tensor, multi_contour: bool) -> tuple[torch.Tensor, torch.Tensor]:

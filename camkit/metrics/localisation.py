@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..errors import CamkitError
@@ -56,7 +57,8 @@ def relevance_rank_accuracy(
     Quantus' ``RelevanceRankAccuracy``; equal pixel values are ranked in
     row-major order (Quantus' numpy sort leaves ties in an unspecified order).
     """
-    _, inside = _attributions_and_masks(maps, masks, absolute, normalise)
+    check_maps_masks(maps, masks)  # the ranking needs only the order, which the preprocessing keeps
+    inside = masks.flatten(1)
     size = inside.sum(dim=1)
     hits = (highest(_magnitudes(maps, absolute), size) & inside).sum(dim=1).double()
     return _empty_masks_nan(hits / size.clamp_min(1), inside)
@@ -133,10 +135,27 @@ def highest(values: torch.Tensor, count: torch.Tensor | int) -> torch.Tensor:
     largest = int(counts.max()) if counts.numel() else 0
     if largest == 0:
         return torch.zeros_like(values, dtype=torch.bool)
-    top = values.topk(largest, dim=1, sorted=True).values
-    cut = top.gather(1, (counts - 1).clamp_min(0)[:, None])
+    cut = _count_largest(values, counts, largest)
     above = values > cut
     level = values == cut
     room = counts[:, None] - above.sum(dim=1, keepdim=True)
     chosen = above | (level & (level.cumsum(dim=1) <= room))
     return chosen & (counts[:, None] > 0)
+
+
+def _count_largest(values: torch.Tensor, counts: torch.Tensor, largest: int) -> torch.Tensor:
+    """``(B, 1)``: each row's ``counts``-th largest value (any value where the count is 0).
+
+    On the CPU numpy's selection (``np.partition``, linear time) per row;
+    elsewhere one ``topk`` of the largest count for the whole batch.
+    """
+    if values.device.type == "cpu" and values.dtype in (torch.float32, torch.float64):
+        rows = values.detach().numpy()
+        width = rows.shape[1]
+        picked = [
+            np.partition(row, width - count)[width - count] if count > 0 else row[0]
+            for row, count in zip(rows, counts.tolist())
+        ]
+        return torch.from_numpy(np.asarray(picked, dtype=rows.dtype))[:, None]
+    top = values.topk(largest, dim=1, sorted=True).values
+    return top.gather(1, (counts - 1).clamp_min(0)[:, None])

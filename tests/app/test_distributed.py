@@ -126,10 +126,11 @@ def test_two_ranks_explain_a_detectors_images_as_one_process_does(folder, tmp_pa
     assert _manifest(double) == rows
 
 
-def test_evaluate_reduces_metrics_across_ranks() -> None:
+def test_evaluate_reduces_metrics_across_ranks(tmp_path) -> None:
     command = ["-m", "camkit", "evaluate", "--n-images", "12", "--methods", "gradcam,eigencam", "--steps", "8"]
     single = _run([sys.executable, *command])
-    double = _run([*_torchrun(2), *command])
+    out = tmp_path / "out"
+    double = _run([*_torchrun(2), *command, "-o", str(out)])
     assert single.returncode == 0 and double.returncode == 0, double.stderr[-2000:]
 
     def metric_rows(text: str) -> list[list[str]]:
@@ -138,3 +139,12 @@ def test_evaluate_reduces_metrics_across_ranks() -> None:
 
     assert len(metric_rows(double.stdout)) == 2  # printed once, by rank 0
     assert metric_rows(double.stdout) == metric_rows(single.stdout)
+    # Each rank kept its share; one process resuming into the folder reuses both ranks' records, adding nothing.
+    stored = sorted(out.glob(".evaluation/*/*.pt"))
+    assert sorted({path.name.split(".")[0] + "." + path.name.split(".")[1] for path in stored}) == [
+        f"{m}.rank{r}" for m in ("eigencam", "gradcam") for r in (0, 1)
+    ]
+    stamps = [path.stat().st_mtime_ns for path in stored]
+    again = _run([sys.executable, *command, "-o", str(out)])
+    assert again.returncode == 0 and metric_rows(again.stdout) == metric_rows(single.stdout)
+    assert sorted(out.glob(".evaluation/*/*.pt")) == stored and [p.stat().st_mtime_ns for p in stored] == stamps

@@ -116,3 +116,16 @@ def test_written_beside_the_manifest_atomically_and_never_over_a_foreign_page(tm
     path.write_text("<html>my notes</html>")
     with pytest.raises(CamkitError, match="not written by camkit"):
         check_owned(path)
+
+
+def test_evaluation_section_escapes_the_table_and_links_the_plot(tmp_path) -> None:
+    from camkit.app import report
+
+    (tmp_path / report.EVALUATION_TABLE).write_text("method,pxap\n<b>x</b>,50.00\n")
+    section = report.evaluation_section(tmp_path)
+    assert "<td>&lt;b&gt;x&lt;/b&gt;</td>" in section and "<img" not in section
+    (tmp_path / report.EVALUATION_PLOT).write_bytes(b"\x89PNG")
+    assert '<img src="evaluation.png"' in report.evaluation_section(tmp_path)
+    assert report.evaluation_section(tmp_path / "elsewhere") == ""
+    page = report.build_report([], tmp_path)
+    assert '<section id="evaluation">' in page and "no overlays here yet" in page

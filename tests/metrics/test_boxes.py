@@ -130,3 +130,39 @@ def test_histogram_bins_equal_a_binary_search_at_every_edge(step: float) -> None
     values = values.clamp(0, 1)
     expected = (torch.bucketize(values, edges, right=True) - 1).clamp_max(edges.numel() - 2)
     assert torch.equal(box_metrics._bin_index(values, edges, levels), expected)
+
+
+def test_float32_histograms_equal_the_float64_bins_at_every_edge() -> None:
+    """The float32 fast path (numpy search over float32 edges) bins exactly as float64 against the float64 edges."""
+    edges = box_metrics.cam_thresholds(0.01).float()
+    near = torch.cat((edges, torch.nextafter(edges, torch.tensor(2.0)), torch.nextafter(edges, torch.tensor(-1.0))))
+    values = torch.cat((near.clamp(0, 1), torch.tensor([1.0, 0.0]), torch.rand(300 - 2 - near.numel() % 300)))
+    values = values[: values.numel() // 10 * 10].reshape(2, -1, 5)
+    masks = torch.rand(values.shape, generator=torch.Generator().manual_seed(0)) > 0.5
+    ignore = torch.rand(values.shape, generator=torch.Generator().manual_seed(1)) > 0.8
+    for skip in (None, ignore):
+        fast = box_metrics.pixel_score_histograms(values, masks, skip)
+        slow = box_metrics.pixel_score_histograms(values.double(), masks, skip)
+        assert all(torch.equal(a, b) for a, b in zip(fast, slow))
+
+
+def test_opencv_path_traces_each_mask_inside_its_foreground_box() -> None:
+    """Small regions far from the border, and regions on it: the cropped tracing gives the authors' boxes."""
+    maps = torch.zeros(3, 40, 48)
+    maps[0, 10:14, 30:35] = 1.0
+    maps[0, 12, 33] = 0.2  # a hole at high thresholds
+    maps[1, 0:5, 0:3] = 0.8  # on the border
+    maps[1, 35:40, 44:48] = 0.6
+    maps[2] = blob_maps(1, 48, seed=12, coarse=9)[0, :40]
+    truth = random_boxes(3, 40, seed=13)
+    thresholds = np.arange(0, 1, 0.05)
+    for multi_contour in (True, False):
+        ours = metrics.max_box_accuracy(maps, truth, thresholds=thresholds, multi_contour=multi_contour,
+                                        backend="opencv")
+        reference = wsol_max_box_accuracy([m.double().numpy() for m in maps], [t.numpy() for t in truth],
+                                          thresholds, multi_contour=multi_contour)
+        assert [float(ours[key]) for key in ("iou_0.3", "iou_0.5", "iou_0.7")] == pytest.approx(reference, abs=1e-12)
+        counts = box_metrics.box_accuracy_counts(maps, truth, thresholds=thresholds, multi_contour=multi_contour,
+                                                 backend="opencv")
+        assert torch.equal(counts, box_metrics.box_accuracy_counts(
+            maps, truth, thresholds=thresholds, multi_contour=multi_contour, backend="torch"))

@@ -71,3 +71,18 @@ def test_hand_computed_values() -> None:
     assert float(metrics.relevance_rank_accuracy(ramp, mask)) == 0.0  # the mask's pixel is not the top one
     assert float(metrics.top_k_intersection(ramp, mask, k=2)) == 0.5
     assert float(metrics.l1_complexity(uniform * 0.5)) == 0.5
+
+
+def test_highest_takes_ties_in_row_major_order_on_both_paths() -> None:
+    """numpy selection (CPU floats) and topk (other dtypes, the accelerator path) pick the same pixels."""
+    from camkit.metrics.localisation import highest
+
+    generator = torch.Generator().manual_seed(4)
+    values = torch.randint(0, 5, (6, 40), generator=generator)  # many ties
+    counts = torch.tensor([0, 1, 7, 20, 39, 40])
+    order = torch.sort(-values, dim=1, stable=True).indices
+    expected = torch.zeros_like(values, dtype=torch.bool)
+    for row, count in enumerate(counts.tolist()):
+        expected[row, order[row, :count]] = True
+    assert torch.equal(highest(values.float(), counts), expected)  # numpy path
+    assert torch.equal(highest(values, counts), expected)  # topk path
