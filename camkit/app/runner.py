@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .. import progress
 from ..detection import detector_of
 from ..errors import CamkitError, model_code, raised_by_model
 from ..explainers import METHODS, Explainer, create, methods_for
@@ -580,7 +581,7 @@ def progress_bar(total: int, description: str, quiet: bool) -> tqdm:
         file=sys.stderr,
         disable=quiet or not stderr_is_terminal(),
         bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total_fmt} img [{elapsed}<{remaining}, {rate_fmt}]",
-        dynamic_ncols=True,
+        **progress.sizing(sys.stderr),  # a terminal that reports no width still gets a visible bar
     )
 
 
