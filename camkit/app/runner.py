@@ -753,8 +753,19 @@ def _explain_volumes(checked: Plan, sources: list[Source], manifest: Manifest, t
                 result.maps[:, None].cpu(), size=tuple(volume.shape[1:]), mode="trilinear", align_corners=False
             )[0, 0]
             paths = checked.outputs(source, method)
-            picture = volumes.montage(volume[0], full, checked.job.alpha, checked.job.colormap)
-            write_atomically(paths[0], encode_png(to_uint8_hwc(picture)[0].numpy()))
+            row = _row(
+                source,
+                paths[0],
+                method,
+                status="ok",
+                result=result,
+                loaded=checked.loaded,
+                explained=_explained_class(target, 0),
+            )
+            picture = to_uint8_hwc(volumes.montage(volume[0], full, checked.job.alpha, checked.job.colormap))[0]
+            if checked.job.caption:  # the same strip as a 2-D overlay's: the montage alone says what it shows
+                picture = captioned(picture, caption_text(row, checked.loaded.class_names), checked.job.colormap)
+            write_atomically(paths[0], encode_png(picture.numpy()))
             if checked.job.save_maps == "npy":
                 _write_map(
                     full,
@@ -762,17 +773,7 @@ def _explain_volumes(checked: Plan, sources: list[Source], manifest: Manifest, t
                     checked.job,
                     result.channel_weights[0].cpu() if result.channel_weights is not None else None,
                 )
-            manifest.add(
-                _row(
-                    source,
-                    paths[0],
-                    method,
-                    status="ok",
-                    result=result,
-                    loaded=checked.loaded,
-                    explained=_explained_class(target, 0),
-                )
-            )
+            manifest.add(row)
             tally.written += 1
 
 
