@@ -14,7 +14,7 @@ PACKAGE = ROOT / "camkit"
 # Lower storeys first. A module may import its own group and any lower storey.
 STOREYS: list[tuple[str, ...]] = [
     ("camkit.errors",),
-    ("camkit.ops", "camkit.modes", "camkit.layouts", "camkit.calls"),
+    ("camkit.ops", "camkit.modes", "camkit.layouts", "camkit.calls", "camkit.progress"),
     ("camkit.layers", "camkit.targets", "camkit.cluster", "camkit.results", "camkit.detection"),
     ("camkit.capture",),
     ("camkit.attention",),

@@ -183,7 +183,7 @@ def test_overlay_cli_volumes_and_segmenters(tmp_path) -> None:
     with user_code_on_path():
         out = tmp_path / "out"
         status = main(["overlay", str(folder), "-o", str(out), "--model", "factory_model:tiny3d", "--method",
-                       "gradcam,cfcam", "--save-maps", "npy", "--workers", "0", "--quiet"])
+                       "gradcam,cfcam", "--save-maps", "npy", "--workers", "0", "--quiet", "--no-caption"])
         assert status == 1  # two bad files
         # montage: axial (H x W), coronal (D x W), sagittal (D x H), 2-pixel gutters
         assert Image.open(out / "scan_gradcam.png").size == (24 + 2 + 24 + 2 + 20 + 2, 20)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import CamkitError, MissingDependency
+from ..progress import ProgressOption, optional_bar
 
 logger = logging.getLogger("camkit")
 
@@ -411,6 +412,7 @@ def load_images(
     normalize: Any = "imagenet",
     *,
     errors: str = "raise",
+    progress: ProgressOption = False,
 ) -> LoadedImages:
     """Image files, folders, globs or http(s) URLs to a model-ready batch, and the originals to draw overlays on.
 
@@ -426,6 +428,8 @@ def load_images(
     ``errors="raise"`` (default): a file that cannot be read raises a
     CamkitError naming it; ``errors="skip"``: it is left out and listed in the
     result's ``skipped`` as ``(path, reason)``, as the CLI does.
+    ``progress=True`` draws a bar (files read, files/s, ETA) on stderr while
+    the files are read; a text stream draws it there instead.
     """
     import torch.nn.functional as F
 
@@ -440,20 +444,10 @@ def load_images(
     if not found:
         raise CamkitError(f"no images found in {', '.join(map(str, entries))}")
     originals, names, skipped = [], [], []
-    for name, where in found:
-        try:
-            originals.append(read_rgb(io.BytesIO(read_url(where)) if is_url(where) else where))
-            names.append(name)
-        except Exception as error:
-            reason = str(error) if isinstance(error, CamkitError) else f"{type(error).__name__}: {error}"
-            if errors == "raise" and is_url(where) and isinstance(error, CamkitError):
-                raise  # the download's own message names the URL and what to do
-            if errors == "raise":
-                raise CamkitError(
-                    f"cannot read image {name}: {reason.splitlines()[0] if reason else ''}; pass "
-                    "errors='skip' to leave unreadable files out"
-                ) from None
-            skipped.append((name, reason))
+    with optional_bar(progress, len(found), "camkit.load_images", unit="file") as bar:
+        for name, where in found:
+            _read_one(name, where, errors, originals, names, skipped)
+            bar.update(1)
     if not originals:
         raise CamkitError(f"none of the {len(found)} images could be read (first: {skipped[0][0]}: {skipped[0][1]})")
     transforms = getattr(normalize, "transforms", None)
@@ -472,6 +466,30 @@ def load_images(
         ]
     )
     return LoadedImages((resized - mean.reshape(1, 3, 1, 1)) / std.reshape(1, 3, 1, 1), originals, names, skipped)
+
+
+def _read_one(
+    name: str,
+    where: Any,
+    errors: str,
+    originals: list[torch.Tensor],
+    names: list[str],
+    skipped: list[tuple[str, str]],
+) -> None:
+    """Read one file or URL into ``originals``/``names``; a failure raises or joins ``skipped`` as ``errors`` says."""
+    try:
+        originals.append(read_rgb(io.BytesIO(read_url(where)) if is_url(where) else where))
+        names.append(name)
+    except Exception as error:
+        reason = str(error) if isinstance(error, CamkitError) else f"{type(error).__name__}: {error}"
+        if errors == "raise" and is_url(where) and isinstance(error, CamkitError):
+            raise  # the download's own message names the URL and what to do
+        if errors == "raise":
+            raise CamkitError(
+                f"cannot read image {name}: {reason.splitlines()[0] if reason else ''}; pass "
+                "errors='skip' to leave unreadable files out"
+            ) from None
+        skipped.append((name, reason))
 
 
 def seen_part(image: torch.Tensor, preprocess: Any) -> torch.Tensor:

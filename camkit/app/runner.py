@@ -14,12 +14,14 @@ unless every output it should have (overlays and saved maps) exists.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .. import progress
 from ..detection import detector_of
 from ..errors import CamkitError, model_code, raised_by_model
 from ..explainers import METHODS, Explainer, create, methods_for
@@ -60,6 +63,7 @@ logger = logging.getLogger("camkit")
 
 NORMALISATIONS = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), "none": ((0.0,) * 3, (1.0,) * 3)}
 MIN_INPUT_SIZE = 8
+WRITER_NICENESS = 10  # see _lower_priority
 # Beside an npy map: the (K,) weights a channel-weighted method summed the layer's channels with.
 CHANNEL_WEIGHTS_SUFFIX = "_channel_weights.npy"
 # What one bad input can raise, besides anything the model's own forward or backward raises
@@ -442,10 +446,28 @@ class Images(torch.utils.data.Dataset):
             original = read_rgb(self.sources[index].path)
         except Exception as error:
             return Item(index, None, None, f"cannot read image: {_one_line(error)}")
-        resized = F.interpolate(
-            original[None].float() / 255, size=self.size, mode="bilinear", antialias=True, align_corners=False
-        )[0]
-        return Item(index, (resized - self.mean) / self.std, original, None)
+        return Item(index, (resized_to(original, self.size) - self.mean) / self.std, original, None)
+
+
+def resized_to(image: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """uint8 ``(3, H, W)`` to float ``(3, *size)`` in [0, 1], antialiased; an image already at ``size`` is not resampled
+    (bilinear at scale 1 is the identity, and skipping it saves a pass per image)."""
+    scaled = image.float() / 255
+    if tuple(image.shape[1:]) == tuple(size):
+        return scaled
+    return F.interpolate(scaled[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+def _lower_priority() -> None:
+    """Writer threads yield the cores to the model's threads (Linux: a thread has its own nice value).
+
+    torch's intra-op threads wait for each other at every operation, so a writer that
+    preempts one of them stalls them all; niced, the writers run in the gaps instead. They
+    cannot starve: when the pending writes fill their slots, the main loop waits for them.
+    """
+    with contextlib.suppress(AttributeError, OSError):  # not Linux, or not permitted: equal priority, still correct
+        thread = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + WRITER_NICENESS))
 
 
 class Writers:
@@ -454,7 +476,9 @@ class Writers:
     def __init__(self, manifest: Manifest, tally: Tally, pending: int, threads: int = 2) -> None:
         self.manifest, self.tally = manifest, tally
         self.slots = BoundedSemaphore(pending)  # bounds the images waiting to be written
-        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="camkit-writer")
+        self.pool = ThreadPoolExecutor(
+            max_workers=threads, thread_name_prefix="camkit-writer", initializer=_lower_priority
+        )
 
     def __enter__(self) -> Writers:
         return self
@@ -571,7 +595,7 @@ def progress_bar(total: int, description: str, quiet: bool) -> tqdm:
         file=sys.stderr,
         disable=quiet or not stderr_is_terminal(),
         bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total_fmt} img [{elapsed}<{remaining}, {rate_fmt}]",
-        dynamic_ncols=True,
+        **progress.sizing(sys.stderr),  # a terminal that reports no width still gets a visible bar
     )
 
 
@@ -651,7 +675,11 @@ def _write_image(
     caption: str = "",
 ) -> None:
     height, width = original.shape[1:]
-    full = F.interpolate(image_map[None, None], size=(height, width), mode="bilinear", align_corners=False)[0]
+    full = (
+        image_map[None]
+        if tuple(image_map.shape) == (height, width)
+        else F.interpolate(image_map[None, None], size=(height, width), mode="bilinear", align_corners=False)[0]
+    )
     blended = to_uint8_hwc(overlay(original[None].float() / 255, full, alpha=job.alpha, colormap=job.colormap))[0]
     picture = captioned(blended, caption, job.colormap) if job.caption and caption else blended
     write_atomically(paths[0], encode_png(picture.numpy()))
@@ -739,8 +767,19 @@ def _explain_volumes(checked: Plan, sources: list[Source], manifest: Manifest, t
                 result.maps[:, None].cpu(), size=tuple(volume.shape[1:]), mode="trilinear", align_corners=False
             )[0, 0]
             paths = checked.outputs(source, method)
-            picture = volumes.montage(volume[0], full, checked.job.alpha, checked.job.colormap)
-            write_atomically(paths[0], encode_png(to_uint8_hwc(picture)[0].numpy()))
+            row = _row(
+                source,
+                paths[0],
+                method,
+                status="ok",
+                result=result,
+                loaded=checked.loaded,
+                explained=_explained_class(target, 0),
+            )
+            picture = to_uint8_hwc(volumes.montage(volume[0], full, checked.job.alpha, checked.job.colormap))[0]
+            if checked.job.caption:  # the same strip as a 2-D overlay's: the montage alone says what it shows
+                picture = captioned(picture, caption_text(row, checked.loaded.class_names), checked.job.colormap)
+            write_atomically(paths[0], encode_png(picture.numpy()))
             if checked.job.save_maps == "npy":
                 _write_map(
                     full,
@@ -748,17 +787,7 @@ def _explain_volumes(checked: Plan, sources: list[Source], manifest: Manifest, t
                     checked.job,
                     result.channel_weights[0].cpu() if result.channel_weights is not None else None,
                 )
-            manifest.add(
-                _row(
-                    source,
-                    paths[0],
-                    method,
-                    status="ok",
-                    result=result,
-                    loaded=checked.loaded,
-                    explained=_explained_class(target, 0),
-                )
-            )
+            manifest.add(row)
             tally.written += 1
 
 

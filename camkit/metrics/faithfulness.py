@@ -29,6 +29,7 @@ from torch import nn
 from ..calls import InputsSpec, ModelCall
 from ..errors import CamkitError, CamkitTypeError
 from ..modes import evaluation
+from ..progress import ProgressOption, optional_bar
 from ..targets import TargetSpec, class_indices, logits_of, scores_for
 from .checks import check_baseline, check_maps_input
 
@@ -47,6 +48,7 @@ def deletion(
     chunk_size: int = 64,
     return_curves: bool = False,
     inputs: InputsSpec = None,
+    progress: ProgressOption = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Area under the target's score as the most salient pixels are replaced by the baseline.
 
@@ -54,9 +56,13 @@ def deletion(
     the fraction of pixels removed, so for probabilities the area lies in
     [0, 1]. ``baseline`` is ``'zero'``, ``'mean'`` (each image's channel
     means), ``'blur'``, a tensor that broadcasts to ``x`` or a callable
-    ``f(x) -> tensor`` that does.
+    ``f(x) -> tensor`` that does. ``progress=True`` draws a bar of the perturbed
+    copies scored (copies/s, ETA) on stderr, a text stream draws it there: for
+    a data set's worth of images at once.
     """
-    return _perturbation_auc(model, x, maps, target, steps, baseline, chunk_size, return_curves, inputs, delete=True)
+    return _perturbation_auc(
+        model, x, maps, target, steps, baseline, chunk_size, return_curves, inputs, delete=True, progress=progress
+    )
 
 
 def insertion(
@@ -70,13 +76,16 @@ def insertion(
     chunk_size: int = 64,
     return_curves: bool = False,
     inputs: InputsSpec = None,
+    progress: ProgressOption = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Area under the target's score as the most salient pixels are put back into the baseline.
 
     Higher is better. Starts from the baseline (blurred image by default, as
-    in RISE) and ends at the image. ``baseline`` as for :func:`deletion`.
+    in RISE) and ends at the image. ``baseline`` and ``progress`` as for :func:`deletion`.
     """
-    return _perturbation_auc(model, x, maps, target, steps, baseline, chunk_size, return_curves, inputs, delete=False)
+    return _perturbation_auc(
+        model, x, maps, target, steps, baseline, chunk_size, return_curves, inputs, delete=False, progress=progress
+    )
 
 
 def average_drop(
@@ -155,6 +164,8 @@ def perturbed_scores(
     perturb: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     chunk_size: int,
     device: torch.device,
+    progress: ProgressOption = False,
+    description: str = "camkit metric",
 ) -> torch.Tensor:
     """``(B, count)`` scores of ``perturb(images, steps)``, the perturbed copies of those (image, step) rows.
 
@@ -166,15 +177,18 @@ def perturbed_scores(
     table = torch.empty(batch, count, device=device)
     rows = batch * count
     per_pass = batch if score.per_batch else chunk_size
-    with torch.no_grad(), evaluation(model):
+    with torch.no_grad(), evaluation(model), optional_bar(progress, rows, description, unit="copy") as bar:
         for start in range(0, rows, per_pass):
             row = torch.arange(start, min(start + per_pass, rows), device=device)
             image, step = row % batch, row // batch
             table[image, step] = score.of(score.run(model, image, perturb(image, step)), image)
+            bar.update(len(row))
     return table
 
 
-def _perturbation_auc(model, x, maps, target, steps, baseline, chunk_size, return_curves, inputs, delete: bool):
+def _perturbation_auc(
+    model, x, maps, target, steps, baseline, chunk_size, return_curves, inputs, delete: bool, progress: ProgressOption
+):
     check_maps_input(maps, x)
     if steps < 1 or chunk_size < 1:
         raise CamkitError("steps and chunk_size must be at least 1.")
@@ -191,7 +205,8 @@ def _perturbation_auc(model, x, maps, target, steps, baseline, chunk_size, retur
         salient = (rank[image] < counts[step][:, None]).reshape(-1, 1, *x.shape[2:])
         return torch.where(salient, first[image], second[image])
 
-    curves = perturbed_scores(model, score, steps + 1, perturb, chunk_size, x.device)
+    description = "camkit deletion" if delete else "camkit insertion"
+    curves = perturbed_scores(model, score, steps + 1, perturb, chunk_size, x.device, progress, description)
     # Trapezoids over the fraction of pixels actually changed at each step:
     # the counts are rounded, so the steps are not exactly 1/steps wide.
     fractions = counts.to(curves.dtype) / pixels

@@ -119,3 +119,21 @@ def test_an_unreachable_url_is_one_error(monkeypatch) -> None:
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     with pytest.raises(camkit.CamkitError, match="cannot download https://example.org/cat.jpg .*download the image"):
         camkit.load_images("https://example.org/cat.jpg")
+
+
+def test_progress_is_opt_in_and_counts_every_file(folder, capsys) -> None:
+    import io
+    import re
+
+    camkit.load_images(folder, size=16, errors="skip")
+    assert capsys.readouterr().err == ""  # off by default
+    stream = io.StringIO()
+    loaded = camkit.load_images(folder, size=16, errors="skip", progress=stream)
+    shown = stream.getvalue()
+    assert "camkit.load_images" in shown and re.search(r"\b3/3 file\b", shown), shown  # the skipped file counts too
+    assert re.search(r"(file/s|s/file)", shown) and re.search(r"\[\d\d:\d\d<\d\d:\d\d", shown), shown  # rate, ETA
+    assert len(loaded.originals) == 2 and len(loaded.skipped) == 1
+    camkit.load_images(folder, size=16, errors="skip", progress=True)
+    assert re.search(r"\b3/3 file\b", capsys.readouterr().err)  # True: on stderr
+    with pytest.raises(camkit.CamkitTypeError, match="progress="):
+        camkit.load_images(folder, size=16, errors="skip", progress=3)

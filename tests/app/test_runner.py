@@ -92,3 +92,31 @@ def test_samples_set_the_sampling_methods_only(tmp_path) -> None:
     assert [explainers[name].n_samples for name in ("sscam", "iscam", "smoothgradcam++")] == [2, 2, 2]
     with pytest.raises(camkit.CamkitError, match="--samples"):
         runner.plan(runner.OverlayJob(inputs=[str(folder)], output=tmp_path / "out", samples=0))
+
+
+def test_an_image_already_at_the_input_size_is_not_resampled_and_equals_the_resampled_one() -> None:
+    image = torch.randint(0, 256, (3, 24, 20), dtype=torch.uint8)
+    resampled = torch.nn.functional.interpolate(
+        image[None].float() / 255, size=(24, 20), mode="bilinear", antialias=True, align_corners=False
+    )[0]
+    assert torch.equal(runner.resized_to(image, (24, 20)), resampled)
+    shrunk = runner.resized_to(image, (12, 10))
+    assert shrunk.shape == (3, 12, 10) and torch.allclose(shrunk.mean(), image.float().mean() / 255, atol=1e-3)
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority") or not hasattr(os, "sched_getaffinity"), reason="Linux only")
+def test_writer_threads_run_at_a_lower_priority_than_the_model(tmp_path) -> None:
+    import threading
+
+    manifest = runner.Manifest(tmp_path, runner.distributed.Ranks())
+    seen: list[int] = []
+
+    def record() -> None:
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    caller = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    with runner.Writers(manifest, runner.Tally(), pending=2, threads=1) as writers:
+        writers.submit({"input": "x", "output": "y", "method": "gradcam", "status": "ok"}, record)
+    manifest.finish()
+    assert seen == [min(19, caller + runner.WRITER_NICENESS)]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == caller  # the model's thread is untouched

@@ -183,3 +183,27 @@ def test_a_manifest_with_absolute_outputs_is_read_and_made_relative(photos, tmp_
     assert len(rows) == 2 and all(row["score"] == "0.5" for row in rows)
     assert {row["output"] for row in rows} == {"a_gradcam.png", "b_gradcam.png"}
     assert tuple(rows[0]) == MANIFEST_FIELDS
+
+
+def test_volume_montages_carry_the_caption_strip_unless_turned_off(tmp_path) -> None:
+    from ..helpers import user_code_on_path
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    np.save(folder / "scan.npy", np.random.default_rng(0).normal(size=(10, 20, 24)).astype(np.float32))
+    args = ["--model", "factory_model:tiny3d", "--method", "gradcam", "--workers", "0", "--quiet"]
+    with user_code_on_path():
+        torch.manual_seed(0)  # the factory's model is random-init: the same weights in both runs
+        assert main(["overlay", str(folder), "-o", str(tmp_path / "plain"), "--no-caption", *args]) == 0
+        torch.manual_seed(0)
+        assert main(["overlay", str(folder), "-o", str(tmp_path / "captioned"), *args]) == 0
+    plain = np.asarray(Image.open(tmp_path / "plain" / "scan_gradcam.png"))
+    captioned = np.asarray(Image.open(tmp_path / "captioned" / "scan_gradcam.png"))
+    assert plain.shape == (20, 24 + 2 + 24 + 2 + 20 + 2, 3)  # axial, coronal, sagittal with 2-pixel gutters
+    assert captioned.shape[1] == plain.shape[1] and captioned.shape[0] > plain.shape[0]
+    assert np.array_equal(captioned[:20], plain)  # the montage untouched; the strip goes below
+    strip = captioned[20:].astype(int)
+    assert (strip < 100).all(axis=2).any()  # text
+    assert (strip.max(axis=2) - strip.min(axis=2) > 100).any()  # and the colour bar's saturated colours
+    row = _manifest(tmp_path / "captioned")[0]
+    assert row["status"] == "ok" and row["method"] == "gradcam" and row["explained_class"]

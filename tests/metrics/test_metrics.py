@@ -268,3 +268,21 @@ def test_volume_shapes_that_do_not_match_are_clear_errors() -> None:
         metrics.average_drop(VoxelModel(), torch.rand(2, 3, 4), torch.rand(2, 3, 4))
     with pytest.raises(camkit.CamkitError, match="match the maps"):
         metrics.pointing_game(torch.rand(2, 3, 4, 4), torch.ones(2, 3, 4, 5, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("metric", [metrics.deletion, metrics.insertion])
+def test_progress_counts_every_perturbed_copy_and_changes_no_value(metric) -> None:
+    import io
+    import re
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 5)).eval()
+    x, maps = torch.randn(3, 3, 8, 8), torch.rand(3, 8, 8)
+    quiet = metric(model, x, maps, steps=4, chunk_size=4)
+    stream = io.StringIO()
+    shown = metric(model, x, maps, steps=4, chunk_size=4, progress=stream)
+    assert torch.equal(quiet, shown)
+    text = stream.getvalue()
+    assert f"camkit {metric.__name__}" in text and re.search(r"\b15/15 copy\b", text), text  # 3 images x 5 steps
+    assert re.search(r"(copy/s|s/copy)", text), text
