@@ -409,6 +409,12 @@ class Item:
     original: torch.Tensor | None  # (3, H, W) uint8
     error: str | None
 
+    def read_pixels(self) -> torch.Tensor:
+        """``pixels`` of an image that was read (``error`` is None)."""
+        if self.pixels is None:
+            raise CamkitError(f"image {self.index} was not read: {self.error}")
+        return self.pixels
+
 
 class Images(torch.utils.data.Dataset):
     """Decodes and resizes in the workers; a bad file becomes an error record, never an exception."""
@@ -574,7 +580,7 @@ class WithinBatch:
         self.start_at, self.images, self.method = 0.0, 0, 0
         for explainer in explainers.values():
             if hasattr(explainer, "progress") and explainer.progress is None:
-                explainer.progress = self._copies_done  # type: ignore[attr-defined]
+                explainer.progress = self._copies_done
 
     def start(self, images: int) -> None:
         self.start_at, self.images, self.method = float(self.bar.n), images, 0
@@ -609,7 +615,7 @@ def _explained(
     if not items:
         return
     try:
-        x = torch.stack([item.pixels for item in items]).to(device)
+        x = torch.stack([item.read_pixels() for item in items]).to(device)
         target = policy(x)
         results = {}
         for index, (method, explainer) in enumerate(checked.explainers.items()):
@@ -759,7 +765,7 @@ def _explain_detections(checked: Plan, sources: list[Source], manifest: Manifest
     loader = torch.utils.data.DataLoader(
         Images(sources, checked.size, checked.mean, checked.std),
         batch_size=job.batch_size,
-        num_workers=job.workers,
+        num_workers=checked.threads.workers,
         collate_fn=list,
         worker_init_fn=_quiet_worker,
         persistent_workers=False,
@@ -807,7 +813,7 @@ def _write_detections(
             "class_names": checked.loaded.class_names,
         }
     )
-    colors = {"alpha": checked.job.alpha, "colormap": checked.job.colormap}
+    colors: dict[str, Any] = {"alpha": checked.job.alpha, "colormap": checked.job.colormap}
     write_atomically(path, encode_png(detection_overlays(resized, **colors)[0].permute(1, 2, 0).numpy()))
     singles = detection_overlays(resized, per_detection=True, **colors)[0] if checked.job.per_detection else None
     rows = []
@@ -881,7 +887,7 @@ def _row(
     loaded: LoadedModel | None = None,
     explained: int | None = None,
 ) -> dict[str, Any]:
-    row = {
+    row: dict[str, Any] = {
         "input": str(source.path),
         "output": str(path),
         "method": method,
@@ -893,7 +899,7 @@ def _row(
         "error": error,
     }
     if result is not None:
-        if result.predictions is not None:
+        if result.predictions is not None and result.probabilities is not None:  # set together
             predicted = int(result.predictions[row_index])
             row["predicted_class"] = predicted
             names = loaded.class_names if loaded is not None else None
@@ -941,7 +947,9 @@ class TargetPolicy:
 def _explained_class(target: Any, row_index: int) -> int | None:
     if isinstance(target, SegmentationTarget):
         category = target.category
-        return int(category[row_index]) if isinstance(category, torch.Tensor) and category.dim() else int(category)
+        if isinstance(category, int):
+            return category
+        return int(category[row_index]) if not isinstance(category, torch.Tensor) or category.dim() else int(category)
     return None
 
 

@@ -59,3 +59,17 @@ def test_ultralytics_yaml_loads_as_a_yolo_detector(offline) -> None:
     pytest.importorskip("ultralytics")
     loaded = load_model("yolo11n.yaml")
     assert isinstance(detector_of(loaded.model), YoloDetector) and len(loaded.class_names or []) == 80
+
+
+def test_detector_overlay_without_workers_uses_the_thread_budget(tmp_path: Path, offline) -> None:
+    # --workers left out is None ("from the thread budget"); the detection loader once passed that None to
+    # DataLoader, which raised a raw TypeError (mypy found it).
+    pytest.importorskip("ultralytics")
+    image = np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    arguments = [str(tmp_path / "a.png"), "-o", str(out), "--model", "yolov8n.yaml", "--input-size", "64",
+                 "--score-threshold", "0", "--max-detections", "1", "--quiet"]
+    assert main(["overlay", *arguments]) == 0
+    with open(out / "manifest.csv", newline="") as file:
+        assert {row["status"] for row in csv.DictReader(file)} == {"ok"}
