@@ -107,7 +107,8 @@ class EvaluationData:
             return None if tensor is None else tensor[rows].to(device)
 
         boxes = None if self.boxes is None else [self.boxes[row].to(device) for row in rows]
-        return EvaluationData(part(self.x), part(self.index), part(self.objects), boxes, part(self.labels))
+        x, index = self.x[rows].to(device), self.index[rows].to(device)
+        return EvaluationData(x, index, part(self.objects), boxes, part(self.labels))
 
 
 def run(args: EvaluationJob) -> int:
@@ -164,18 +165,20 @@ def _data(args: EvaluationJob, loaded) -> EvaluationData:
             raise CamkitError("--boxes and --masks annotate INPUT images; give the images too")
         from .demo import demo_object_masks, make_demo_dataset
 
-        images, labels, boxes = make_demo_dataset(args.n_images, seed=1, split="test")
+        images, labels, demo_boxes = make_demo_dataset(args.n_images, seed=1, split="test")
         return EvaluationData(
             (images.float() / 255 - mean) / std,
             torch.arange(images.shape[0]),
-            demo_object_masks(boxes, images.shape[-1]),
-            _inclusive(boxes[:, None].double()),
+            demo_object_masks(demo_boxes, images.shape[-1]),
+            list(_inclusive(demo_boxes[:, None].double())),  # one (1, 4) box per image
             labels,
         )
     annotations = read_boxes(args.boxes) if args.boxes is not None else None
     if args.masks is not None and not args.masks.is_dir():
         raise CamkitError(f"--masks {args.masks}: not a folder; give a folder with one mask image per image")
-    pixels, objects, boxes = [], [], []
+    pixels: list[torch.Tensor] = []
+    objects: list[torch.Tensor] = []
+    boxes: list[torch.Tensor] = []
     size = tuple(loaded.input_size)
     for source in discover(args.inputs):
         try:
@@ -197,7 +200,7 @@ def _data(args: EvaluationJob, loaded) -> EvaluationData:
             F.interpolate(image[None].float() / 255, size=size, mode="bilinear", antialias=True, align_corners=False)[0]
         )
         if truth is not None:
-            scaled = scale_boxes(truth, tuple(image.shape[1:]), size)
+            scaled = scale_boxes(truth, (image.shape[1], image.shape[2]), size)
             boxes.append(_inclusive(scaled.floor()[None])[0])
         if mask is not None:
             objects.append(mask)
@@ -308,13 +311,14 @@ def _score(
         row[column] = f"{mean:.3f}"
         spread[column] = max(squares[column] / count - mean * mean, 0.0) ** 0.5
     curve = None
-    if boxes_running is not None:
+    if boxes_running is not None and boxes_running.counts is not None:
         boxes_running.counts = distributed.total_tensor(boxes_running.counts, ranks)
         boxes_running.images = int(count)
         row["max_box_acc_v2"] = f"{boxes_running.summary()['mean']:.2f}"
         curve = boxes_running.curve()[1].cpu()
     if pxap_running is not None and pxap_running.histograms is not None:
-        pxap_running.histograms = tuple(distributed.total_tensor(part, ranks) for part in pxap_running.histograms)
+        positive, negative = pxap_running.histograms
+        pxap_running.histograms = (distributed.total_tensor(positive, ranks), distributed.total_tensor(negative, ranks))
         row["pxap"] = f"{pxap_running.summary():.2f}"
     row["seconds_per_image"] = f"{seconds / count:.4f}"
     return row, spread, curve

@@ -35,7 +35,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,7 @@ logger = logging.getLogger("camkit")
 Row = dict[str, Any]
 
 
-def key_of(row: Row) -> tuple[str, str]:
+def key_of(row: Mapping[str, Any]) -> tuple[str, str]:
     return str(row["input"]), str(row["method"])
 
 
