@@ -23,7 +23,7 @@ from torch import nn
 
 from .errors import CamkitTypeError, model_code
 
-InputsSpec = Mapping[str, Any] | tuple | list | None
+InputsSpec = Mapping[str, Any] | tuple[Any, ...] | list[Any] | None
 RowIndex = torch.Tensor | slice
 
 

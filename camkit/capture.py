@@ -63,13 +63,18 @@ class Capture:
     squared_gradients: torch.Tensor | None = None
     cubed_gradients: torch.Tensor | None = None
 
-    def gradient_powers(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """g, g^2, g^3 (or the averaged powers a smoothing capture put here)."""
+    def required_gradients(self) -> torch.Tensor:
+        """``gradients``, for a method that captured with them (refused for a gradient-free pass)."""
         if self.gradients is None:
             raise CamkitError("This capture holds no gradients; it came from a gradient-free pass.")
-        squared = self.squared_gradients if self.squared_gradients is not None else self.gradients * self.gradients
-        cubed = self.cubed_gradients if self.cubed_gradients is not None else squared * self.gradients
-        return self.gradients, squared, cubed
+        return self.gradients
+
+    def gradient_powers(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """g, g^2, g^3 (or the averaged powers a smoothing capture put here)."""
+        gradients = self.required_gradients()
+        squared = self.squared_gradients if self.squared_gradients is not None else gradients * gradients
+        cubed = self.cubed_gradients if self.cubed_gradients is not None else squared * gradients
+        return gradients, squared, cubed
 
 
 def capture(
@@ -103,12 +108,14 @@ def capture(
             target = _recorded_scores(target, recorded, input_size, patch_size, prefix_tokens)
         with _grad_mode(with_gradients):  # a score computed under the caller's no_grad would have no graph
             scores, classes = explained_scores(output, target, call.batch, required=with_gradients)
-        gradients = layer_gradients(scores, tensors, layers) if with_gradients else [None] * len(layers)
+        gradients: list[torch.Tensor | None] = [None] * len(layers)
         if with_gradients:
-            check_finite(layers, gradients, "gradient")
+            computed = layer_gradients(scores, tensors, layers)
+            check_finite(layers, computed, "gradient")
             transform = _gradient_transform.get()
             if transform is not None:
-                gradients = [transform(gradient) for gradient in gradients]
+                computed = [transform(gradient) for gradient in computed]
+            gradients = list(computed)
     return to_captures(tensors, gradients, output, scores, classes, input_size, reshape, patch_size, prefix_tokens)
 
 

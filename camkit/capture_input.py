@@ -65,6 +65,7 @@ class _GuidedReLU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        positive: torch.Tensor
         (positive,) = ctx.saved_tensors
         return grad.clamp_min(0) * positive
 

@@ -274,7 +274,7 @@ def find_layers(model: nn.Module, target_layer: LayersSpec) -> list[tuple[str, n
     refuse_torchscript(model)
     if target_layer is None:
         return []
-    if isinstance(target_layer, (list, tuple)):
+    if isinstance(target_layer, Sequence) and not isinstance(target_layer, (str, bytes)):
         if not target_layer:
             raise CamkitError("target_layer is an empty list; name at least one layer, or pass None.")
         found = [find_layer(model, layer) for layer in target_layer]

@@ -10,7 +10,7 @@ not depend on the drawing side or on matplotlib.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import Field, dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -39,6 +39,11 @@ class _Drawn:
     class_names: Sequence[str] | None
     display: torch.Tensor | None
     _drawing: ClassVar[str] = ""  # which renderer draws it (set_renderer's kind)
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]  # both result types are dataclasses: replace() takes them
+
+    def __len__(self) -> int:
+        """Images in the result; each result type counts its own."""
+        raise NotImplementedError
 
     def with_display(
         self: _Result,
@@ -59,7 +64,7 @@ class _Drawn:
             images = display_batch(images, len(self), tuple(self.images.shape[2:]))
         return replace(
             self,
-            display=images if images is not None else self.display,  # type: ignore[type-var]
+            display=images if images is not None else self.display,
             class_names=class_names if class_names is not None else self.class_names,
         )
 
@@ -74,7 +79,8 @@ class _Drawn:
 
     def _repr_png_(self) -> bytes:
         """Jupyter shows the result as its figure."""
-        return self.figure()._repr_png_()
+        png: bytes = self.figure()._repr_png_()
+        return png
 
     def show(self, **options: Any) -> None:
         """Display inline in IPython/Jupyter, else in a matplotlib window."""
@@ -83,7 +89,8 @@ class _Drawn:
     def save(self, path: str | Path, **options: Any) -> Path:
         """``"x.png"``: the figure (any format matplotlib infers). ``"folder/"``: per-image maps (npy),
         overlays (PNG) and ``explanation.json`` (method, layer, targets, predictions, versions)."""
-        return self._render("save")(self, Path(path), **options)
+        saved: Path = self._render("save")(self, Path(path), **options)
+        return saved
 
     def _render(self, what: str) -> Callable[..., Any]:
         if self._drawing + what not in _renderer:

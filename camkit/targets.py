@@ -8,7 +8,7 @@ passes a function from the model's output to ``(B,)`` scores.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -264,7 +264,8 @@ def as_target(target: Any, class_names: Sequence[str] | None = None) -> TargetSp
                 "target mixes callables with other values; give one callable per image, or class indices only."
             )
         return PerImageTargets(target)
-    return target
+    # Anything else passes through as given; scores_for checks it against the model's output.
+    return cast(TargetSpec, target)
 
 
 def _named_classes(target: str | Sequence[str], class_names: Sequence[str] | None) -> int | list[int]:

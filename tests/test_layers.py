@@ -79,3 +79,18 @@ def test_a_module_run_twice_is_not_chosen() -> None:
     cam = camkit.GradCAM(SharedReLU())
     cam(torch.randn(1, 3, 16, 16))
     assert cam.target_layer_name == "conv2"
+
+
+def test_any_sequence_of_layers_is_accepted_as_a_list_is() -> None:
+    # target_layer is typed Sequence[str | nn.Module]; a deque or a range-like view of names was refused as
+    # "not a dotted module name" while a list worked (mypy found the mismatch).
+    from collections import deque
+
+    from camkit.layers import find_layers
+
+    model = torchvision.models.resnet18(num_classes=4)
+    as_list = find_layers(model, ["layer3", model.layer4])
+    assert find_layers(model, deque(["layer3", model.layer4])) == as_list
+    assert [name for name, _ in as_list] == ["layer3", "layer4"]
+    with pytest.raises(camkit.CamkitError, match="dotted module name"):
+        find_layers(model, b"layer4")

@@ -118,7 +118,7 @@ def read_csv(path: Path) -> Annotations:
             if len(box) != 4:
                 raise CamkitError(f"--boxes {path}:{number}: expected file,x0,y0,x1,y1[,label], got {row}.")
             name = Path(row[0].strip()).name
-            result.boxes.setdefault(name, []).append(box)  # type: ignore[arg-type]
+            result.boxes.setdefault(name, []).append(box)
             labels[name].append(row[5].strip() if len(row) > 5 else "")
     result.labels = dict(labels)
     return result

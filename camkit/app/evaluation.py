@@ -112,7 +112,8 @@ class EvaluationData:
 
         boxes = None if self.boxes is None else [self.boxes[row].to(device) for row in rows]
         keys = [self.keys[row] for row in rows] if self.keys else []
-        return EvaluationData(part(self.x), part(self.index), part(self.objects), boxes, part(self.labels), keys)
+        x, index = self.x[rows].to(device), self.index[rows].to(device)
+        return EvaluationData(x, index, part(self.objects), boxes, part(self.labels), keys)
 
 
 def run(args: EvaluationJob) -> int:
@@ -216,12 +217,12 @@ def _data(args: EvaluationJob, loaded) -> EvaluationData:
             raise CamkitError("--boxes and --masks annotate INPUT images; give the images too")
         from .demo import demo_object_masks, make_demo_dataset
 
-        images, labels, boxes = make_demo_dataset(args.n_images, seed=1, split="test")
+        images, labels, demo_boxes = make_demo_dataset(args.n_images, seed=1, split="test")
         return EvaluationData(
             (images.float() / 255 - mean) / std,
             torch.arange(images.shape[0]),
-            demo_object_masks(boxes, images.shape[-1]),
-            _inclusive(boxes[:, None].double()),
+            demo_object_masks(demo_boxes, images.shape[-1]),
+            list(_inclusive(demo_boxes[:, None].double())),  # one (1, 4) box per image
             labels,
             [f"demo:{index}" for index in range(images.shape[0])],
         )
@@ -251,7 +252,7 @@ def _data(args: EvaluationJob, loaded) -> EvaluationData:
             F.interpolate(image[None].float() / 255, size=size, mode="bilinear", antialias=True, align_corners=False)[0]
         )
         if truth is not None:
-            scaled = scale_boxes(truth, tuple(image.shape[1:]), size)
+            scaled = scale_boxes(truth, (image.shape[1], image.shape[2]), size)
             boxes.append(_inclusive(scaled.floor()[None])[0])
         if mask is not None:
             objects.append(mask)

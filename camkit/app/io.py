@@ -239,7 +239,7 @@ def read_rgb(path: Path | BinaryIO, max_pixels: int = MAX_DRAWN_PIXELS) -> torch
         # camkit says what it does about a large image in its own line, below.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            opened = Image.open(path)
+            opened: Image.Image = Image.open(path)
         except Image.DecompressionBombError:
             raise CamkitError(
                 "image has too many pixels to decode safely (over PIL's decompression-bomb limit of "
@@ -356,7 +356,7 @@ def encode_npy(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-class LoadedImages(tuple):  # type: ignore[type-arg]
+class LoadedImages(tuple):
     """``(batch, originals)`` as :func:`load_images` returns it, with what was read and what was skipped.
 
     It unpacks as a pair (``batch, originals = camkit.load_images(...)``); ``paths`` names each image of the
@@ -375,11 +375,11 @@ class LoadedImages(tuple):  # type: ignore[type-arg]
 
     @property
     def batch(self) -> torch.Tensor:
-        return self[0]  # type: ignore[no-any-return]
+        return self[0]
 
     @property
     def originals(self) -> list[torch.Tensor]:
-        return self[1]  # type: ignore[no-any-return]
+        return self[1]
 
 
 URL_TIMEOUT_SECONDS = 30
@@ -443,7 +443,9 @@ def load_images(
     found += [(str(entry), entry) for entry in entries if is_url(entry)]
     if not found:
         raise CamkitError(f"no images found in {', '.join(map(str, entries))}")
-    originals, names, skipped = [], [], []
+    originals: list[torch.Tensor] = []
+    names: list[str] = []
+    skipped: list[tuple[str, str]] = []
     with optional_bar(progress, len(found), "camkit.load_images", unit="file") as bar:
         for name, where in found:
             _read_one(name, where, errors, originals, names, skipped)

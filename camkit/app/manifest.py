@@ -47,7 +47,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +87,7 @@ Row = dict[str, Any]
 Table = dict[tuple[str, str], dict[str, Row]]
 
 
-def key_of(row: Row) -> tuple[str, str]:
+def key_of(row: Mapping[str, Any]) -> tuple[str, str]:
     return str(row["input"]), str(row["method"])
 
 

@@ -208,6 +208,8 @@ def _ultralytics(spec: str, device: torch.device) -> LoadedModel:
         network = YOLO(spec).model
     except Exception as error:
         raise CamkitError(f"ultralytics cannot load --model {spec}: {str(error).strip()[:200]}") from None
+    if not isinstance(network, nn.Module):  # ultralytics types .model as str | None (a name before loading)
+        raise CamkitError(f"ultralytics gave no network for --model {spec}; give a YOLO yaml or .pt checkpoint.")
     names = getattr(network, "names", None)
     class_names = [str(names[index]) for index in sorted(names)] if isinstance(names, dict) else None
     # ultralytics models take RGB in [0, 1], unnormalised, at a multiple of their largest stride.

@@ -427,6 +427,12 @@ class Item:
     original: torch.Tensor | None  # (3, H, W) uint8
     error: str | None
 
+    def read_pixels(self) -> torch.Tensor:
+        """``pixels`` of an image that was read (``error`` is None)."""
+        if self.pixels is None:
+            raise CamkitError(f"image {self.index} was not read: {self.error}")
+        return self.pixels
+
 
 class Images(torch.utils.data.Dataset):
     """Decodes and resizes in the workers; a bad file becomes an error record, never an exception."""
@@ -612,7 +618,7 @@ class WithinBatch:
         self.start_at, self.images, self.method = 0.0, 0, 0
         for explainer in explainers.values():
             if hasattr(explainer, "progress") and explainer.progress is None:
-                explainer.progress = self._copies_done  # type: ignore[attr-defined]
+                explainer.progress = self._copies_done
 
     def start(self, images: int) -> None:
         self.start_at, self.images, self.method = float(self.bar.n), images, 0
@@ -647,7 +653,7 @@ def _explained(
     if not items:
         return
     try:
-        x = torch.stack([item.pixels for item in items]).to(device)
+        x = torch.stack([item.read_pixels() for item in items]).to(device)
         target = policy(x)
         results = {}
         for index, (method, explainer) in enumerate(checked.explainers.items()):
@@ -938,7 +944,7 @@ def _row(
     loaded: LoadedModel | None = None,
     explained: int | None = None,
 ) -> dict[str, Any]:
-    row = {
+    row: dict[str, Any] = {
         "input": str(source.path),
         "output": str(path),
         "method": method,
@@ -950,7 +956,7 @@ def _row(
         "error": error,
     }
     if result is not None:
-        if result.predictions is not None:
+        if result.predictions is not None and result.probabilities is not None:  # set together
             predicted = int(result.predictions[row_index])
             row["predicted_class"] = predicted
             names = loaded.class_names if loaded is not None else None
@@ -998,7 +1004,9 @@ class TargetPolicy:
 def _explained_class(target: Any, row_index: int) -> int | None:
     if isinstance(target, SegmentationTarget):
         category = target.category
-        return int(category[row_index]) if isinstance(category, torch.Tensor) and category.dim() else int(category)
+        if isinstance(category, int):
+            return category
+        return int(category[row_index]) if not isinstance(category, torch.Tensor) or category.dim() else int(category)
     return None
 
 

@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 from ..explainers import METHODS
+from ..explainers.base import Explainer
 
 
 def register(commands: Any) -> None:
@@ -51,21 +52,22 @@ def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
 
 
-def _cost(cls: type) -> str:
-    if getattr(cls, "cost", None):  # a method that says its own cost (Integrated Gradients: a pass per step)
-        return str(cls.cost)
+def _cost(cls: type[Explainer]) -> str:
+    cost = getattr(cls, "cost", None)
+    if cost:  # a method that says its own cost (Integrated Gradients: a pass per step)
+        return str(cost)
     if getattr(cls, "uses", None):
         return "a forward per channel (and sample)"
     return "forward + backward" if cls.uses_gradients else "forward"
 
 
-def _uses(cls: type) -> str:
+def _uses(cls: type[Explainer]) -> str:
     # A method may name what it uses beyond one pass (the perturbation methods: forwards of perturbed copies).
     uses = getattr(cls, "uses", None) or ("gradients" if cls.uses_gradients else "activations only")
     return uses if cls.class_specific else f"{uses}, class-agnostic"
 
 
-def _summary(cls: type) -> str:
+def _summary(cls: type[Explainer]) -> str:
     return (cls.__doc__ or "").strip().splitlines()[0].rstrip(".") if cls.__doc__ else ""
 
 

@@ -174,7 +174,7 @@ class AblationCAM(PerturbationExplainer):
                 inputs, fan_out, row_images = images, torch.arange(len(images), device=x.device), images
             at_layer = fan_at is None or fan_at is layer
             with contextlib.ExitStack() as hooks:
-                if not at_layer:
+                if fan_at is not None and not at_layer:
                     hooks.enter_context(_input_fanned_out(fan_at, fan_out))
                 hooks.enter_context(
                     output_replaced(

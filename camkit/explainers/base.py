@@ -74,7 +74,8 @@ class Explainer:
 
     name: ClassVar[str] = ""  # set by @camkit.register
     paper: ClassVar[str] = ""
-    uses_gradients: ClassVar[bool] = True
+    # Not a ClassVar: a method wrapping another (Refine-CAM) takes its base's value per instance.
+    uses_gradients: bool = True
     # Whether the map changes with the explained class (False: the target only names it). A method whose
     # options decide it (CF-CAM's weighting) sets it per instance.
     class_specific: bool = True

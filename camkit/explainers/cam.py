@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from torch import nn
@@ -41,9 +41,12 @@ class CAM(ChannelWeightedExplainer):
         **options: Any,
     ) -> None:
         super().__init__(model, target_layer, **options)
-        self.fc_layer = None if fc_layer is None else find_layer(model, fc_layer)[1]
-        if self.fc_layer is not None and not _is_classifier(self.fc_layer):
-            raise CamkitTypeError(f"fc_layer must be an nn.Linear or a 1x1 nn.Conv2d, got {self.fc_layer!r}.")
+        self.fc_layer: nn.Linear | nn.Conv2d | None = None
+        if fc_layer is not None:
+            module = find_layer(model, fc_layer)[1]
+            if not _is_classifier(module):
+                raise CamkitTypeError(f"fc_layer must be an nn.Linear or a 1x1 nn.Conv2d, got {module!r}.")
+            self.fc_layer = module
 
     def channel_weights(self, captured: Capture) -> torch.Tensor:
         if captured.classes is None:
@@ -61,7 +64,7 @@ class CAM(ChannelWeightedExplainer):
         return fc.weight.detach().reshape(classes, channels)[captured.classes].to(captured.activations)
 
 
-def _is_classifier(module: nn.Module) -> bool:
+def _is_classifier(module: nn.Module) -> TypeGuard[nn.Linear | nn.Conv2d]:
     """An nn.Linear, or a 1x1 convolution acting as one at every position (SqueezeNet, NiN)."""
     if isinstance(module, nn.Linear):
         return True

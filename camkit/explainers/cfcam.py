@@ -76,7 +76,7 @@ class CFCAM(ChannelWeightedExplainer):
         self.min_samples_fraction = float(min_samples_fraction)
 
     def channel_weights(self, captured: Capture) -> torch.Tensor:
-        activations, gradients = captured.activations, captured.gradients
+        activations, gradients = captured.activations, captured.required_gradients()
         batch, channels = activations.shape[:2]
         grid = activations.shape[2:]
         positions = activations[0, 0].numel()

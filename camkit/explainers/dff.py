@@ -100,20 +100,19 @@ class DeepFeatureFactorization(Explainer):
         )
 
     def layer_map(self, captured: Capture) -> torch.Tensor:
-        if not isinstance(captured, FactorizedCapture) or captured.codes is None:
+        if not isinstance(captured, FactorizedCapture) or captured.codes is None or captured.concepts is None:
             raise CamkitError("Deep Feature Factorization's maps come from its own capture step; call the explainer.")
-        codes = captured.codes
+        codes, concepts = captured.codes, captured.concepts
         if captured.concept_scores is not None and captured.classes is not None:
             chosen = captured.concept_scores.T[captured.classes].argmax(dim=1)
         else:  # the concept carrying the most of each image's activations: ||w_j|| * sum over positions of h_j
-            energy = captured.concepts.norm(dim=0) * codes.flatten(2).sum(dim=2)
+            energy = concepts.norm(dim=0) * codes.flatten(2).sum(dim=2)
             chosen = energy.argmax(dim=1)
         return codes[torch.arange(codes.shape[0], device=codes.device), chosen]
 
-    def explain(
-        self, x: torch.Tensor, target: TargetSpec = None, *, inputs: InputsSpec = None
-    ) -> FactorizationExplanation:
-        return super().explain(x, target, inputs=inputs)  # type: ignore[return-value]
+    def explain(self, x: torch.Tensor, target: TargetSpec = None, *, inputs: InputsSpec = None) -> Explanation:
+        """A :class:`FactorizationExplanation`; a plain :class:`Explanation` under ``augment=`` (see ``_explanation``)."""
+        return super().explain(x, target, inputs=inputs)
 
     def _explanation(
         self,

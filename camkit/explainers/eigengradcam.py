@@ -24,4 +24,4 @@ class EigenGradCAM(PrincipalComponentExplainer):
     """
 
     def layer_map(self, captured: Capture) -> torch.Tensor:
-        return principal_projection(captured.gradients * captured.activations)
+        return principal_projection(captured.required_gradients() * captured.activations)

@@ -114,14 +114,14 @@ class FinerCAM(Explainer):
         logits = logits_of(output)
         classes = class_indices(logits, target)
         explained.append(classes)
-        rivals = None if self.comparison_classes is None else self._rivals(logits, classes)
+        rivals = None if self.comparison_classes is None else self._rivals(self.comparison_classes, logits, classes)
         return contrastive_scores(
             logits, classes, self.reference_ranks, self.alpha, rivals=rivals, weighting=self.weighting
         )
 
-    def _rivals(self, logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    def _rivals(self, comparison: torch.Tensor, logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """The explicit comparison classes as ``(B, n)`` indices, checked against the logits and the targets."""
-        rows = self.comparison_classes.to(logits.device)
+        rows = comparison.to(logits.device)
         batch, num_classes = logits.shape
         if rows.shape[0] not in (1, batch):
             raise CamkitError(

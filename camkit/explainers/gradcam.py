@@ -15,4 +15,4 @@ class GradCAM(ChannelWeightedExplainer):
     """Each channel weighted by its mean gradient."""
 
     def channel_weights(self, captured: Capture) -> torch.Tensor:
-        return mean_gradient_weights(captured.gradients)
+        return mean_gradient_weights(captured.required_gradients())

@@ -21,4 +21,4 @@ class GradCAMElementWise(ElementWiseExplainer):
     """
 
     def contributions(self, captured: Capture) -> torch.Tensor:
-        return (captured.gradients * captured.activations).clamp_min(0)
+        return (captured.required_gradients() * captured.activations).clamp_min(0)

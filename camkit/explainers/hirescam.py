@@ -21,4 +21,4 @@ class HiResCAM(ElementWiseExplainer):
     """
 
     def contributions(self, captured: Capture) -> torch.Tensor:
-        return captured.gradients * captured.activations
+        return captured.required_gradients() * captured.activations

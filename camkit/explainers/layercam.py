@@ -25,7 +25,7 @@ class LayerCAM(ElementWiseExplainer):
     """
 
     def contributions(self, captured: Capture) -> torch.Tensor:
-        return captured.gradients.clamp_min(0) * captured.activations
+        return captured.required_gradients().clamp_min(0) * captured.activations
 
     def combine(self, layer_maps: list[torch.Tensor], size: tuple[int, ...]) -> torch.Tensor:
         if len(layer_maps) == 1:

@@ -105,16 +105,19 @@ class PerturbationExplainer(ChannelWeightedExplainer):
                 reshape=self.reshape,
                 patch_size=patch_size_of(self.model),
             )
-        is_callable = callable(target) and not isinstance(target, torch.Tensor)
-        if cleans[0].classes is None and not is_callable:
+        # Every perturbed copy is scored for the class chosen on the clean image.
+        row_target: torch.Tensor | Callable[[Any], torch.Tensor]
+        if callable(target) and not isinstance(target, torch.Tensor):
+            row_target = target
+        elif cleans[0].classes is not None:
+            row_target = cleans[0].classes
+        else:
             raise CamkitError(
                 f"{type(self).__name__} needs a class to score; the model's output has no class scores. "
                 "Pass target=callable(output) -> one score per row of the output."
             )
         check_finite_scores(cleans[0].scores)  # NaN scores would give NaN weights and a blank map
-        # Every perturbed copy is scored for the class chosen on the clean image.
-        row_target = target if is_callable else cleans[0].classes
-        scored = []
+        scored: list[Capture] = []
         for clean, (name, module) in zip(cleans, self.layers):
             with torch.no_grad():
                 weights = self.score_channels(call, clean, module, probes[name], row_target)

@@ -22,4 +22,4 @@ class SegEigenCAM(PrincipalComponentExplainer):
     """
 
     def layer_map(self, captured: Capture) -> torch.Tensor:
-        return principal_projection(captured.gradients.abs() * captured.activations, sign="extreme")
+        return principal_projection(captured.required_gradients().abs() * captured.activations, sign="extreme")

@@ -58,7 +58,7 @@ class ShapleyCAM(ChannelWeightedExplainer):
         )
 
     def channel_weights(self, captured: Capture) -> torch.Tensor:
-        return mean_gradient_weights(captured.gradients)
+        return mean_gradient_weights(captured.required_gradients())
 
 
 def _hessian_product(gradients: torch.Tensor, activations: torch.Tensor, *, last: bool) -> torch.Tensor:

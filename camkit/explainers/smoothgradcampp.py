@@ -106,11 +106,11 @@ class SmoothGradCAMPlusPlus(GradCAMPlusPlus):
                 raise CamkitError(non_finite_message(images) + " (on noisy copies)") from None
             if totals is None:
                 totals = [
-                    torch.zeros((3, batch, *layer.gradients.shape[1:]), dtype=torch.float64, device=x.device)
+                    torch.zeros((3, batch, *layer.required_gradients().shape[1:]), dtype=torch.float64, device=x.device)
                     for layer in layers
                 ]
             for total, layer in zip(totals, layers):
-                gradients = layer.gradients
+                gradients = layer.required_gradients()
                 squared = gradients * gradients
                 total.index_add_(1, image_index, torch.stack((gradients, squared, squared * gradients)).double())
         return [(total / self.n_samples).float() for total in totals or []]

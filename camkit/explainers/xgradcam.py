@@ -18,4 +18,4 @@ class XGradCAM(ChannelWeightedExplainer):
     """
 
     def channel_weights(self, captured: Capture) -> torch.Tensor:
-        return activation_normalised_weights(captured.activations, captured.gradients)
+        return activation_normalised_weights(captured.activations, captured.required_gradients())

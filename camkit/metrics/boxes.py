@@ -423,7 +423,7 @@ def _opencv_rectangles(masks: torch.Tensor, multi_contour: bool) -> tuple[torch.
     import cv2  # a core dependency; only the CPU path needs it
 
     height, width = masks.shape[1:]
-    rects: list[tuple[int, int, int, int]] = []
+    rects: list[Sequence[int]] = []  # (x, y, w, h) each
     owners: list[int] = []
     for owner, mask in enumerate(masks.cpu().numpy().view("uint8")):  # findContours reads non-zero as foreground
         contours = cv2.findContours(mask, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]

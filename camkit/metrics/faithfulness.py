@@ -20,7 +20,7 @@ their images into every perturbed pass.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,52 @@ from .checks import check_baseline, check_maps_input
 
 BaselineSpec = str | torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
 NAMED_BASELINES = ("zero", "mean", "blur")
+
+
+# The return type follows return_curves: the areas alone, or (areas, curves).
+@overload
+def deletion(
+    model: nn.Module,
+    x: torch.Tensor,
+    maps: torch.Tensor,
+    target: TargetSpec = None,
+    *,
+    steps: int = 32,
+    baseline: BaselineSpec = "zero",
+    chunk_size: int = 64,
+    return_curves: Literal[False] = False,
+    inputs: InputsSpec = None,
+) -> torch.Tensor: ...
+
+
+@overload
+def deletion(
+    model: nn.Module,
+    x: torch.Tensor,
+    maps: torch.Tensor,
+    target: TargetSpec = None,
+    *,
+    steps: int = 32,
+    baseline: BaselineSpec = "zero",
+    chunk_size: int = 64,
+    return_curves: Literal[True],
+    inputs: InputsSpec = None,
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@overload
+def deletion(
+    model: nn.Module,
+    x: torch.Tensor,
+    maps: torch.Tensor,
+    target: TargetSpec = None,
+    *,
+    steps: int = 32,
+    baseline: BaselineSpec = "zero",
+    chunk_size: int = 64,
+    return_curves: bool = False,
+    inputs: InputsSpec = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def deletion(
@@ -63,6 +109,52 @@ def deletion(
     return _perturbation_auc(
         model, x, maps, target, steps, baseline, chunk_size, return_curves, inputs, delete=True, progress=progress
     )
+
+
+# The return type follows return_curves: the areas alone, or (areas, curves).
+@overload
+def insertion(
+    model: nn.Module,
+    x: torch.Tensor,
+    maps: torch.Tensor,
+    target: TargetSpec = None,
+    *,
+    steps: int = 32,
+    baseline: BaselineSpec = "blur",
+    chunk_size: int = 64,
+    return_curves: Literal[False] = False,
+    inputs: InputsSpec = None,
+) -> torch.Tensor: ...
+
+
+@overload
+def insertion(
+    model: nn.Module,
+    x: torch.Tensor,
+    maps: torch.Tensor,
+    target: TargetSpec = None,
+    *,
+    steps: int = 32,
+    baseline: BaselineSpec = "blur",
+    chunk_size: int = 64,
+    return_curves: Literal[True],
+    inputs: InputsSpec = None,
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@overload
+def insertion(
+    model: nn.Module,
+    x: torch.Tensor,
+    maps: torch.Tensor,
+    target: TargetSpec = None,
+    *,
+    steps: int = 32,
+    baseline: BaselineSpec = "blur",
+    chunk_size: int = 64,
+    return_curves: bool = False,
+    inputs: InputsSpec = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def insertion(
@@ -151,7 +243,7 @@ class ExplainedScore:
         return self.call.rows(images, perturbed).run(model)
 
     def of(self, output: Any, images: torch.Tensor) -> torch.Tensor:
-        if self.per_batch:
+        if self.per_batch or self.classes is None:  # a callable target (the only one without classes)
             return scores_for(output, self.target, self.batch)[0].detach().float()
         probabilities = logits_of(output).float().softmax(dim=1)
         return probabilities.gather(1, self.classes[images][:, None]).squeeze(1)

@@ -191,7 +191,7 @@ def _road(
 
     def perturb(image: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
         holes = removed[step, image]
-        if not linear:
+        if reference is not None:  # every baseline but "linear"
             return torch.where(holes[:, None], reference[image], x[image])
         filled = linear_imputation(x[image], holes)
         if noise:

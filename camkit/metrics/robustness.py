@@ -142,11 +142,11 @@ def gradient_noise_stability(
 
         with transformed_gradients(noisy):
             maps.append(_explained(explainer, x, target, inputs))
-    maps = torch.cat(maps)
+    noisy_maps = torch.cat(maps)
     reference = clean.repeat(samples, 1, 1)
     return {
-        "spearman": spearman(maps, reference).double().reshape(samples, -1).mean(dim=0),
-        "ssim": ssim(maps, reference).reshape(samples, -1).mean(dim=0),
+        "spearman": spearman(noisy_maps, reference).double().reshape(samples, -1).mean(dim=0),
+        "ssim": ssim(noisy_maps, reference).reshape(samples, -1).mean(dim=0),
     }
 
 
@@ -218,7 +218,7 @@ def adcc(
     maps = _explained(explainer, x, target, inputs) if maps is None else maps
     drop = average_drop(explainer.model, x, maps, target, inputs=inputs).double() / 100
     terms = (coherency(explainer, x, target, maps, inputs=inputs), 1 - l1_complexity(maps), 1 - drop)
-    return 3 / sum(1 / term for term in terms)
+    return 3 / (1 / terms[0] + 1 / terms[1] + 1 / terms[2])
 
 
 def arcc(
@@ -242,7 +242,7 @@ def arcc(
         explainer.model, x, maps, target, percentiles=percentiles, inputs=inputs, **road_options
     ).double()
     terms = (coherency(explainer, x, target, maps, inputs=inputs), 1 - l1_complexity(maps), (road * 2).clamp(0, 1))
-    return 3 / sum(1 / (term + 1e-8) for term in terms)
+    return 3 / (1 / (terms[0] + 1e-8) + 1 / (terms[1] + 1e-8) + 1 / (terms[2] + 1e-8))
 
 
 def image_seeds(seed: int | torch.Tensor, batch: int) -> list[int]:

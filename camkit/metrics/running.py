@@ -187,6 +187,9 @@ class RunningMaxBoxAccuracy:
     the box accuracy against the CAM threshold, per IoU threshold.
     """
 
+    counts: torch.Tensor | None  # None until the first update (set by reset)
+    images: int
+
     def __init__(
         self,
         iou_thresholds: Sequence[float] = IOU_THRESHOLDS,
@@ -223,7 +226,7 @@ class RunningMaxBoxAccuracy:
         }
 
     def reset(self) -> None:
-        self.counts: torch.Tensor | None = None
+        self.counts = None
         self.images = 0
 
 
@@ -232,6 +235,8 @@ class RunningPixelAveragePrecision:
 
     Keeps the two pixel-score histograms (object and background pixels) on the device.
     """
+
+    histograms: tuple[torch.Tensor, torch.Tensor] | None  # None until the first update (set by reset)
 
     def __init__(self, thresholds: ThresholdsSpec = None) -> None:
         self.thresholds = thresholds
@@ -249,4 +254,4 @@ class RunningPixelAveragePrecision:
         return float(average_precision_of(*self.histograms))
 
     def reset(self) -> None:
-        self.histograms: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.histograms = None

@@ -19,6 +19,8 @@ pytorch-grad-cam's 12.4 s; benchmarks/RESULTS.md).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
+from types import EllipsisType
 from typing import Literal
 
 import numpy as np
@@ -150,7 +152,11 @@ def _direct_imputation(images: torch.Tensor, removed: torch.Tensor) -> torch.Ten
 
     def shifted(padded: np.ndarray, offset: tuple[int, ...]) -> np.ndarray:
         """``padded`` (one pixel of padding around the last axes) seen from each pixel's neighbour at ``offset``."""
-        return padded[(..., *tuple(slice(1 + step, 1 + step + size) for step, size in zip(offset, spatial_shape)))]
+        window: tuple[EllipsisType | slice, ...] = (
+            ...,
+            *(slice(1 + step, 1 + step + size) for step, size in zip(offset, spatial_shape)),
+        )
+        return padded[window]
 
     for index in range(len(holes)):
         hole = holes[index]
@@ -205,14 +211,19 @@ def _pull_push(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     coarse = _pull_push(
         torch.where(weight_sum > 0, value_sum / torch.where(weight_sum > 0, weight_sum, 1.0), 0.0), coarse_weights
     )
+    cropped: tuple[EllipsisType | slice, ...] = (..., *(slice(0, size) for size in spatial))
     upsampled = F.interpolate(
         coarse, scale_factor=2, mode="bilinear" if len(spatial) == 2 else "trilinear", align_corners=False
-    )[(..., *tuple(slice(0, size) for size in spatial))]
+    )[cropped]
     return weights * values + (1 - weights) * upsampled
 
 
 def _conjugate_gradients(
-    operator, right: torch.Tensor, start: torch.Tensor, tolerance: float, max_iterations: int
+    operator: Callable[[torch.Tensor], torch.Tensor],
+    right: torch.Tensor,
+    start: torch.Tensor,
+    tolerance: float,
+    max_iterations: int,
 ) -> torch.Tensor:
     """Solve ``operator(u) = right`` for every system in the batch at once; each system has its own step sizes."""
     dims = tuple(range(1, right.dim()))

@@ -27,7 +27,7 @@ def principal_projection(activations: torch.Tensor, sign: SignRule = "channel_me
     centred = positions - positions.mean(dim=1, keepdim=True)
     if positions.shape[1] <= channels:
         eigenvalues, eigenvectors = torch.linalg.eigh(centred @ centred.transpose(1, 2))
-        projection = eigenvectors[:, :, -1] * eigenvalues[:, -1:].clamp_min(0).sqrt()
+        projection: torch.Tensor = eigenvectors[:, :, -1] * eigenvalues[:, -1:].clamp_min(0).sqrt()
     else:
         _, eigenvectors = torch.linalg.eigh(centred.transpose(1, 2) @ centred)
         projection = (centred @ eigenvectors[:, :, -1:]).squeeze(2)

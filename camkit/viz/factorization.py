@@ -88,7 +88,7 @@ def factorization_figure(
     labels = concept_labels(result.concept_scores, class_names or result.class_names, top_k)
     labels = labels or [f"concept {j}" for j in range(count)]
     figure.legend(
-        handles=[Patch(color=colours[j].tolist(), label=labels[j]) for j in range(count)],
+        handles=[Patch(color=tuple(colours[j].tolist()), label=labels[j]) for j in range(count)],
         loc="outside right center",
         fontsize=8,
     )

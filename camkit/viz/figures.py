@@ -32,12 +32,16 @@ def _figure_class() -> type:
         """A figure that Jupyter shows as PNG even when pyplot was never imported."""
 
         def _repr_png_(self) -> bytes:
-
-            buffer = io.BytesIO()
-            self.savefig(buffer, format="png", dpi=100)
-            return buffer.getvalue()
+            return _png(self)
 
     return DisplayedFigure
+
+
+def _png(figure: Figure) -> bytes:
+    """The figure as PNG bytes, as Jupyter shows it."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
 
 
 def _wrapped(text: str, panel_size: float) -> str:
@@ -244,7 +248,7 @@ def show_figure(figure: Figure, what: str) -> None:
     if _in_notebook():
         from IPython.display import Image, display
 
-        display(Image(figure._repr_png_()))
+        display(Image(_png(figure)))
         return
     import matplotlib
     import matplotlib.pyplot as plt
@@ -258,7 +262,7 @@ def show_figure(figure: Figure, what: str) -> None:
         )
         return
     shown = plt.figure(figsize=figure.get_size_inches())
-    shown.figimage(plt.imread(io.BytesIO(figure._repr_png_())), resize=True)
+    shown.figimage(plt.imread(io.BytesIO(_png(figure))), resize=True)
     plt.show()
 
 

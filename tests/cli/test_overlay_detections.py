@@ -197,3 +197,17 @@ def test_a_yolo_seg_run_explains_each_detections_mask_score(tmp_path: Path, offl
     # A detector without masks refuses it per image, in one line.
     assert main(["overlay", str(tmp_path / "b.png"), "-o", str(tmp_path / "plain"), "--model", "yolov8n.yaml",
                  "--input-size", "64", "--workers", "0", "--quiet", "--detection-score", "mask"]) == 1
+
+
+def test_detector_overlay_without_workers_uses_the_thread_budget(tmp_path: Path, offline) -> None:
+    # --workers left out is None ("from the thread budget"); the detection loader once passed that None to
+    # DataLoader, which raised a raw TypeError (mypy found it).
+    pytest.importorskip("ultralytics")
+    image = np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    arguments = [str(tmp_path / "a.png"), "-o", str(out), "--model", "yolov8n.yaml", "--input-size", "64",
+                 "--score-threshold", "0", "--max-detections", "1", "--quiet"]
+    assert main(["overlay", *arguments]) == 0
+    with open(out / "manifest.csv", newline="") as file:
+        assert {row["status"] for row in csv.DictReader(file)} == {"ok"}
