@@ -54,18 +54,38 @@ class InputCapture:
 
 
 class _GuidedReLU(torch.autograd.Function):
-    """ReLU forward; backward passes max(grad, 0) where the input was positive (Springenberg et al.)."""
+    """ReLU forward; backward passes max(grad, 0) where the input was positive (Springenberg et al.).
+
+    It saves the output (positive exactly where the input was) and its backward is ReLU's own
+    backward kernel on the clamped gradient: the same passes over memory as captum's hook.
+    """
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        positive = x > 0
-        ctx.save_for_backward(positive)  # the mask, not x: an in-place ReLU overwrites x afterwards
-        return x * positive
+        output = torch.relu(x)
+        ctx.save_for_backward(output)
+        return output
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        (positive,) = ctx.saved_tensors
-        return grad.clamp_min(0) * positive
+        (output,) = ctx.saved_tensors
+        return torch.ops.aten.threshold_backward(grad.clamp_min(0), output, 0)
+
+
+class _GuidedReLUInPlace(torch.autograd.Function):
+    """The in-place twin: rewrites ``x`` (marked dirty, so autograd routes x's later readers through it)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        x.relu_()
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(x)
+        return x
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (output,) = ctx.saved_tensors
+        return torch.ops.aten.threshold_backward(grad.clamp_min(0), output, 0)
 
 
 class _GuidedMode(TorchFunctionMode):
@@ -88,10 +108,8 @@ class _GuidedMode(TorchFunctionMode):
         if not (isinstance(x, torch.Tensor) and x.requires_grad):  # off the path to the input: nothing to guide
             return func(*args, **kwargs)
         self.relus += 1
-        guided = _GuidedReLU.apply(x)
-        if in_place:
-            return x.copy_(guided)  # the caller may read x itself; autograd routes x's gradient through `guided`
-        return guided
+        # Inside the handler the mode is off, so the Functions' own relu does not come back here.
+        return _GuidedReLUInPlace.apply(x) if in_place else _GuidedReLU.apply(x)
 
 
 @contextlib.contextmanager
