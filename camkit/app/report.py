@@ -25,7 +25,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ..errors import CamkitError
-from ..explainers import METHODS
+from ..explainers import METHODS, gives_pixel_attributions
 from .io import write_atomically
 from .manifest import SKIPPED, Row, read_rows
 
@@ -111,7 +111,7 @@ def build_report(
             f'<label>label <select id="label"><option value="">all</option>{label_options}</select></label>'
             '<label><input type="checkbox" id="differs"> prediction differs from label</label>'
         )
-    headers = "".join(f"<th>{_text(method)}</th>" for method in methods)
+    headers = "".join(_header_html(method) for method in methods)
     label_header = "<th>label</th>" if label_from_folder else ""
     summary = (
         f"{len(images)} images, {len(methods)} method{'s' if len(methods) != 1 else ''}"
@@ -158,13 +158,24 @@ def _row_html(number: int, image: _Image, methods: list[str], folder: Path, clas
     return opening + "".join(cells) + "</tr>"
 
 
+def _header_html(method: str) -> str:
+    if gives_pixel_attributions(method):
+        return (
+            f'<th title="signed pixel attributions: grey is 0, brighter is positive">{_text(method)}'
+            ' <br><span class="kind">attributions</span></th>'
+        )
+    return f"<th>{_text(method)}</th>"
+
+
 def _cell_html(row: Row | None, folder: Path) -> str:
     if row is None:
         return '<td class="absent">not run</td>'
     if row["status"] == "error" or not str(row["output"]).strip():
         return f'<td class="error">{_text(row["error"] or row["status"])}</td>'
     url = _attr(relative_url(folder / Path(row["output"]), folder))  # outputs are relative to the manifest's folder
-    alt = _attr(f"{row['method']} overlay of {row['input']}")
+    # A pixel method's file is its signed attributions drawn as a picture (camkit overlay writes it so).
+    drawn = "signed attributions" if gives_pixel_attributions(str(row["method"])) else "overlay"
+    alt = _attr(f"{row['method']} {drawn} of {row['input']}")
     picture = (
         f'<a href="{url}"><img src="{url}" alt="{alt}" loading="lazy" decoding="async" '
         'onload="camkitImage(this, true)" onerror="camkitImage(this, false)"></a>'
@@ -239,6 +250,7 @@ th, td { border-bottom: 1px solid var(--line); padding: .35rem .6rem; text-align
 th.input { font-weight: normal; max-width: 22rem; overflow-wrap: anywhere; }
 td img { display: block; max-width: 192px; max-height: 192px; image-rendering: auto; }
 .caption { color: var(--muted); margin-top: .2rem; }
+th .kind { font-weight: normal; color: var(--muted); font-size: .85em; }
 .caption .class { color: CanvasText; font-weight: 600; }
 tr[data-differs="1"] td.label { color: var(--bad); font-weight: 600; }
 td.error, .missing { color: var(--bad); max-width: 22rem; overflow-wrap: anywhere; }

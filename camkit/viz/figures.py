@@ -17,7 +17,7 @@ import torch
 from ..explainers import create
 from ..ops.images import display_images, unnormalize
 from ..results import Explanation, set_renderer
-from .colors import ColormapSpec, overlay, to_uint8_hwc
+from .colors import ColormapSpec, attribution_picture, overlay, to_uint8_hwc
 
 if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
     from matplotlib.figure import Figure
@@ -60,9 +60,13 @@ def overlay_grid(
     colorbar: bool = True,
     panel_size: float = 2.6,
     bars: Sequence[tuple[Sequence[str], Sequence[float]]] | None = None,
+    pictures: Sequence[torch.Tensor | None] | None = None,
 ) -> Figure:
     """A figure with one row per image: the image, then one overlay per ``(title, maps)`` column.
 
+    ``pictures[column]`` (one per column, None for the overlay): ``(B, 3, H, W)`` RGB in [0, 1]
+    drawn instead of that column's overlay (a pixel method's signed attributions,
+    :func:`attribution_panels`); the colour bar is for the overlays.
     ``captions[row][column]`` (``column`` 0 is the image) go under each panel.
     Titles are wrapped to the panel's width rather than cut at the figure's edge.
     ``bars[row]`` = (labels, values) adds a last column with a horizontal bar chart (the top channels' weights).
@@ -77,8 +81,12 @@ def overlay_grid(
     for row in range(rows):
         axes[row][0].imshow(shown[row])
         for column, (_, maps) in enumerate(columns, start=1):
-            blended = overlay(images[row : row + 1].detach().float(), maps[row : row + 1].detach(), alpha, colormap)
-            axes[row][column].imshow(to_uint8_hwc(blended)[0].cpu().numpy())
+            picture = pictures[column - 1] if pictures is not None else None
+            if picture is not None:
+                drawn = picture[row : row + 1].detach().float()
+            else:
+                drawn = overlay(images[row : row + 1].detach().float(), maps[row : row + 1].detach(), alpha, colormap)
+            axes[row][column].imshow(to_uint8_hwc(drawn)[0].cpu().numpy())
         if bars is not None:
             _bar_chart(axes[row][-1], *bars[row])
         for column in range(width - (1 if bars is not None else 0)):
@@ -118,6 +126,14 @@ def channel_bars(result: Explanation, k: int = 8) -> list[tuple[list[str], list[
     ]
 
 
+def attribution_panels(attributions: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A pixel method's signed attributions as the Grad-CAM paper draws them (:func:`attribution_picture`), at ``size``."""
+    picture = attribution_picture(attributions.detach().float().cpu())
+    if tuple(picture.shape[2:]) != tuple(size):
+        picture = torch.nn.functional.interpolate(picture, size=size, mode="bilinear", align_corners=False)
+    return picture
+
+
 def compare(
     model: torch.nn.Module,
     x: torch.Tensor,
@@ -139,6 +155,8 @@ def compare(
     ``images`` are what to draw under the maps (floats in [0, 1]); by default
     the input un-normalised with ``mean``/``std``, or min-max scaled per image.
     Captions name the explained and the predicted class (with ``class_names``).
+    A pixel method (guided backprop, guided Grad-CAM, ...) shows its signed attributions as a
+    picture instead of a heatmap overlay, as ``camkit overlay`` writes it.
     """
     shown = (
         images
@@ -146,11 +164,18 @@ def compare(
         else (unnormalize(x, mean, std) if mean is not None and std is not None else display_images(x))
     )
     columns: list[tuple[str, torch.Tensor]] = []
+    pictures: list[torch.Tensor | None] = []
     results = []
+    size = (int(shown.shape[-2]), int(shown.shape[-1]))
     for method in methods:
         result = create(method, model, layer, **(method_options or {}).get(method, {})).explain(x, target)
         results.append(result.with_display(class_names=class_names))
-        columns.append((f"{result.method} @ {result.layer}", result.maps))
+        if result.attributions is not None:
+            columns.append((f"{result.method} @ {result.layer}: attributions", result.maps))
+            pictures.append(attribution_panels(result.attributions, size))
+        else:
+            columns.append((f"{result.method} @ {result.layer}", result.maps))
+            pictures.append(None)
 
     captions = None
     if results and results[0].predictions is not None:
@@ -158,7 +183,7 @@ def compare(
             [predicted_caption(results[0], row)] + [explained_caption(result, row) for result in results]
             for row in range(x.shape[0])
         ]
-    return overlay_grid(shown, columns, captions, alpha=alpha, colormap=colormap, colorbar=colorbar)
+    return overlay_grid(shown, columns, captions, alpha=alpha, colormap=colormap, colorbar=colorbar, pictures=pictures)
 
 
 def predicted_caption(result: Explanation, row: int) -> str:
@@ -187,13 +212,21 @@ def explanation_figure(
     """Each image of ``result`` beside its overlay, captioned with classes and probability.
 
     A channel-weighted result adds a bar chart of each image's ``top_channels`` largest channel weights (0: none).
+    A pixel method's result shows its signed attributions as a picture, then the overlay of its map.
     """
     images = result.display if result.display is not None else display_images(result.images)
+    columns = [(f"{result.method} @ {result.layer}", result.maps)]
+    pictures: list[torch.Tensor | None] = [None]
     captions = [[predicted_caption(result, row), explained_caption(result, row)] for row in range(len(result))]
+    if result.attributions is not None:
+        columns.insert(0, (f"{result.method}: attributions", result.maps))
+        pictures.insert(0, attribution_panels(result.attributions, (int(images.shape[-2]), int(images.shape[-1]))))
+        captions = [[first, second, "sum over channels of |attributions|"] for first, second in captions]
     return overlay_grid(
         images,
-        [(f"{result.method} @ {result.layer}", result.maps)],
+        columns,
         captions,
+        pictures=pictures,
         alpha=alpha,
         colormap=colormap,
         colorbar=colorbar,
