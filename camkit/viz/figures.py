@@ -277,7 +277,9 @@ def save_explanation(result: Explanation, path: Path, **options: Any) -> Path:
     The folder gets, for image ``i``, ``{i:04d}_map.npy`` (the float32 map),
     ``{i:04d}_overlay.png`` (over the display images) and one
     ``explanation.json`` with the method, layer, targets, predictions,
-    probabilities, scores and the camkit and torch versions.
+    probabilities, scores and the camkit and torch versions. A pixel method's result adds
+    ``{i:04d}_attributions.npy`` (the raw, signed ``(C, H, W)`` attributions) and
+    ``{i:04d}_attributions.png`` (their picture, as ``camkit overlay`` draws it).
     """
     if path.suffix and not path.is_dir():
         explanation_figure(result, **options).savefig(path, dpi=100)
@@ -302,6 +304,18 @@ def save_explanation(result: Explanation, path: Path, **options: Any) -> Path:
         np.save(path / f"{index:04d}_map.npy", maps[index])
         Image.fromarray(blended[index]).save(path / f"{index:04d}_overlay.png")
         files.append({"map": f"{index:04d}_map.npy", "overlay": f"{index:04d}_overlay.png"})
+    if result.attributions is not None:
+        raw = result.attributions.detach().float().cpu()
+        pictures = to_uint8_hwc(attribution_picture(raw)).numpy()
+        for index in range(len(result)):
+            np.save(path / f"{index:04d}_attributions.npy", raw[index].numpy())
+            Image.fromarray(pictures[index]).save(path / f"{index:04d}_attributions.png")
+            files[index].update(
+                {
+                    "attributions": f"{index:04d}_attributions.npy",
+                    "attribution_picture": f"{index:04d}_attributions.png",
+                }
+            )
 
     def listed(values: torch.Tensor | None) -> list | None:
         return None if values is None else values.detach().cpu().tolist()
