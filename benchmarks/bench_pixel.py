@@ -10,6 +10,7 @@ eval mode), batch 4, ImageNet-sized logits.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 import warnings
@@ -22,8 +23,11 @@ import torchvision
 import camkit
 
 
-def timed(pairs: dict[str, tuple[Callable[[], object], Callable[[], object]]], repeats: int) -> None:
+def timed(pairs: dict[str, tuple[Callable[[], object], Callable[[], object]]], repeats: int, only: str) -> None:
+    words = [word.strip().lower() for word in only.split(",") if word.strip()]
     for name, (ours, theirs) in pairs.items():
+        if words and not any(word in name.lower() for word in words):
+            continue
         ours(), theirs()  # warm-up
         times: dict[str, list[float]] = {"camkit": [], "peer": []}
         for _ in range(repeats):
@@ -32,7 +36,8 @@ def timed(pairs: dict[str, tuple[Callable[[], object], Callable[[], object]]], r
                 run()
                 times[who].append(time.perf_counter() - start)
         mine, peer = statistics.median(times["camkit"]), statistics.median(times["peer"])
-        print(f"| {name} | {mine:.3f} | {peer:.3f} | {mine / peer:.2f}x |", flush=True)
+        load = " / ".join(f"{value:.1f}" for value in os.getloadavg())
+        print(f"| {name} | {mine:.3f} | {peer:.3f} | {mine / peer:.2f}x | {load} |", flush=True)
 
 
 def main() -> None:
@@ -41,6 +46,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=50, help="Integrated Gradients' steps")
+    parser.add_argument("--only", default="", help="comma-separated words; run the cases whose name holds one")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
 
@@ -75,7 +81,7 @@ def main() -> None:
 
     print(f"resnet50, batch {args.batch}, {args.size}x{args.size}, CPU, {torch.get_num_threads()} threads, "
           f"median of {args.repeats}")
-    print("| case | camkit s | peer s | camkit / peer |\n|---|---|---|---|")
+    print("| case | camkit s | peer s | camkit / peer | load average after (1/5/15 min) |\n|---|---|---|---|---|")
     timed({
         "guided backprop vs captum": (lambda: camkit.GuidedBackprop(model)(x, classes),
                                       lambda: GuidedBackprop(model).attribute(x.clone(), target=classes)),
@@ -88,7 +94,7 @@ def main() -> None:
         "guided Grad-CAM vs pytorch-grad-cam (GradCAM + GuidedBackpropReLUModel per image)": (
             lambda: camkit.GuidedGradCAM(model, "layer4")(x, classes), pgc_guided_gradcam),
         "FullGrad vs pytorch-grad-cam": (lambda: camkit.FullGrad(model, rescale="channel")(x, classes), pgc_fullgrad),
-    }, args.repeats)
+    }, args.repeats, args.only)
 
 
 if __name__ == "__main__":

@@ -30,8 +30,20 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .calls import ModelCall, as_call
-from .capture import _detached, _grad_mode, check_finite, explained_scores
-from .errors import CamkitError
+from .capture import (
+    Capture,
+    Layers,
+    _detached,
+    _grad_mode,
+    _gradient_transform,
+    _hooks,
+    check_finite,
+    explained_scores,
+    layer_gradients,
+    to_captures,
+)
+from .errors import CamkitError, model_code
+from .layouts import Reshape, patch_size_of, prefix_tokens_of
 from .modes import explaining
 from .targets import TargetSpec
 
@@ -55,27 +67,59 @@ class InputCapture:
 
 
 class _GuidedReLU(torch.autograd.Function):
-    """ReLU forward; backward passes max(grad, 0) where the input was positive (Springenberg et al.)."""
+    """ReLU forward; backward passes max(grad, 0) where the input was positive (Springenberg et al.).
+
+    It saves the output (positive exactly where the input was) and its backward is ReLU's own
+    backward kernel on the clamped gradient: the same passes over memory as captum's hook.
+    """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        positive = x > 0
-        ctx.save_for_backward(positive)  # the mask, not x: an in-place ReLU overwrites x afterwards
-        return x * positive
+    def forward(ctx: Any, x: torch.Tensor, mode: _GuidedMode) -> torch.Tensor:
+        output = torch.relu(x)
+        ctx.save_for_backward(output)
+        ctx.mode = mode
+        return output
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        positive: torch.Tensor
-        (positive,) = ctx.saved_tensors
-        return grad.clamp_min(0) * positive
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (output,) = ctx.saved_tensors
+        return _relu_backward(grad, output, ctx.mode.guiding), None
+
+
+class _GuidedReLUInPlace(torch.autograd.Function):
+    """The in-place twin: rewrites ``x`` (marked dirty, so autograd routes x's later readers through it)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, mode: _GuidedMode) -> torch.Tensor:
+        x.relu_()
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(x)
+        ctx.mode = mode
+        return x
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (output,) = ctx.saved_tensors
+        return _relu_backward(grad, output, ctx.mode.guiding), None
+
+
+def _relu_backward(grad: torch.Tensor, output: torch.Tensor, guided: bool) -> torch.Tensor:
+    """ReLU's backward kernel; on the clamped gradient when guiding."""
+    found: torch.Tensor = torch.ops.aten.threshold_backward(grad.clamp_min(0) if guided else grad, output, 0)
+    return found
 
 
 class _GuidedMode(TorchFunctionMode):
-    """Every ReLU call in the block goes through :class:`_GuidedReLU`; counts them."""
+    """Every ReLU call in the block goes through :class:`_GuidedReLU`; counts them.
+
+    ``guiding`` is read when a backward reaches the ReLUs, so one forward's graph can be
+    backpropagated plainly (a CAM's layer gradients) and then by the guided rule.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.relus = 0
+        self.guiding = True
 
     def __torch_function__(
         self, func: Callable[..., Any], types: Any, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None
@@ -90,10 +134,8 @@ class _GuidedMode(TorchFunctionMode):
         if not (isinstance(x, torch.Tensor) and x.requires_grad):  # off the path to the input: nothing to guide
             return func(*args, **kwargs)
         self.relus += 1
-        guided = _GuidedReLU.apply(x)
-        if in_place:
-            return x.copy_(guided)  # the caller may read x itself; autograd routes x's gradient through `guided`
-        return guided
+        # Inside the handler the mode is off, so the Functions' own relu does not come back here.
+        return _GuidedReLUInPlace.apply(x, self) if in_place else _GuidedReLU.apply(x, self)
 
 
 @contextlib.contextmanager
@@ -148,6 +190,82 @@ def input_gradients(
     )
 
 
+@dataclass
+class GuidedAndLayerCapture:
+    """One forward serving a CAM method (its layers' captures) and guided backprop (the input gradient)."""
+
+    layers: list[Capture]
+    guided: InputCapture
+
+
+def guided_and_layer_gradients(
+    model: nn.Module,
+    layers: Layers,
+    x: torch.Tensor | ModelCall,
+    target: TargetSpec,
+    *,
+    layer_gradients_too: bool,
+    reshape: Reshape | None = None,
+) -> GuidedAndLayerCapture:
+    """One forward with guided ReLUs recorded and the target layers' outputs kept in the graph, then
+    two backwards over it: the plain one to the layers (``layer_gradients_too``; the ReLUs above a
+    layer backpropagate as ReLU does, so the CAM gets exactly its own gradients), then the guided
+    one to the input. Equal to a CAM capture plus :func:`input_gradients` with ``guided=True``.
+    """
+    call = as_call(model, x)
+    with explaining(model), _grad_mode(True):
+        leaf = (call.x.clone() if call.x.is_inference() else call.x).detach().requires_grad_(True)
+        stash: dict[str, torch.Tensor] = {}
+        with _hooks(layers, stash, True), _GuidedMode() as mode:
+            output = call.with_images(leaf).run(model)
+        missing = [name for name, _ in layers if name not in stash]
+        if missing:
+            raise CamkitError(
+                f"The target layer {missing[0]!r} did not run during the forward pass. "
+                "Choose a layer that the model uses for this input."
+            )
+        tensors = [stash[name] for name, _ in layers]
+        check_finite(layers, tensors, "activations")
+        scores, classes = explained_scores(output, target, leaf.shape[0], required=True)
+        gradients: list[torch.Tensor | None] = [None] * len(layers)
+        if layer_gradients_too:
+            mode.guiding = False
+            try:
+                found = _retained_layer_gradients(scores, tensors, layers)
+            finally:
+                mode.guiding = True
+            check_finite(layers, found, "gradient")
+            transform = _gradient_transform.get()
+            gradients = [transform(g) for g in found] if transform is not None else list(found)
+        if not scores.requires_grad:
+            raise CamkitError("The explained score does not depend on the input; check the target and the model.")
+        with model_code():
+            (found_input,) = torch.autograd.grad(scores.sum(), [leaf], allow_unused=True)
+    input_gradient = found_input if found_input is not None else torch.zeros_like(leaf)
+    check_finite([("input", model)], [input_gradient], "gradient")
+    captures = to_captures(
+        tensors,
+        gradients,
+        output,
+        scores,
+        classes,
+        tuple(leaf.shape[2:]),
+        reshape,
+        patch_size_of(model),
+        prefix_tokens_of(model),
+    )
+    guided = InputCapture(input_gradient.float(), _detached(output), scores.detach(), classes, mode.relus, [], [], [])
+    return GuidedAndLayerCapture(captures, guided)
+
+
+def _retained_layer_gradients(scores: torch.Tensor, tensors: list[torch.Tensor], layers: Layers) -> list[torch.Tensor]:
+    if not scores.requires_grad:
+        return layer_gradients(scores, tensors, layers)  # raises its own message
+    with model_code():
+        found = torch.autograd.grad(scores.sum(), tensors, allow_unused=True, retain_graph=True)
+    return [g if g is not None else torch.zeros_like(a) for g, a in zip(found, tensors)]
+
+
 def forward_scores(
     model: nn.Module, x: torch.Tensor | ModelCall, target: TargetSpec
 ) -> tuple[Any, torch.Tensor, torch.Tensor | None]:
@@ -175,4 +293,11 @@ def _watching(modules: Sequence[nn.Module], stash: list[tuple[nn.Module, torch.T
             handle.remove()
 
 
-__all__ = ["InputCapture", "forward_scores", "guided_relus", "input_gradients"]
+__all__ = [
+    "GuidedAndLayerCapture",
+    "InputCapture",
+    "forward_scores",
+    "guided_and_layer_gradients",
+    "guided_relus",
+    "input_gradients",
+]

@@ -30,7 +30,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ..errors import CamkitError
-from ..explainers import METHODS
+from ..explainers import METHODS, gives_pixel_attributions
 from .io import write_atomically
 from .manifest import MANIFEST_NAME, SKIPPED, Row, is_detection, read_rows
 
@@ -168,7 +168,7 @@ def build_report(
             f'<label>label <select id="label"><option value="">all</option>{label_options}</select></label>'
             '<label><input type="checkbox" id="differs"> prediction differs from label</label>'
         )
-    headers = "".join(f"<th>{_text(method)}</th>" for method in methods)
+    headers = "".join(_header_html(method) for method in methods)
     label_header = "<th>label</th>" if label_from_folder else ""
     summary = (
         f"{len(images)} images, {len(methods)} method{'s' if len(methods) != 1 else ''}"
@@ -258,12 +258,23 @@ def _detections_html(rows: list[Row], folder: Path) -> str:
     return f'<td class="detector">{picture}<div class="caption">{caption}</div>{listing}</td>'
 
 
+def _header_html(method: str) -> str:
+    if gives_pixel_attributions(method):
+        return (
+            f'<th title="signed pixel attributions: grey is 0, brighter is positive">{_text(method)}'
+            ' <br><span class="kind">attributions</span></th>'
+        )
+    return f"<th>{_text(method)}</th>"
+
+
 def _cell_html(row: Row | None, folder: Path) -> str:
     if row is None:
         return '<td class="absent">not run</td>'
     if row["status"] == "error" or not str(row["output"]).strip():
         return f'<td class="error">{_text(row["error"] or row["status"])}</td>'
-    picture = _picture(str(row["output"]), f"{row['method']} overlay of {row['input']}", folder)
+    # A pixel method's file is its signed attributions drawn as a picture (camkit overlay writes it so).
+    drawn = "signed attributions" if gives_pixel_attributions(str(row["method"])) else "overlay"
+    picture = _picture(str(row["output"]), f"{row['method']} {drawn} of {row['input']}", folder)
     if _has_prediction(row):
         score = f" &middot; {float(row['score']):.3f}" if str(row["score"]).strip() else ""
         caption = f'<span class="class">{_text(_class_text(row))}</span>{score}'
@@ -337,6 +348,7 @@ td img { display: block; max-width: 192px; max-height: 192px; image-rendering: a
 ol.detections { margin: .3rem 0 0; padding-left: 1.4rem; color: var(--muted); }
 ol.detections li { margin-bottom: .3rem; }
 ol.detections img { max-width: 96px; max-height: 96px; }
+th .kind { font-weight: normal; color: var(--muted); font-size: .85em; }
 .caption .class { color: CanvasText; font-weight: 600; }
 tr[data-differs="1"] td.label { color: var(--bad); font-weight: 600; }
 td.error, .missing { color: var(--bad); max-width: 22rem; overflow-wrap: anywhere; }

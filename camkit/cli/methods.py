@@ -10,7 +10,7 @@ import argparse
 import re
 from typing import Any
 
-from ..explainers import METHODS
+from ..explainers import METHODS, gives_pixel_attributions
 from ..explainers.base import Explainer
 
 
@@ -30,26 +30,31 @@ def plain_table() -> str:
     name_width = max(map(len, METHODS))
     class_width = max(len(cls.__name__) for cls in METHODS.values())
     return "\n".join(
-        f"{name:<{name_width}}  {cls.__name__:<{class_width}}  {_uses(cls):<33}  {cls.paper}"
+        f"{name:<{name_width}}  {cls.__name__:<{class_width}}  {_uses(cls):<33}  {_gives(cls):<24}  {cls.paper}"
         for name, cls in METHODS.items()
     )
 
 
 def markdown_table() -> str:
     rows = [
-        "| name | class | uses gradients | depends on the class | cost | what it computes | paper |",
-        "|---|---|---|---|---|---|---|",
+        "| name | class | uses gradients | depends on the class | gives | cost | what it computes | paper |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, cls in METHODS.items():
         rows.append(
             f"| `{name}` | `{cls.__name__}` | {_yes(cls.uses_gradients)} | {_yes(cls.class_specific)} | "
-            f"{_cost(cls)} | {_summary(cls)} | {_linked(cls.paper)} |"
+            f"{_gives(cls)} | {_cost(cls)} | {_summary(cls)} | {_linked(cls.paper)} |"
         )
     return "\n".join(rows)
 
 
 def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
+
+
+def _gives(cls: type[Explainer]) -> str:
+    # Pixel methods also return signed per-pixel attributions (Explanation.attributions), drawn as such.
+    return "map + pixel attributions" if gives_pixel_attributions(cls) else "map"
 
 
 def _cost(cls: type[Explainer]) -> str:

@@ -40,7 +40,7 @@ from .transformerattribution import TransformerAttribution
 from .legrad import LeGrad
 
 # The pixel methods: explanations at the input's resolution (explainers/pixel.py).
-from .pixel import PixelExplainer
+from .pixel import PixelExplainer, gives_pixel_attributions
 from .guidedbackprop import GuidedBackprop
 from .guidedgradcam import GuidedGradCAM
 from .saliency import Saliency
@@ -88,6 +88,7 @@ __all__ = [
     "TransformerAttribution",
     "XGradCAM",
     "create",
+    "gives_pixel_attributions",
     "methods_for",
     "register",
 ]

@@ -18,6 +18,9 @@ from .pixel import Attribution, PixelExplainer
 from .registry import register
 
 Rescale = Literal["layer", "channel"]
+# The epsilon each reference adds to the span it divides by: the authors' _postProcess (eps=1e-6),
+# pytorch-grad-cam's scale_cam_image (1e-7 + max).
+REFERENCE_EPSILON: dict[str, float] = {"layer": 1e-6, "channel": 1e-7}
 
 
 @register(
@@ -35,12 +38,22 @@ class FullGrad(PixelExplainer):
     normalised per image over all its channels, upsampled with
     ``align_corners=True``, summed over channels. ``rescale="channel"`` is
     pytorch-grad-cam's: every channel normalised on its own, upsampled with
-    half-pixel centres. Exact min-max, no epsilon. ``attributions`` is the
-    summed map, one non-negative channel.
+    half-pixel centres. Each normalisation is ``(t - min t) / (max(t - min t) + epsilon)``
+    as both codes write it; ``epsilon=None`` (default) takes the chosen code's
+    own (1e-6 for "layer", 1e-7 for "channel"), so the maps are theirs;
+    ``epsilon=0`` is exact min-max (a constant term becomes zeros), which
+    unlike the references does not change when the score is scaled.
+    ``attributions`` is the summed map, one non-negative channel.
     """
 
     def __init__(
-        self, model: nn.Module, target_layer: LayersSpec = None, *, rescale: Rescale = "layer", **options: Any
+        self,
+        model: nn.Module,
+        target_layer: LayersSpec = None,
+        *,
+        rescale: Rescale = "layer",
+        epsilon: float | None = None,
+        **options: Any,
     ) -> None:
         super().__init__(model, target_layer, **options)
         if rescale not in ("layer", "channel"):
@@ -48,6 +61,11 @@ class FullGrad(PixelExplainer):
                 f"rescale must be 'layer' (the authors' code) or 'channel' (pytorch-grad-cam's), got {rescale!r}."
             )
         self.rescale: Rescale = rescale
+        if epsilon is not None and not (isinstance(epsilon, (int, float)) and epsilon >= 0):
+            raise CamkitError(
+                f"epsilon must be a number >= 0 (0: exact min-max) or None (the chosen rescale's own), got {epsilon!r}."
+            )
+        self.epsilon = float(REFERENCE_EPSILON[rescale] if epsilon is None else epsilon)
 
     def attribute(self, call: ModelCall, target: TargetSpec) -> Attribution:
         x = call.x
@@ -65,15 +83,22 @@ class FullGrad(PixelExplainer):
 
     def _rescaled(self, terms: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
         """``(B, K, *grid)`` non-negative terms to one ``(B, *size)`` map: normalised, summed over K, upsampled."""
-        if self.rescale == "channel":
-            normalised = min_max_normalise(terms.flatten(0, 1)).reshape(terms.shape)
-        else:
-            normalised = min_max_normalise(terms)
+        rows = terms.flatten(0, 1) if self.rescale == "channel" else terms
+        normalised = _normalised(rows, self.epsilon).reshape(terms.shape)
         summed = normalised.sum(dim=1, keepdim=True)  # upsampling is linear: summing first is the same, K times cheaper
         if tuple(summed.shape[2:]) != size:
             mode = "bilinear" if len(size) == 2 else "trilinear"
             summed = F.interpolate(summed, size=size, mode=mode, align_corners=self.rescale == "layer")
         return summed[:, 0]
+
+
+def _normalised(terms: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """Each row ``(t - min) / (span + epsilon)``, the references' order; ``epsilon=0``: exact min-max."""
+    if epsilon == 0:
+        return min_max_normalise(terms)
+    shape = (-1,) + (1,) * (terms.dim() - 1)
+    shifted = terms - terms.flatten(1).amin(dim=1).reshape(shape)
+    return shifted / (shifted.flatten(1).amax(dim=1).reshape(shape) + epsilon)
 
 
 def _bias_of(module: nn.Module) -> torch.Tensor | None:

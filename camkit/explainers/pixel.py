@@ -29,6 +29,7 @@ from ..ops.maps import normalised_at_size
 from ..results import Explanation
 from ..targets import TargetSpec
 from .base import Explainer, _checked_input, _top_class
+from .registry import METHODS
 
 logger = logging.getLogger("camkit")
 
@@ -125,4 +126,10 @@ class PixelExplainer(Explainer):
         return f"{type(self).__name__}()"
 
 
-__all__ = ["Attribution", "PixelExplainer"]
+def gives_pixel_attributions(method: str | type) -> bool:
+    """Whether a registered method (name or class) returns signed pixel ``attributions`` besides its maps."""
+    cls = METHODS.get(method) if isinstance(method, str) else method
+    return isinstance(cls, type) and issubclass(cls, PixelExplainer)
+
+
+__all__ = ["Attribution", "PixelExplainer", "gives_pixel_attributions"]

@@ -18,7 +18,7 @@ from ..explainers import create
 from ..ops.images import display_images, unnormalize
 from ..ops.maps import normalised_at_size
 from ..results import Explanation, set_renderer
-from .colors import ColormapSpec, overlay, to_uint8_hwc
+from .colors import ColormapSpec, attribution_picture, overlay, to_uint8_hwc
 
 if TYPE_CHECKING:  # matplotlib is imported only when a figure is drawn
     from matplotlib.figure import Figure
@@ -65,9 +65,13 @@ def overlay_grid(
     colorbar: bool = True,
     panel_size: float = 2.6,
     bars: Sequence[tuple[Sequence[str], Sequence[float]]] | None = None,
+    pictures: Sequence[torch.Tensor | None] | None = None,
 ) -> Figure:
     """A figure with one row per image: the image, then one overlay per ``(title, maps)`` column.
 
+    ``pictures[column]`` (one per column, None for the overlay): ``(B, 3, H, W)`` RGB in [0, 1]
+    drawn instead of that column's overlay (a pixel method's signed attributions,
+    :func:`attribution_panels`); the colour bar is for the overlays.
     ``captions[row][column]`` (``column`` 0 is the image) go under each panel.
     Titles are wrapped to the panel's width rather than cut at the figure's edge.
     ``bars[row]`` = (labels, values) adds a last column with a horizontal bar chart (the top channels' weights).
@@ -82,8 +86,12 @@ def overlay_grid(
     for row in range(rows):
         axes[row][0].imshow(shown[row])
         for column, (_, maps) in enumerate(columns, start=1):
-            blended = overlay(images[row : row + 1].detach().float(), maps[row : row + 1].detach(), alpha, colormap)
-            axes[row][column].imshow(to_uint8_hwc(blended)[0].cpu().numpy())
+            picture = pictures[column - 1] if pictures is not None else None
+            if picture is not None:
+                drawn = picture[row : row + 1].detach().float()
+            else:
+                drawn = overlay(images[row : row + 1].detach().float(), maps[row : row + 1].detach(), alpha, colormap)
+            axes[row][column].imshow(to_uint8_hwc(drawn)[0].cpu().numpy())
         if bars is not None:
             _bar_chart(axes[row][-1], *bars[row])
         for column in range(width - (1 if bars is not None else 0)):
@@ -143,6 +151,14 @@ def top_channel_maps(result: Explanation, k: int = 3) -> list[tuple[torch.Tensor
     return found
 
 
+def attribution_panels(attributions: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A pixel method's signed attributions as the Grad-CAM paper draws them (:func:`attribution_picture`), at ``size``."""
+    picture = attribution_picture(attributions.detach().float().cpu())
+    if tuple(picture.shape[2:]) != tuple(size):
+        picture = torch.nn.functional.interpolate(picture, size=size, mode="bilinear", align_corners=False)
+    return picture
+
+
 def compare(
     model: torch.nn.Module,
     x: torch.Tensor,
@@ -166,6 +182,8 @@ def compare(
     the input un-normalised with ``mean``/``std``, or min-max scaled per image.
     Captions name the explained and the predicted class (with ``class_names``).
     ``inputs``: the model's other inputs, passed to every method (see ``Explainer.explain``).
+    A pixel method (guided backprop, guided Grad-CAM, ...) shows its signed attributions as a
+    picture instead of a heatmap overlay, as ``camkit overlay`` writes it.
     """
     shown = (
         images
@@ -173,13 +191,20 @@ def compare(
         else (unnormalize(x, mean, std) if mean is not None and std is not None else display_images(x))
     )
     columns: list[tuple[str, torch.Tensor]] = []
+    pictures: list[torch.Tensor | None] = []
     results = []
+    size = (int(shown.shape[-2]), int(shown.shape[-1]))
     for method in methods:
         result = create(method, model, layer, **(method_options or {}).get(method, {})).explain(
             x, target, inputs=inputs
         )
         results.append(result.with_display(class_names=class_names))
-        columns.append((f"{result.method} @ {result.layer}", result.maps))
+        if result.attributions is not None:
+            columns.append((f"{result.method} @ {result.layer}: attributions", result.maps))
+            pictures.append(attribution_panels(result.attributions, size))
+        else:
+            columns.append((f"{result.method} @ {result.layer}", result.maps))
+            pictures.append(None)
 
     captions = None
     if results and results[0].predictions is not None:
@@ -187,7 +212,7 @@ def compare(
             [predicted_caption(results[0], row)] + [explained_caption(result, row) for result in results]
             for row in range(x.shape[0])
         ]
-    return overlay_grid(shown, columns, captions, alpha=alpha, colormap=colormap, colorbar=colorbar)
+    return overlay_grid(shown, columns, captions, alpha=alpha, colormap=colormap, colorbar=colorbar, pictures=pictures)
 
 
 def predicted_caption(result: Explanation, row: int) -> str:
@@ -219,18 +244,26 @@ def explanation_figure(
     A channel-weighted result adds a bar chart of each image's ``top_channels`` largest channel weights (0: none)
     and, before it, the feature maps of its ``channel_maps`` largest-weight channels (0: none), each upsampled
     and min-max normalised over the image, captioned with its channel and weight.
+    A pixel method's result shows its signed attributions as a picture, then the overlay of its map.
     """
     images = result.display if result.display is not None else display_images(result.images)
-    captions = [[predicted_caption(result, row), explained_caption(result, row)] for row in range(len(result))]
     columns = [(f"{result.method} @ {result.layer}", result.maps)]
+    pictures: list[torch.Tensor | None] = [None]
+    captions = [[predicted_caption(result, row), explained_caption(result, row)] for row in range(len(result))]
     for rank, (maps, labels) in enumerate(top_channel_maps(result, channel_maps), start=1):
         columns.append((f"top channel {rank}", maps))
+        pictures.append(None)
         for row, label in enumerate(labels):
             captions[row].append(label)
+    if result.attributions is not None:
+        columns.insert(0, (f"{result.method}: attributions", result.maps))
+        pictures.insert(0, attribution_panels(result.attributions, (int(images.shape[-2]), int(images.shape[-1]))))
+        captions = [[row[0], row[1], "sum over channels of |attributions|", *row[2:]] for row in captions]
     return overlay_grid(
         images,
         columns,
         captions,
+        pictures=pictures,
         alpha=alpha,
         colormap=colormap,
         colorbar=colorbar,
@@ -281,7 +314,9 @@ def save_explanation(result: Explanation, path: Path, **options: Any) -> Path:
     The folder gets, for image ``i``, ``{i:04d}_map.npy`` (the float32 map),
     ``{i:04d}_overlay.png`` (over the display images) and one
     ``explanation.json`` with the method, layer, targets, predictions,
-    probabilities, scores and the camkit and torch versions.
+    probabilities, scores and the camkit and torch versions. A pixel method's result adds
+    ``{i:04d}_attributions.npy`` (the raw, signed ``(C, H, W)`` attributions) and
+    ``{i:04d}_attributions.png`` (their picture, as ``camkit overlay`` draws it).
     """
     if path.suffix and not path.is_dir():
         explanation_figure(result, **options).savefig(path, dpi=100)
@@ -306,6 +341,18 @@ def save_explanation(result: Explanation, path: Path, **options: Any) -> Path:
         np.save(path / f"{index:04d}_map.npy", maps[index])
         Image.fromarray(blended[index]).save(path / f"{index:04d}_overlay.png")
         files.append({"map": f"{index:04d}_map.npy", "overlay": f"{index:04d}_overlay.png"})
+    if result.attributions is not None:
+        raw = result.attributions.detach().float().cpu()
+        pictures = to_uint8_hwc(attribution_picture(raw)).numpy()
+        for index in range(len(result)):
+            np.save(path / f"{index:04d}_attributions.npy", raw[index].numpy())
+            Image.fromarray(pictures[index]).save(path / f"{index:04d}_attributions.png")
+            files[index].update(
+                {
+                    "attributions": f"{index:04d}_attributions.npy",
+                    "attribution_picture": f"{index:04d}_attributions.png",
+                }
+            )
 
     def listed(values: torch.Tensor | None) -> list | None:
         return None if values is None else values.detach().cpu().tolist()

@@ -129,3 +129,16 @@ def test_evaluation_section_escapes_the_table_and_links_the_plot(tmp_path) -> No
     assert report.evaluation_section(tmp_path / "elsewhere") == ""
     page = report.build_report([], tmp_path)
     assert '<section id="evaluation">' in page and "no overlays here yet" in page
+
+
+def test_a_pixel_methods_column_says_it_shows_signed_attributions(tmp_path) -> None:
+    out = tmp_path / "out"
+    rows = [_row("/in/a.png", "gradcam", str(out / "a_gradcam.png"), "2", "bird", "0.250000"),
+            _row("/in/a.png", "guidedgradcam", str(out / "a_guidedgradcam.png"), "2", "bird", "0.250000")]
+    html = build_report(rows, out)
+    page = ReportPage(html)
+    assert page.headers == ["input", "gradcam", "guidedgradcam attributions"]
+    images = [image for cell in page.rows[0]["cells"] for image in cell["imgs"]]
+    assert [image["src"] for image in images] == ["a_gradcam.png", "a_guidedgradcam.png"]
+    assert images[0]["alt"] == "gradcam overlay of /in/a.png"
+    assert images[1]["alt"] == "guidedgradcam signed attributions of /in/a.png"

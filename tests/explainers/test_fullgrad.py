@@ -35,21 +35,31 @@ def _peer(model: torch.nn.Module, x: torch.Tensor, scores) -> np.ndarray:
         model.zero_grad(set_to_none=True)
 
 
-def test_channel_rescaling_equals_pytorch_grad_cam() -> None:
+def test_channel_rescaling_equals_pytorch_grad_cam_on_raw_logits() -> None:
     model, x, classes = _resnet(), torch.randn(2, 3, 48, 64), [1, 7]
-    # Scaled scores make pytorch-grad-cam's 1e-7 in max + 1e-7 negligible: then the two agree to float rounding.
+    ours = camkit.FullGrad(model, rescale="channel")(x, classes).numpy()
+    theirs = _peer(model, x, [lambda out, c=c: out[c] for c in classes])
+    np.testing.assert_allclose(ours, theirs, atol=2e-3)  # the issue's bound
+    np.testing.assert_allclose(ours, theirs, atol=2e-5)  # measured: 2.4e-6, float32 rounding
+
+
+def test_the_difference_exact_min_max_makes_is_pytorch_grad_cams_epsilon_alone() -> None:
+    model, x, classes = _resnet(), torch.randn(2, 3, 48, 64), [1, 7]
+    exact = camkit.FullGrad(model, rescale="channel", epsilon=0)
+    # On raw logits some channels' |b * g| spans ~1e-7, where their max + 1e-7 damps the channel: maps move.
+    raw_gap = np.abs(exact(x, classes).numpy() - _peer(model, x, [lambda out, c=c: out[c] for c in classes])).max()
+    assert 1e-4 < raw_gap < 5e-3
+    # Scale the score so that 1e-7 is negligible against every span: exact min-max is then theirs too.
     scale = 1e4
-    ours = camkit.FullGrad(model, rescale="channel")(x, lambda out: scale * out[torch.arange(2), torch.tensor(classes)])
-    theirs = _peer(model, x, [lambda out, c=c: scale * out[c] for c in classes])
-    np.testing.assert_allclose(ours.numpy(), theirs, atol=2e-3)
-    np.testing.assert_allclose(ours.numpy(), theirs, atol=1e-5)
-    # On raw logits their epsilon damps channels whose |b * g| spans ~1e-7: a few 1e-3 apart, no more.
-    raw = camkit.FullGrad(model, rescale="channel")(x, classes)
-    assert np.abs(raw.numpy() - _peer(model, x, [lambda out, c=c: out[c] for c in classes])).max() < 5e-3
+    scaled = exact(x, lambda out: scale * out[torch.arange(2), torch.tensor(classes)]).numpy()
+    np.testing.assert_allclose(scaled, _peer(model, x, [lambda out, c=c: scale * out[c] for c in classes]), atol=1e-5)
+    # Exact min-max does not care about the scale; the reference epsilon does.
+    np.testing.assert_allclose(scaled, exact(x, classes).numpy(), atol=1e-5)
 
 
-def _authors_reference(model: torch.nn.Module, x: torch.Tensor, classes: list[int]) -> torch.Tensor:
-    """The authors' saliency (idiap/fullgrad-saliency), written from the paper's code path, float64, exact min-max."""
+def _authors_reference(model: torch.nn.Module, x: torch.Tensor, classes: list[int], eps: float) -> torch.Tensor:
+    """The authors' saliency (idiap/fullgrad-saliency), written from their code path in float64:
+    each term (t - min) / (max(t - min) + eps), eps=1e-6 in their _postProcess."""
     model = model.double()
     biased, outputs = [], []
     for module in model.modules():
@@ -68,7 +78,7 @@ def _authors_reference(model: torch.nn.Module, x: torch.Tensor, classes: list[in
         flat = t.abs().flatten(1)
         low, high = flat.min(1).values, (flat - flat.min(1, keepdim=True).values).max(1).values
         shape = (-1,) + (1,) * (t.dim() - 1)
-        return (t.abs() - low.reshape(shape)) / torch.where(high > 0, high, 1.0).reshape(shape)
+        return (t.abs() - low.reshape(shape)) / (high.reshape(shape) + eps)
 
     cam = post(grads[0] * leaf).sum(1, keepdim=True)
     for (module, _), g in zip(outputs, grads[1:]):
@@ -82,10 +92,11 @@ def _authors_reference(model: torch.nn.Module, x: torch.Tensor, classes: list[in
     return cam[:, 0].detach()
 
 
-def test_layer_rescaling_equals_the_authors_code() -> None:
+@pytest.mark.parametrize("epsilon", [None, 0.0])
+def test_layer_rescaling_equals_the_authors_code(epsilon) -> None:
     model, x, classes = _resnet(), torch.randn(2, 3, 40, 56), [3, 5]
-    result = camkit.FullGrad(model).explain(x, classes)
-    reference = _authors_reference(model, x, classes)
+    result = camkit.FullGrad(model, epsilon=epsilon).explain(x, classes)
+    reference = _authors_reference(model, x, classes, eps=1e-6 if epsilon is None else epsilon)
     torch.testing.assert_close(result.attributions[:, 0].double(), reference, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(result.maps.double(), reference_normalise(reference), atol=1e-5, rtol=0)
     assert all(p.grad is None for p in model.parameters())
@@ -96,3 +107,7 @@ def test_contract() -> None:
     check_pixel_contract("fullgrad", rescale="channel")
     with pytest.raises(camkit.CamkitError, match="rescale must be"):
         camkit.FullGrad(torch.nn.Linear(2, 2), rescale="image")
+    with pytest.raises(camkit.CamkitError, match="epsilon must be"):
+        camkit.FullGrad(torch.nn.Linear(2, 2), epsilon=-1e-7)
+    assert camkit.FullGrad(torch.nn.Linear(2, 2)).epsilon == 1e-6
+    assert camkit.FullGrad(torch.nn.Linear(2, 2), rescale="channel").epsilon == 1e-7

@@ -24,9 +24,46 @@ def test_is_guided_backprop_times_the_cams_map(cam) -> None:
     result = camkit.GuidedGradCAM(model, "layer3", cam=cam).explain(x)
     cam_result = camkit.create(cam, model, "layer3").explain(x)
     guided = camkit.GuidedBackprop(model).explain(x, cam_result.targets).attributions
-    torch.testing.assert_close(result.attributions, guided * cam_result.maps[:, None])
-    torch.testing.assert_close(result.layer_maps, cam_result.layer_maps)
+    # layer3 has guided ReLUs above it (layer4): the CAM's gradients must still be the plain ones.
+    expected = guided * cam_result.maps[:, None]
+    torch.testing.assert_close(result.attributions, expected, rtol=1e-6, atol=1e-6 * expected.abs().max().item())
+    torch.testing.assert_close(result.layer_maps, cam_result.layer_maps, rtol=1e-6, atol=1e-6)
     assert result.layer == "layer3" and result.targets.tolist() == cam_result.targets.tolist()
+
+
+def _forwards(model: torch.nn.Module) -> list[int]:
+    calls = [0]
+    model.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+@pytest.mark.parametrize("cam", ["gradcam", "eigencam", "layercam"])
+def test_one_forward_serves_both_maps(cam) -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    explainer = camkit.GuidedGradCAM(model, "layer3", cam=cam)
+    calls = _forwards(model)
+    result = explainer.explain(x, [4, 1])
+    assert calls[0] == 1 and explainer.shares_forward([4, 1])
+    cam_maps = camkit.create(cam, model, "layer3").explain(x, [4, 1]).maps
+    guided = camkit.GuidedBackprop(model).explain(x, [4, 1]).attributions
+    expected = guided * cam_maps[:, None]
+    torch.testing.assert_close(result.attributions, expected, rtol=1e-6, atol=1e-6 * expected.abs().max().item())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_cam_with_passes_of_its_own_runs_them_then_one_guided_pass() -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    explainer = camkit.GuidedGradCAM(model, "layer4", cam="scorecam", batch_size=64)
+    assert not explainer.shares_forward(None)
+    result = explainer.explain(x, [4, 1])
+    cam_maps = camkit.create("scorecam", model, "layer4", batch_size=64).explain(x, [4, 1]).maps
+    guided = camkit.GuidedBackprop(model).explain(x, [4, 1]).attributions
+    expected = guided * cam_maps[:, None]
+    torch.testing.assert_close(result.attributions, expected, rtol=1e-6, atol=1e-6 * expected.abs().max().item())
 
 
 def test_equals_the_pytorch_grad_cam_way() -> None:

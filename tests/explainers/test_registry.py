@@ -103,3 +103,18 @@ def test_the_readme_method_table_is_the_registrys() -> None:
     table = re.search(r"<!-- methods:start -->\n(.*?)\n<!-- methods:end -->", readme, re.S)
     assert table is not None, "README.md lost its methods markers"
     assert table.group(1) == markdown_table(), "run `camkit methods --markdown` and paste it into README.md"
+
+
+def test_camkit_methods_says_which_methods_give_pixel_attributions() -> None:
+    from camkit.cli.methods import plain_table
+
+    pixel = {"guidedbackprop", "guidedgradcam", "saliency", "inputxgradient", "integratedgradients", "fullgrad"}
+    assert {name for name in camkit.METHODS if camkit.explainers.gives_pixel_attributions(name)} == pixel
+    assert camkit.explainers.gives_pixel_attributions(camkit.GuidedBackprop)
+    assert not camkit.explainers.gives_pixel_attributions("gradcam")
+    assert not camkit.explainers.gives_pixel_attributions("no-such-method")
+    for line in plain_table().splitlines():
+        assert ("map + pixel attributions" in line) == (line.split()[0] in pixel)
+    for row in markdown_table().splitlines()[2:]:
+        name = row.split("`")[1]
+        assert row.split(" | ")[4] == ("map + pixel attributions" if name in pixel else "map")

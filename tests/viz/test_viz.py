@@ -166,3 +166,48 @@ def test_interactive_view(shapes_model, monkeypatch) -> None:
     monkeypatch.setattr(builtins, "__import__", no_widgets)
     with pytest.raises(ImportError, match=r"camkit\[widgets\]"):
         interactive.interact(shapes_model, x)
+
+
+def _drawn(axis) -> np.ndarray:
+    return np.asarray(axis.images[0].get_array())
+
+
+def test_compare_draws_a_pixel_methods_signed_attributions_instead_of_an_overlay() -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=4).eval()
+    x = torch.randn(2, 3, 64, 64)
+    figure = camkit.compare(model, x, methods=["gradcam", "guidedbackprop"], target=[1, 2], colorbar=False)
+    titles = [axis.get_title().replace("\n", " ") for axis in figure.axes[:3]]  # wrapped to the panel
+    assert titles == ["image", "gradcam @ layer4", "guidedbackprop @ input: attributions"]
+    attributions = camkit.GuidedBackprop(model).explain(x, [1, 2]).attributions
+    for row in range(2):
+        expected = viz.to_uint8_hwc(viz.attribution_picture(attributions[row:row + 1]))[0].numpy()
+        np.testing.assert_allclose(_drawn(figure.axes[3 * row + 2]).astype(int), expected.astype(int), atol=1)
+    # the CAM column keeps its heatmap overlay
+    assert not np.array_equal(_drawn(figure.axes[1]), _drawn(figure.axes[2]))
+
+
+def test_a_pixel_result_shows_its_attributions_then_its_map(shapes_model) -> None:
+    from ..shapes import make_shapes
+
+    x, labels, _ = make_shapes(2, seed=1)
+    result = camkit.GuidedGradCAM(shapes_model).explain(x, labels)
+    figure = result.figure(colorbar=False)
+    assert len(figure.axes) == 2 * 3
+    assert figure.axes[1].get_title().endswith(": attributions") and "@" in figure.axes[2].get_title()
+    expected = viz.to_uint8_hwc(viz.attribution_picture(result.attributions[:1]))[0].numpy()
+    np.testing.assert_allclose(_drawn(figure.axes[1]).astype(int), expected.astype(int), atol=1)
+    assert result._repr_png_().startswith(b"\x89PNG")
+
+
+def test_a_saved_pixel_result_keeps_its_raw_attributions(shapes_model, tmp_path) -> None:
+    from ..shapes import make_shapes
+
+    x, labels, _ = make_shapes(2, seed=1)
+    result = camkit.GuidedBackprop(shapes_model).explain(x, labels)
+    folder = result.save(tmp_path / "saved")
+    for index in range(2):
+        np.testing.assert_array_equal(np.load(folder / f"{index:04d}_attributions.npy"),
+                                      result.attributions[index].numpy())
+        assert Image.open(folder / f"{index:04d}_attributions.png").size == (x.shape[3], x.shape[2])
+    assert not (camkit.GradCAM(shapes_model).explain(x, labels).save(tmp_path / "cam") / "0000_attributions.npy").exists()
