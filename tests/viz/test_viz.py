@@ -130,6 +130,7 @@ def test_compare_grid_layout() -> None:
 def test_compare_passes_inputs_to_every_method() -> None:
     from camkit.ops.images import display_images
     from camkit.viz.colors import overlay, to_uint8_hwc
+    from camkit.viz.figures import attribution_panels
 
     from ..helpers import TwoInputNet
 
@@ -139,8 +140,11 @@ def test_compare_passes_inputs_to_every_method() -> None:
     figure = camkit.compare(model, x, methods=["gradcam", "saliency"], layer=model.conv2, inputs=inputs,
                             colorbar=False)
     for column, method in ((1, "gradcam"), (2, "saliency")):
-        maps = camkit.create(method, model, model.conv2)(x, inputs=inputs)
-        drawn = to_uint8_hwc(overlay(display_images(x), maps, 0.5, "jet")).numpy()
+        result = camkit.create(method, model, model.conv2).explain(x, inputs=inputs)
+        if result.attributions is None:
+            drawn = to_uint8_hwc(overlay(display_images(x), result.maps, 0.5, "jet")).numpy()
+        else:  # a pixel method's column is its signed attributions' picture
+            drawn = to_uint8_hwc(attribution_panels(result.attributions, (16, 16))).numpy()
         np.testing.assert_array_equal(np.asarray(figure.axes[column].images[0].get_array()), drawn[0])
 
 
