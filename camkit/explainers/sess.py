@@ -75,7 +75,11 @@ class SESS(Explainer):
     larger); patches of all images share passes. 2-D images only.
     """
 
-    cost: ClassVar[str] = "a forward + the base's passes per patch (113 patches per image at the defaults)"
+    # Patches are scored by class probabilities; a detection's score has no value on a patch it may not be in.
+    needs_class_logits = True
+    # The CLI's --samples N sets the scales: `--method all --samples 2` runs 5 patches per image, not 122 (64 x 64 demo).
+    samples_option: ClassVar[str] = "num_scales"
+    cost: ClassVar[str] = "a forward + the base's passes per patch (113 per 224 x 224 image at the defaults)"
 
     def __init__(
         self,

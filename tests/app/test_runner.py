@@ -92,3 +92,14 @@ def test_samples_set_the_sampling_methods_only(tmp_path) -> None:
     assert [explainers[name].n_samples for name in ("sscam", "iscam", "smoothgradcam++")] == [2, 2, 2]
     with pytest.raises(camkit.CamkitError, match="--samples"):
         runner.plan(runner.OverlayJob(inputs=[str(folder)], output=tmp_path / "out", samples=0))
+
+
+def test_method_all_runs_sess_with_samples_as_its_scales(tmp_path) -> None:
+    # SESS costs a forward and its base's passes per patch: 122 per 64 x 64 demo image at its paper's 12 scales.
+    # `all` includes it like the sampling methods, and --samples (README's first command: 2) sets its scales.
+    folder = _pictures(tmp_path / "in", 1)
+    cheap = runner.plan(runner.OverlayJob(inputs=[str(folder)], output=tmp_path / "out", method="all", samples=2))
+    assert cheap.explainers["sess"].num_scales == 2 and cheap.explainers["sscam"].n_samples == 2
+    assert cheap.explainers["sess"].patch_grid((64, 64)).count == 1 + 4
+    own = runner.plan(runner.OverlayJob(inputs=[str(folder)], output=tmp_path / "out", method="all"))
+    assert own.explainers["sess"].num_scales == 12 and own.explainers["sess"].patch_grid((64, 64)).count == 122
