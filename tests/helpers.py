@@ -18,7 +18,9 @@ ROOT = TESTS.parent
 # Methods that need more of the model than a layer and a score: CAM a linear classifier over the
 # layer's channels (GAP + nn.Linear), and both it and Finer-CAM a class of the logits, not a callable.
 NEEDS_LINEAR_HEAD = ("cam",)
-NEEDS_CLASS_LOGITS = ("cam", "finercam")
+NEEDS_CLASS_LOGITS = ("cam", "finercam", "sess")
+# Methods for 2-D images only (SESS cuts square windows from resized images): loops over volumes skip them.
+TWO_D_ONLY = ("sess",)
 
 
 def reads_no_layer(cls: type) -> bool:
@@ -88,6 +90,7 @@ QUICK_OPTIONS: dict[str, dict[str, int]] = {
     "sscam": {"top_channels": 8, "n_samples": 2},
     "iscam": {"top_channels": 8, "n_samples": 2},
     "ablationcam": {"top_channels": 8},
+    "sess": {"num_scales": 2},  # 2 scales: 1 + 4 patches per image instead of 113
 }
 
 

@@ -92,7 +92,8 @@ class OverlayJob:
     workers: int | None = None  # None: from the thread budget
     overwrite: bool = False
     quiet: bool = False
-    samples: int | None = None  # n_samples of the methods that draw samples (SS-CAM, IS-CAM, Smooth Grad-CAM++)
+    # n_samples of the methods that draw samples (SS-CAM, IS-CAM, Smooth Grad-CAM++); SESS's num_scales
+    samples: int | None = None
     threads: int | None = None  # torch's intra-op threads; None: from the thread budget
     report: bool = False
     label_from_folder: bool = False
@@ -319,10 +320,15 @@ def plan(job: OverlayJob, ranks: distributed.Ranks | None = None) -> Plan:
 
 
 def _sample_options(method: str, samples: int | None) -> dict[str, int]:
-    """``n_samples=samples`` for a method that draws samples (``--samples``); nothing for the others."""
-    if samples is None or "n_samples" not in inspect.signature(METHODS[method].__init__).parameters:
+    """``n_samples=samples`` for a method that draws samples (``--samples``); nothing for the others.
+
+    A method whose cost is set by another count names it in ``samples_option`` (SESS: ``num_scales``).
+    """
+    cls = METHODS[method]
+    option = getattr(cls, "samples_option", "n_samples")
+    if samples is None or option not in inspect.signature(cls.__init__).parameters:
         return {}
-    return {"n_samples": samples}
+    return {option: samples}
 
 
 def _preflight(

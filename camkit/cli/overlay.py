@@ -96,8 +96,8 @@ def register(commands: Any) -> None:
         "--samples",
         type=int,
         default=None,
-        help="samples drawn by sscam, iscam and smoothgradcam++ "
-        "(default: each method's own, 35, 10 and 8); fewer is proportionally faster",
+        help="samples drawn by sscam, iscam and smoothgradcam++, scales of sess "
+        "(default: each method's own, 35, 10, 8 and 12); fewer is proportionally faster",
     )
     parser.add_argument("--overwrite", action="store_true", help="redo images whose outputs already exist")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -48,6 +48,9 @@ from .inputxgradient import InputXGradient
 from .integratedgradients import IntegratedGradients
 from .fullgrad import FullGrad
 
+# Meta-methods: a base method run on patches of the image.
+from .sess import SESS
+
 __all__ = [
     "CAM",
     "CFCAM",
@@ -55,6 +58,7 @@ __all__ = [
     "ISCAM",
     "KPCACAM",
     "METHODS",
+    "SESS",
     "SSCAM",
     "AblationCAM",
     "AttentionExplainer",

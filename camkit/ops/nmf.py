@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
+
+# Below this many elements a CPU factorisation runs on one thread: each HALS sweep is dozens of tiny
+# operations, and handing every one to a pool costs more than it does. Measured on a 2048 x 100 matrix
+# (resnet50's layer4, 4 images at 160 x 160) on a shared 2-core CPU: 0.25 s of CPU on one thread, 3.4 s on
+# two, the same factors (benchmarks/RESULTS.md, issue 27).
+ONE_THREAD_ELEMENTS = 1 << 22
 
 
 def nmf(
@@ -18,6 +27,13 @@ def nmf(
     times the first error, checked every 10 iterations, or after
     ``iterations``. Leading dimensions are independent problems, solved together.
     """
+    with _threads_for(matrix):
+        return _factorised(matrix, components, iterations, tolerance)
+
+
+def _factorised(
+    matrix: torch.Tensor, components: int, iterations: int, tolerance: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     weights, codes = _nndsvda(matrix, components)
     previous = first = None
     for step in range(iterations):
@@ -31,6 +47,20 @@ def nmf(
                 break
             previous = error
     return weights, codes
+
+
+@contextlib.contextmanager
+def _threads_for(matrix: torch.Tensor) -> Iterator[None]:
+    """One torch thread for the block when ``matrix`` is a small CPU tensor; the caller's count restored."""
+    threads = torch.get_num_threads()
+    if matrix.device.type != "cpu" or matrix.numel() > ONE_THREAD_ELEMENTS or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _hals_columns(factor: torch.Tensor, target: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:

@@ -120,3 +120,14 @@ def test_writer_threads_run_at_a_lower_priority_than_the_model(tmp_path) -> None
     manifest.finish()
     assert seen == [min(19, caller + runner.WRITER_NICENESS)]
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == caller  # the model's thread is untouched
+
+
+def test_method_all_runs_sess_with_samples_as_its_scales(tmp_path) -> None:
+    # SESS costs a forward and its base's passes per patch: 122 per 64 x 64 demo image at its paper's 12 scales.
+    # `all` includes it like the sampling methods, and --samples (README's first command: 2) sets its scales.
+    folder = _pictures(tmp_path / "in", 1)
+    cheap = runner.plan(runner.OverlayJob(inputs=[str(folder)], output=tmp_path / "out", method="all", samples=2))
+    assert cheap.explainers["sess"].num_scales == 2 and cheap.explainers["sscam"].n_samples == 2
+    assert cheap.explainers["sess"].patch_grid((64, 64)).count == 1 + 4
+    own = runner.plan(runner.OverlayJob(inputs=[str(folder)], output=tmp_path / "out", method="all"))
+    assert own.explainers["sess"].num_scales == 12 and own.explainers["sess"].patch_grid((64, 64)).count == 122

@@ -78,3 +78,27 @@ def test_dff_without_a_head_and_its_checks() -> None:
     assert augmented.maps.shape == (3, 10, 10) and torch.isfinite(augmented.maps).all()
     with pytest.raises(camkit.CamkitError, match="n_components"):
         camkit.DeepFeatureFactorization(model, "3", n_components=0)
+
+
+def test_small_cpu_nmf_runs_on_one_thread_and_restores_the_count() -> None:
+    from camkit.ops import nmf as nmf_module
+
+    matrix = torch.rand(256, 40)
+    seen: list[int] = []
+    original = nmf_module._hals_columns
+
+    def watched(*args):
+        seen.append(torch.get_num_threads())
+        return original(*args)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with mock.patch.object(nmf_module, "_hals_columns", watched):
+            weights, codes = nmf(matrix, 4)
+        assert set(seen) == {1} and torch.get_num_threads() == 2
+        pooled = nmf_module._factorised(matrix, 4, 200, 1e-4)  # the same sweeps on the pool
+        ours, theirs = (float(torch.linalg.norm(matrix - w @ h)) for w, h in ((weights, codes), pooled))
+        assert abs(ours - theirs) <= 1e-4 * theirs
+    finally:
+        torch.set_num_threads(threads)
