@@ -101,7 +101,9 @@ class SESS(Explainer):
     ) -> None:
         base_class = _base_class(base)
         own = {key: options.pop(key) for key in ("augment", "batch_size", "class_names") if key in options}
-        super().__init__(model, target_layer, reshape=options.get("reshape"), **own)
+        # reshape and fuse belong to the base, which reads the layers; SESS keeps (and checks) them too
+        shared = {key: options[key] for key in ("reshape", "fuse") if key in options}
+        super().__init__(model, target_layer, **shared, **own)
         self.base = base_class(model, [name for name, _ in self.layers] or None, **options)
         self.uses_gradients = self.base.uses_gradients
         self.scales = _checked_scales(scales)
@@ -148,7 +150,8 @@ class SESS(Explainer):
         with torch.no_grad():
             scores = self._patch_scores(call, scaled, grid, clean.classes, target, per_pass)
         kept, weights = self._kept_patches(scores)
-        fused = self._fused(call, scaled, grid, clean.classes, target, kept, weights, per_pass)
+        # float32 whatever the model's dtype (a half model's scores weigh the patches): maps are float32 everywhere
+        fused = self._fused(call, scaled, grid, clean.classes, target, kept, weights, per_pass).float()
         if self.smooth:
             fused = gaussian_blur(fused, BLUR_SIZE, BLUR_SIGMA)
         values = {field.name: getattr(clean, field.name) for field in fields(Capture)}
@@ -157,7 +160,7 @@ class SESS(Explainer):
     def layer_map(self, captured: Capture) -> torch.Tensor:
         if not isinstance(captured, FusedCapture) or captured.fused is None:
             raise CamkitError("SESS's maps come from its own capture step; call the explainer.")
-        return captured.fused
+        return captured.fused.float()  # under autocast the blur's convolution gave the autocast dtype
 
     def patch_grid(self, size: tuple[int, ...]) -> PatchGrid:
         """The scales and windows for images of ``size`` (H, W)."""
