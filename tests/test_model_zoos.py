@@ -99,6 +99,11 @@ def test_every_method_runs_on_special_tokens(name: str) -> None:
     for method, cls in camkit.METHODS.items():
         if method == "cam":  # a ViT has no GAP + linear head over the layer's channels
             continue
+        if method == "sess" and name == "timm-vit-registers":
+            # SESS cuts square windows; a timm ViT built for 56 x 42 inputs asserts its size: one camkit line
+            with pytest.raises(camkit.CamkitError, match=r"SESS feeds the model 42 x 42 windows .* 56 x 42 inputs"):
+                cls(model, **quick_options(cls))(x, 1)
+            continue
         maps = cls(model, **quick_options(cls))(x, 1)
         assert maps.shape == (1, *entry.size) and torch.isfinite(maps).all(), method
     assert no_hooks_left(model)

@@ -240,6 +240,10 @@ def read_rgb(path: Path | BinaryIO, max_pixels: int = MAX_DRAWN_PIXELS) -> torch
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             opened: Image.Image = Image.open(path)
+        except (Image.UnidentifiedImageError, ImportError) as error:
+            # ImportError: a format plugin another package registered failed while PIL tried it (ultralytics'
+            # HEIF opener without pi_heif), which would otherwise be reported instead of "not an image".
+            raise CamkitError(f"not an image format PIL can read ({type(error).__name__}: {error})") from None
         except Image.DecompressionBombError:
             raise CamkitError(
                 "image has too many pixels to decode safely (over PIL's decompression-bomb limit of "

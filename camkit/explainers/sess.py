@@ -202,7 +202,20 @@ class SESS(Explainer):
         parts = []
         for rows in _chunks(grid.count * call.batch, per_pass, call.x.device):
             patches, images = _patches(scaled, grid, rows, call.batch)
-            output = call.rows(images, patches).run(self.model)
+            try:
+                output = call.rows(images, patches).run(self.model)
+            except CamkitError:
+                raise
+            except Exception as error:
+                if tuple(patches.shape[2:]) == tuple(call.x.shape[2:]):
+                    raise
+                # A model built for one input size (timm's ViTs assert it) cannot take SESS's square windows.
+                raise CamkitError(
+                    f"SESS feeds the model {grid.window} x {grid.window} windows (window_size; by default the "
+                    f"input's shorter side) and it refused them ({type(error).__name__}: {error}); for a model "
+                    f"that takes only {call.x.shape[2]} x {call.x.shape[3]} inputs, explain square images whose side "
+                    "is its input size, or use another method."
+                ) from error
             scored = logits_of(output).float().softmax(dim=-1) if self.use_softmax_scores else output
             row_target = classes[images] if classes is not None else target_rows(target, images)
             parts.append(scores_for(scored, row_target, rows.numel())[0].float())

@@ -35,7 +35,26 @@ def test_an_unreadable_file_is_one_error_or_skipped(folder) -> None:
     assert batch.shape == (2, 3, 16, 16) and len(originals) == 2
     assert [Path(path).name for path in loaded.paths] == ["a.png", "b.png"]
     assert [Path(path).name for path, _ in loaded.skipped] == ["c.png"]
-    assert "UnidentifiedImageError" in loaded.skipped[0][1]
+    assert loaded.skipped[0][1].startswith("not an image format PIL can read")
+
+
+def test_a_failing_pil_plugin_is_reported_as_an_unreadable_image(folder, monkeypatch) -> None:
+    # ultralytics registers a HEIF opener that raises ModuleNotFoundError (no pi_heif) on any file PIL cannot
+    # identify; the reason must still say the file is not a readable image, whichever package is imported.
+    from PIL import Image
+
+    real_open = Image.open
+
+    def open_with_failing_plugin(path, *args, **kwargs):
+        if str(path).endswith("c.png"):
+            raise ModuleNotFoundError("No module named 'pi_heif'")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", open_with_failing_plugin)
+    loaded = camkit.load_images(folder, size=16, errors="skip")
+    assert loaded.skipped == [
+        (str(folder / "c.png"), "not an image format PIL can read (ModuleNotFoundError: No module named 'pi_heif')")
+    ]
     with pytest.raises(camkit.CamkitError, match="errors='maybe'"):
         camkit.load_images(folder, errors="maybe")
 
