@@ -393,17 +393,7 @@ def _opencv_level_rectangles(
                 x, y, w, h = cv2.boundingRect(contour)
                 rects.append((x + left, y + top, w, h))
                 owners.append(owner)
-    table = torch.tensor(rects, dtype=torch.long, device=maps.device).reshape(-1, 4)
-    boxes = torch.stack(
-        (
-            table[:, 0],
-            table[:, 1],
-            (table[:, 0] + table[:, 2]).clamp_max(width - 1),
-            (table[:, 1] + table[:, 3]).clamp_max(height - 1),
-        ),
-        dim=1,
-    )
-    return boxes, torch.tensor(owners, dtype=torch.long, device=maps.device)
+    return _clipped_boxes(rects, owners, (height, width), maps.device)
 
 
 def _foreground_span(peaks: torch.Tensor, cuts: torch.Tensor) -> torch.Tensor:
@@ -432,7 +422,16 @@ def _opencv_rectangles(masks: torch.Tensor, multi_contour: bool) -> tuple[torch.
         found = [cv2.boundingRect(contour) for contour in contours] or [(0, 0, 0, 0)]
         rects += found
         owners += [owner] * len(found)
-    table = torch.tensor(rects, dtype=torch.long, device=masks.device).reshape(-1, 4)
+    return _clipped_boxes(rects, owners, (height, width), masks.device)
+
+
+def _clipped_boxes(
+    rects: Sequence[Sequence[int]], owners: Sequence[int], size: tuple[int, int], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """OpenCV's (x, y, w, h) rectangles as the authors' boxes (x0, y0, x0 + w, y0 + h, clipped to the last
+    pixel) ``(M, 4)``, with the mask each belongs to ``(M,)``."""
+    height, width = size
+    table = torch.tensor(rects, dtype=torch.long, device=device).reshape(-1, 4)
     boxes = torch.stack(
         (
             table[:, 0],
@@ -442,7 +441,7 @@ def _opencv_rectangles(masks: torch.Tensor, multi_contour: bool) -> tuple[torch.
         ),
         dim=1,
     )
-    return boxes, torch.tensor(owners, dtype=torch.long, device=masks.device)
+    return boxes, torch.tensor(owners, dtype=torch.long, device=device)
 
 
 def _mask_boxes(masks: torch.Tensor, multi_contour: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
