@@ -190,6 +190,103 @@ def input_gradients(
     )
 
 
+@dataclass(frozen=True)
+class EntryConv:
+    """A convolution that alone reads the input: the input's gradient is its transpose applied to the
+    gradient of its output, whatever the rest of the model did. A path method (integrated gradients)
+    sums its steps' gradients at this output and applies the transpose once, instead of once per pass."""
+
+    weight: torch.Tensor
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    dilation: tuple[int, ...]
+    transposed: bool
+    output_padding: tuple[int, ...]
+    groups: int
+
+    @classmethod
+    def of(cls, node: Any) -> EntryConv:
+        return cls(
+            node._saved_weight.detach(),
+            tuple(node._saved_stride),
+            tuple(node._saved_padding),
+            tuple(node._saved_dilation),
+            bool(node._saved_transposed),
+            tuple(node._saved_output_padding),
+            int(node._saved_groups),
+        )
+
+    def same_as(self, other: EntryConv) -> bool:
+        return (
+            (self.stride, self.padding, self.dilation, self.transposed, self.output_padding, self.groups)
+            == (other.stride, other.padding, other.dilation, other.transposed, other.output_padding, other.groups)
+            and self.weight.shape == other.weight.shape
+            and torch.equal(self.weight, other.weight)
+        )
+
+    def input_gradient(self, output_gradient: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """dS/dx from dS/d(output), for images shaped like ``images`` (float32)."""
+        with torch.no_grad():
+            found: torch.Tensor = torch.ops.aten.convolution_backward(
+                output_gradient.float(),
+                images.float(),
+                self.weight.float(),
+                None,
+                list(self.stride),
+                list(self.padding),
+                list(self.dilation),
+                self.transposed,
+                list(self.output_padding),
+                self.groups,
+                [True, False, False],
+            )[0]
+        return found
+
+
+def _entry_conv_node(scores: torch.Tensor, leaf: torch.Tensor) -> Any:
+    """The autograd node of the one convolution that reads ``leaf`` as its input, or None when the leaf
+    has another reader (or none) -- then only the input's own gradient is exact."""
+    readers: list[tuple[Any, int]] = []
+    seen: set[int] = set()
+    stack = [scores.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        for slot, (child, _) in enumerate(node.next_functions):
+            if child is not None and getattr(child, "variable", None) is leaf:
+                readers.append((node, slot))
+            elif child is not None:
+                stack.append(child)
+    if len(readers) != 1:
+        return None
+    node, slot = readers[0]
+    return node if slot == 0 and node.name() == "ConvolutionBackward0" else None
+
+
+def path_step_gradients(model: nn.Module, call: ModelCall, target: TargetSpec) -> tuple[torch.Tensor, EntryConv | None]:
+    """One pass of a path method: dS/dx, or -- when a single convolution reads the input -- dS/d(its
+    output) with that convolution (:class:`EntryConv`), whose transpose the caller applies once to the
+    sum over the path. Writes no parameter ``.grad``, as :func:`input_gradients`."""
+    with explaining(model), _grad_mode(True):
+        leaf = (call.x.clone() if call.x.is_inference() else call.x).detach().requires_grad_(True)
+        output = call.with_images(leaf).run(model)
+        scores, _ = explained_scores(output, target, leaf.shape[0], required=True)
+        if not scores.requires_grad:
+            raise CamkitError("The explained score does not depend on the input; check the target and the model.")
+        node = _entry_conv_node(scores, leaf)
+        entry = EntryConv.of(node) if node is not None else None
+        if node is not None:
+            (found,) = torch.autograd.grad(scores.sum(), [torch.autograd.graph.GradientEdge(node, 0)])
+        else:
+            (found,) = torch.autograd.grad(scores.sum(), [leaf], allow_unused=True)
+    if found is None:
+        return torch.zeros_like(leaf, dtype=torch.float32), None
+    check_finite([("input", model)], [found], "gradient")
+    return found.float(), entry
+
+
 @dataclass
 class GuidedAndLayerCapture:
     """One forward serving a CAM method (its layers' captures) and guided backprop (the input gradient)."""
@@ -294,10 +391,12 @@ def _watching(modules: Sequence[nn.Module], stash: list[tuple[nn.Module, torch.T
 
 
 __all__ = [
+    "EntryConv",
     "GuidedAndLayerCapture",
     "InputCapture",
     "forward_scores",
     "guided_and_layer_gradients",
     "guided_relus",
     "input_gradients",
+    "path_step_gradients",
 ]
