@@ -497,15 +497,22 @@ def linear_imputation_reference(image: np.ndarray, removed: np.ndarray) -> np.nd
 
 
 # --- Weakly-supervised localisation as Choe et al.'s code (github clovaai/wsolevaluation) computes it:
-# numpy and OpenCV, one map and one threshold at a time. Written from their definitions for the tests and
+# numpy and OpenCV, one map at a time, OpenCV's contours one threshold at a time. Written from their definitions for the tests and
 # the benchmark (benchmarks/bench_metrics.py times camkit against this loop).
 
 def wsol_boxes(scoremap: np.ndarray, threshold: float, multi_contour: bool) -> list[tuple[int, int, int, int]]:
     """Boxes of the contours of ``uint8(map * 255) > int(threshold * max)``; x1 = x + w, clipped to W - 1."""
+    return _wsol_boxes_of(_wsol_quantised(scoremap), threshold, multi_contour)
+
+
+def _wsol_quantised(scoremap: np.ndarray) -> np.ndarray:
+    return (scoremap.astype(np.float64) * 255).astype(np.uint8)
+
+
+def _wsol_boxes_of(quantised: np.ndarray, threshold: float, multi_contour: bool) -> list[tuple[int, int, int, int]]:
     import cv2
 
-    height, width = scoremap.shape
-    quantised = (scoremap.astype(np.float64) * 255).astype(np.uint8)
+    height, width = quantised.shape
     _, binary = cv2.threshold(quantised, int(threshold * np.max(quantised)), 255, cv2.THRESH_BINARY)
     contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
     if not contours:
@@ -531,13 +538,17 @@ def wsol_iou(boxes: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 
 def wsol_max_box_accuracy(scoremaps, truth_boxes, thresholds, iou_thresholds=(30, 50, 70), multi_contour=True):
-    """MaxBoxAcc per IoU threshold (percent), the authors' accumulate/compute loop: one map, one threshold at a time."""
+    """MaxBoxAcc per IoU threshold (percent), structured as the authors' BoxEvaluator.accumulate/compute: per map,
+    quantise once, boxes at every threshold, one IoU table for all of them, then each threshold's slice."""
     correct = {limit: np.zeros(len(thresholds)) for limit in iou_thresholds}
     for scoremap, truth in zip(scoremaps, truth_boxes):
-        best = []
-        for threshold in thresholds:
-            boxes = np.asarray(wsol_boxes(scoremap, threshold, multi_contour))
-            best.append(wsol_iou(boxes, np.asarray(truth)).max())
+        quantised = _wsol_quantised(scoremap)
+        per_threshold = [np.asarray(_wsol_boxes_of(quantised, threshold, multi_contour)) for threshold in thresholds]
+        overlaps = wsol_iou(np.concatenate(per_threshold), np.asarray(truth)).max(1)
+        best, start = [], 0
+        for boxes in per_threshold:
+            best.append(overlaps[start : start + len(boxes)].max())
+            start += len(boxes)
         for limit in iou_thresholds:
             correct[limit][np.where(np.asarray(best) >= limit / 100)[0]] += 1
     return [float((correct[limit] * 100.0 / len(scoremaps)).max()) for limit in iou_thresholds]

@@ -369,30 +369,47 @@ def _opencv_level_rectangles(
     pixels = quantised.to(torch.uint8).cpu()
     rows = _foreground_span(pixels.amax(dim=2), cuts)  # (B, T, 2): first and last row above each cut
     columns = _foreground_span(pixels.amax(dim=1), cuts)
-    pixels_np = pixels.numpy()
-    rects: list[tuple[int, int, int, int]] = []
-    owners: list[int] = []
-    steps = levels.numel()
-    for image, (cut_row, row_span, column_span) in enumerate(zip(cuts.tolist(), rows.tolist(), columns.tolist())):
-        for step, (cut, (first_row, last_row), (first_column, last_column)) in enumerate(
-            zip(cut_row, row_span, column_span)
-        ):
-            owner = image * steps + step
-            if first_row < 0:
-                rects.append((0, 0, 0, 0))  # no foreground: the authors' empty box
-                owners.append(owner)
-                continue
-            top, left = max(first_row - 1, 0), max(first_column - 1, 0)
-            crop = pixels_np[image, top : min(last_row + 2, height), left : min(last_column + 2, width)]
-            # uint8 > an integer cut, in C (a float threshold on uint8 acts as its floor, and the cut is whole).
-            mask = cv2.threshold(crop, cut, 1, cv2.THRESH_BINARY)[1]
-            contours = cv2.findContours(mask, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
-            if not multi_contour:
-                contours = (max(contours, key=cv2.contourArea),)
-            for contour in contours:
-                x, y, w, h = cv2.boundingRect(contour)
-                rects.append((x + left, y + top, w, h))
-                owners.append(owner)
+    pixels_np, steps = pixels.numpy(), levels.numpy().size
+    spans = list(zip(cuts.tolist(), rows.tolist(), columns.tolist()))
+
+    def traced(images: range) -> tuple[list[tuple[int, int, int, int]], list[int]]:
+        rects: list[tuple[int, int, int, int]] = []
+        owners: list[int] = []
+        for image in images:
+            cut_row, row_span, column_span = spans[image]
+            for step, (cut, (first_row, last_row), (first_column, last_column)) in enumerate(
+                zip(cut_row, row_span, column_span)
+            ):
+                owner = image * steps + step
+                if first_row < 0:
+                    rects.append((0, 0, 0, 0))  # no foreground: the authors' empty box
+                    owners.append(owner)
+                    continue
+                top, left = max(first_row - 1, 0), max(first_column - 1, 0)
+                crop = pixels_np[image, top : min(last_row + 2, height), left : min(last_column + 2, width)]
+                # uint8 > an integer cut, in C (a float threshold on uint8 acts as its floor, and the cut is whole).
+                mask = cv2.threshold(crop, cut, 1, cv2.THRESH_BINARY)[1]
+                contours = cv2.findContours(mask, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
+                if not multi_contour:
+                    contours = (max(contours, key=cv2.contourArea),)
+                for contour in contours:
+                    x, y, w, h = cv2.boundingRect(contour)
+                    rects.append((x + left, y + top, w, h))
+                    owners.append(owner)
+        return rects, owners
+
+    # OpenCV releases the GIL while it traces: the images are split over torch's thread budget.
+    workers = max(1, min(torch.get_num_threads(), len(spans)))
+    parts = [range(start, len(spans), workers) for start in range(workers)]
+    if workers == 1:
+        found = [traced(parts[0])]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(workers, thread_name_prefix="camkit-contours") as pool:
+            found = list(pool.map(traced, parts))
+    rects = [rect for part_rects, _ in found for rect in part_rects]
+    owners = [owner for _, part_owners in found for owner in part_owners]
     return _clipped_boxes(rects, owners, (height, width), maps.device)
 
 

@@ -70,6 +70,24 @@ def test_max_box_accuracy_equals_the_authors(backend: str, multi_contour: bool) 
     assert float(ours["mean"]) == pytest.approx(sum(reference) / 3, abs=1e-9)
 
 
+@pytest.mark.parametrize("multi_contour", [True, False])
+def test_images_split_over_threads_give_the_one_thread_hits(multi_contour: bool) -> None:
+    maps = blob_maps(5, 40, seed=11)
+    truth = random_boxes(maps.shape[0], 40, seed=12)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = box_metrics.box_accuracy_hits(maps, truth, multi_contour=multi_contour, backend="opencv")
+        torch.set_num_threads(3)
+        split = box_metrics.box_accuracy_hits(maps, truth, multi_contour=multi_contour, backend="opencv")
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(alone, split)
+    reference = wsol_max_box_accuracy([m.double().numpy() for m in maps], [t.numpy() for t in truth],
+                                      np.arange(0, 1, 0.01), multi_contour=multi_contour)
+    assert (alone.double().mean(dim=0).amax(dim=1) * 100).tolist() == pytest.approx(reference, abs=1e-9)
+
+
 def test_running_max_box_accuracy_equals_one_call() -> None:
     maps = _random_maps(3, 16, seed=7)
     truth = random_boxes(maps.shape[0], 16, seed=8)
