@@ -44,12 +44,12 @@ def test_r3d_maps_have_the_volume_size_and_match_the_peer() -> None:
 @pytest.mark.parametrize("name", ["r3d_18", "mc3_18"])
 def test_every_method_on_video_models(name: str) -> None:
     model = torchvision.models.get_model(name, weights=None, num_classes=4).eval()
-    x = torch.randn(1, 3, 8, 64, 64)
+    x = torch.randn(1, 3, 8, 32, 32)  # layer4 is 1 x 2 x 2: every method still has a grid to weigh
     for method, cls in applicable_methods(model).items():
         if method in TWO_D_ONLY:
             continue
         maps = cls(model, **quick_options(cls))(x)
-        assert maps.shape == (1, 8, 64, 64) and torch.isfinite(maps).all() and maps.max() <= 1, method
+        assert maps.shape == (1, 8, 32, 32) and torch.isfinite(maps).all() and maps.max() <= 1, method
     assert no_hooks_left(model)
 
 
