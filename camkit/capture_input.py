@@ -262,7 +262,9 @@ def _entry_conv_node(scores: torch.Tensor, leaf: torch.Tensor) -> Any:
     if len(readers) != 1:
         return None
     node, slot = readers[0]
-    return node if slot == 0 and node.name() == "ConvolutionBackward0" else None
+    # The saved attributes are autograd's own; a torch without them takes the plain path.
+    convolution = node.name() == "ConvolutionBackward0" and hasattr(node, "_saved_weight")
+    return node if slot == 0 and convolution else None
 
 
 def path_step_gradients(model: nn.Module, call: ModelCall, target: TargetSpec) -> tuple[torch.Tensor, EntryConv | None]:

@@ -113,8 +113,7 @@ class IntegratedGradients(PixelExplainer):
             # The path's points carry their images' other inputs (per-image ones repeated per step).
             gradients, pass_entry = self._pass(call.rows(image, points), part_target)
             weighted = gradients * weights[step].reshape((-1,) + (1,) * (gradients.dim() - 1)).float()
-            if pass_entry is not None and entry is None:
-                entry = pass_entry
+            entry = entry or pass_entry
             if pass_entry is None:
                 total.add(image, weighted)
             elif entry is not None and pass_entry.same_as(entry):

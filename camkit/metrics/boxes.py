@@ -369,7 +369,7 @@ def _opencv_level_rectangles(
     pixels = quantised.to(torch.uint8).cpu()
     rows = _foreground_span(pixels.amax(dim=2), cuts)  # (B, T, 2): first and last row above each cut
     columns = _foreground_span(pixels.amax(dim=1), cuts)
-    pixels_np, steps = pixels.numpy(), levels.numpy().size
+    pixels_np, steps = pixels.numpy(), levels.numel()
     spans = list(zip(cuts.tolist(), rows.tolist(), columns.tolist()))
 
     def traced(images: range) -> tuple[list[tuple[int, int, int, int]], list[int]]:
