@@ -395,7 +395,8 @@ def _check_output_is_not_an_input(out: Path, inputs: list[str]) -> None:
 def _prepare_output(out: Path, ranks: distributed.Ranks) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".camkit-write-test-{ranks.rank}"
+        # Named per process too: two runs into one folder at once each probe and remove their own file.
+        probe = out / f".camkit-write-test-{os.getpid()}-{ranks.rank}"
         write_atomically(probe, b"")
         probe.unlink()
     except OSError as error:

@@ -131,3 +131,20 @@ def test_method_all_runs_sess_with_samples_as_its_scales(tmp_path) -> None:
     assert cheap.explainers["sess"].patch_grid((64, 64)).count == 1 + 4
     own = runner.plan(runner.OverlayJob(inputs=[str(folder)], output=tmp_path / "out", method="all"))
     assert own.explainers["sess"].num_scales == 12 and own.explainers["sess"].patch_grid((64, 64)).count == 122
+
+
+def test_two_runs_probing_one_output_folder_remove_only_their_own_probe(tmp_path, monkeypatch) -> None:
+    """The race CI met: another run's probe removal (its probe once shared rank 0's name) took ours."""
+    from camkit.app import distributed
+
+    written = runner.write_atomically
+
+    def write_then_the_other_run_cleans_up(path: Path, data: bytes) -> None:
+        written(path, data)
+        (path.parent / ".camkit-write-test-0").unlink(missing_ok=True)  # the other run's probe, rank 0
+
+    monkeypatch.setattr(runner, "write_atomically", write_then_the_other_run_cleans_up)
+    out = tmp_path / "out"
+    runner._prepare_output(out, distributed.Ranks())
+    assert out.is_dir()
+    assert not list(out.iterdir())
